@@ -1,0 +1,5 @@
+import sys
+
+from nocosup.cli import main
+
+sys.exit(main())

@@ -1,0 +1,88 @@
+"""The admin API under ``/api``: JSON in, JSON out, a Bearer token on every route."""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from nocosup import validation as v
+from nocosup.auth import admin_only
+from nocosup.plugins import plugin_list
+from nocosup.supervisor import Supervisor
+
+
+def _supervisor(request: Request) -> Supervisor:
+    return request.app.services["supervisor"]
+
+
+async def _body(request: Request) -> dict:
+    return v.parse_json_object(await request.body())
+
+
+@admin_only
+async def list_apps(request: Request) -> Response:
+    return JSONResponse({"apps": await _supervisor(request).list_apps()})
+
+
+@admin_only
+async def create_app(request: Request) -> Response:
+    app = await _supervisor(request).create_app(await _body(request))
+    return JSONResponse(app, status_code=201, headers={"Location": f"/api/apps/{app['name']}"})
+
+
+@admin_only
+async def get_app(request: Request) -> Response:
+    return JSONResponse(await _supervisor(request).get_app(request.path_params["name"]))
+
+
+@admin_only
+async def patch_app(request: Request) -> Response:
+    name = request.path_params["name"]
+    return JSONResponse(await _supervisor(request).update_app(name, await _body(request)))
+
+
+@admin_only
+async def delete_app(request: Request) -> Response:
+    drop = v.flag(request.query_params.get("drop_database"), "drop_database", False)
+    result = await _supervisor(request).delete_app(request.path_params["name"], drop)
+    return JSONResponse(result)
+
+
+@admin_only
+async def start_app(request: Request) -> Response:
+    wait = v.flag(request.query_params.get("wait"), "wait", True)
+    app, done = await _supervisor(request).start_app(request.path_params["name"], wait)
+    return JSONResponse(app, status_code=200 if done else 202)
+
+
+@admin_only
+async def stop_app(request: Request) -> Response:
+    wait = v.flag(request.query_params.get("wait"), "wait", True)
+    app, done = await _supervisor(request).stop_app(request.path_params["name"], wait)
+    return JSONResponse(app, status_code=200 if done else 202)
+
+
+@admin_only
+async def list_environments(request: Request) -> Response:
+    envs = await _supervisor(request).environments.list()
+    return JSONResponse({"environments": envs})
+
+
+@admin_only
+async def list_plugins(request: Request) -> Response:
+    return JSONResponse({"plugins": plugin_list(request.app.pm)})
+
+
+def routes() -> list[BaseRoute]:
+    return [
+        Route("/api/apps", list_apps, methods=["GET"]),
+        Route("/api/apps", create_app, methods=["POST"]),
+        Route("/api/apps/{name}", get_app, methods=["GET"]),
+        Route("/api/apps/{name}", patch_app, methods=["PATCH"]),
+        Route("/api/apps/{name}", delete_app, methods=["DELETE"]),
+        Route("/api/apps/{name}/start", start_app, methods=["POST"]),
+        Route("/api/apps/{name}/stop", stop_app, methods=["POST"]),
+        Route("/api/environments", list_environments, methods=["GET"]),
+        Route("/api/plugins", list_plugins, methods=["GET"]),
+    ]

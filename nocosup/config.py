@@ -1,0 +1,328 @@
+"""Settings read from environment variables, validated once at start.
+
+Every variable nocosup reads is declared in :data:`VARIABLES`; nothing else in the
+package calls ``os.environ``. A bad value raises :class:`ConfigError` whose message
+names the variable and the values it allows, so ``nocosup serve`` can print it and exit.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from nocosup.errors import ConfigError
+
+MODES = ("supervisor", "worker")
+DISCOVERY_ADAPTERS = ("local", "remote")
+PROCESS_ADAPTERS = ("local", "remote")
+COMMAND_ADAPTERS = ("local", "redis")
+DB_DIALECTS = ("sqlite", "postgres")
+_ENV_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+_PREFIX = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
+_FACTORY = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
+#: App names are at most 40 characters and tenant databases are named ``{DB_DATABASE}_{app}``;
+#: PostgreSQL truncates identifiers past 63 bytes, so DB_DATABASE must leave room.
+MAX_DB_DATABASE_LEN = 63 - 1 - 40
+
+
+@dataclass(frozen=True)
+class Variable:
+    """One environment variable: its name, default and a one-line meaning."""
+
+    name: str
+    default: str | None
+    help: str
+    choices: tuple[str, ...] = ()
+
+
+VARIABLES: tuple[Variable, ...] = (
+    Variable("APP_MODE", "supervisor", "Role of this process.", MODES),
+    Variable(
+        "APP_DISCOVERY_ADAPTER",
+        "local",
+        "Where apps and environments are looked up.",
+        DISCOVERY_ADAPTERS,
+    ),
+    Variable(
+        "APP_PROCESS_ADAPTER",
+        "local",
+        "Where apps run: in this process or on workers.",
+        PROCESS_ADAPTERS,
+    ),
+    Variable(
+        "APP_COMMAND_ADAPTER", "local", "How start/stop/remove commands travel.", COMMAND_ADAPTERS
+    ),
+    Variable(
+        "APP_COMMAND_ADPATER",
+        None,
+        "Misspelling of APP_COMMAND_ADAPTER in the reference docs; accepted as an alias.",
+        COMMAND_ADAPTERS,
+    ),
+    Variable("APP_SUPERVISOR_REDIS_URL", None, "Redis holding the config cache and heartbeats."),
+    Variable(
+        "APP_COMMAND_REDIS_URL",
+        None,
+        "Redis carrying command streams (defaults to APP_SUPERVISOR_REDIS_URL).",
+    ),
+    Variable("ENVIRONMENT_NAME", "local", "Name of the environment this process belongs to."),
+    Variable("ENVIRONMENT_URL", None, "Public URL of this environment."),
+    Variable(
+        "ENVIRONMENT_PROXY_URL",
+        None,
+        "URL the supervisor uses to reach this environment (defaults to ENVIRONMENT_URL).",
+    ),
+    Variable("DB_DIALECT", "sqlite", "Database of the registry and of tenant apps.", DB_DIALECTS),
+    Variable("DB_HOST", "127.0.0.1", "PostgreSQL host."),
+    Variable("DB_PORT", "5432", "PostgreSQL port."),
+    Variable(
+        "DB_DATABASE",
+        "nocosup",
+        "Registry database name; tenant databases are named {DB_DATABASE}_{app}.",
+    ),
+    Variable("DB_USER", "postgres", "PostgreSQL user."),
+    Variable("DB_PASSWORD", "", "PostgreSQL password."),
+    Variable(
+        "NOCOSUP_STORAGE_DIR",
+        "./storage",
+        "Directory for SQLite files, the generated admin token and app files.",
+    ),
+    Variable(
+        "NOCOSUP_ADMIN_TOKEN",
+        None,
+        "Bearer token for the admin API; generated and kept in the storage dir if unset.",
+    ),
+    Variable("NOCOSUP_APP_FACTORY", None, "module:callable building each tenant ASGI app."),
+    Variable(
+        "NOCOSUP_BOOT_WAIT",
+        "10",
+        "Seconds a request waits for its app to boot before 503 APP_INITIALIZING.",
+    ),
+    Variable("NOCOSUP_REDIS_PREFIX", "nocosup", "Prefix of every Redis key."),
+    Variable(
+        "NOCOSUP_LOAD_PLUGINS",
+        None,
+        "Comma-separated entry-point plugins to load; empty loads none, unset loads all.",
+    ),
+    Variable(
+        "NOCOSUP_TRACE_HOOKS",
+        "0",
+        "Log every hook call with its arguments and results.",
+        ("0", "1"),
+    ),
+    Variable(
+        "NOCOSUP_STOP_GRACE",
+        "10",
+        "Seconds a stopping app waits for its in-flight requests to finish.",
+    ),
+)
+_BY_NAME = {v.name: v for v in VARIABLES}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Validated configuration of one nocosup process."""
+
+    mode: str = "supervisor"
+    discovery_adapter: str = "local"
+    process_adapter: str = "local"
+    command_adapter: str = "local"
+    supervisor_redis_url: str | None = None
+    command_redis_url: str | None = None
+    environment_name: str = "local"
+    environment_url: str | None = None
+    environment_proxy_url: str | None = None
+    db_dialect: str = "sqlite"
+    db_host: str = "127.0.0.1"
+    db_port: int = 5432
+    db_database: str = "nocosup"
+    db_user: str = "postgres"
+    db_password: str = ""
+    storage_dir: Path = Path("./storage")
+    admin_token: str | None = None
+    app_factory: str | None = None
+    boot_wait: float = 10.0
+    redis_prefix: str = "nocosup"
+    load_plugins: tuple[str, ...] | None = None
+    trace_hooks: bool = False
+    stop_grace: float = 10.0
+    #: Unique per process: tells replicas of one environment apart.
+    instance_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Read and validate every variable; keyword overrides win over the environment."""
+        env = os.environ if environ is None else environ
+        values = {**_parse(env), **overrides}
+        settings = cls(**values)
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        """Check the combinations that single variables cannot check alone."""
+        if self.mode == "worker":
+            _require(
+                self.process_adapter == "local",
+                "APP_PROCESS_ADAPTER",
+                "a worker runs its apps itself: set APP_PROCESS_ADAPTER=local",
+            )
+            _require(
+                self.discovery_adapter == "remote",
+                "APP_DISCOVERY_ADAPTER",
+                "a worker finds its apps through Redis: set APP_DISCOVERY_ADAPTER=remote",
+            )
+            _require(
+                self.command_adapter == "redis",
+                "APP_COMMAND_ADAPTER",
+                "a worker receives commands through Redis: set APP_COMMAND_ADAPTER=redis",
+            )
+            _require(
+                bool(self.environment_url),
+                "ENVIRONMENT_URL",
+                "a worker must say where it can be reached",
+            )
+        if self.process_adapter == "remote":
+            _require(
+                self.discovery_adapter == "remote",
+                "APP_DISCOVERY_ADAPTER",
+                "APP_PROCESS_ADAPTER=remote needs APP_DISCOVERY_ADAPTER=remote",
+            )
+            _require(
+                self.command_adapter == "redis",
+                "APP_COMMAND_ADAPTER",
+                "APP_PROCESS_ADAPTER=remote needs APP_COMMAND_ADAPTER=redis",
+            )
+        if self.discovery_adapter == "remote":
+            _require(
+                bool(self.supervisor_redis_url),
+                "APP_SUPERVISOR_REDIS_URL",
+                "APP_DISCOVERY_ADAPTER=remote needs a Redis URL",
+            )
+        if self.command_adapter == "redis":
+            _require(
+                bool(self.command_redis_url or self.supervisor_redis_url),
+                "APP_COMMAND_REDIS_URL",
+                "APP_COMMAND_ADAPTER=redis needs a Redis URL",
+            )
+
+    @property
+    def redis_command_url(self) -> str | None:
+        """The Redis carrying commands: its own URL, else the config cache's."""
+        return self.command_redis_url or self.supervisor_redis_url
+
+    @property
+    def proxy_url(self) -> str | None:
+        """The URL a supervisor uses to reach this environment."""
+        return self.environment_proxy_url or self.environment_url
+
+    @property
+    def admin_token_file(self) -> Path:
+        return self.storage_dir / "admin_token"
+
+
+def _require(ok: bool, name: str, why: str) -> None:
+    if not ok:
+        raise ConfigError(f"{name}: {why}")
+
+
+def _get(env: Mapping[str, str], name: str) -> str | None:
+    value = env.get(name)
+    if value is None or value.strip() == "":
+        return _BY_NAME[name].default
+    return value.strip()
+
+
+def _choice(env: Mapping[str, str], name: str) -> str:
+    value = _get(env, name)
+    allowed = _BY_NAME[name].choices
+    if value not in allowed:
+        raise ConfigError(f"{name} must be one of {', '.join(allowed)}; got {value!r}")
+    return value
+
+
+def _number(
+    env: Mapping[str, str], name: str, cast: Callable[[str], Any], low: float, high: float
+) -> Any:
+    raw = _get(env, name)
+    try:
+        value = cast(raw)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        value = None
+    if value is None or not low <= value <= high:
+        raise ConfigError(f"{name} must be a number from {low:g} to {high:g}; got {raw!r}")
+    return value
+
+
+def _url(env: Mapping[str, str], name: str, schemes: tuple[str, ...]) -> str | None:
+    value = _get(env, name)
+    if value is None:
+        return None
+    scheme = value.split("://", 1)[0].lower() if "://" in value else ""
+    if scheme not in schemes:
+        raise ConfigError(
+            f"{name} must be a URL starting with {' or '.join(s + '://' for s in schemes)}; "
+            f"got {value!r}"
+        )
+    return value.rstrip("/")
+
+
+def _pattern(env: Mapping[str, str], name: str, pattern: re.Pattern[str], what: str) -> str | None:
+    value = _get(env, name)
+    if value is not None and not pattern.match(value):
+        raise ConfigError(f"{name} must be {what}; got {value!r}")
+    return value
+
+
+def _parse(env: Mapping[str, str]) -> dict[str, Any]:
+    command = _choice(env, "APP_COMMAND_ADAPTER")
+    if not (env.get("APP_COMMAND_ADAPTER") or "").strip() and env.get("APP_COMMAND_ADPATER"):
+        command = _choice(env, "APP_COMMAND_ADPATER")
+    db_database = _pattern(
+        env,
+        "DB_DATABASE",
+        re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$"),
+        "letters, digits and underscores, not starting with a digit",
+    )
+    assert db_database is not None
+    if len(db_database) > MAX_DB_DATABASE_LEN:
+        raise ConfigError(
+            f"DB_DATABASE must be at most {MAX_DB_DATABASE_LEN} characters so that tenant "
+            f"databases ({{DB_DATABASE}}_{{app}}) fit PostgreSQL's 63-byte names; "
+            f"got {db_database!r}"
+        )
+    load = env.get("NOCOSUP_LOAD_PLUGINS")
+    return {
+        "mode": _choice(env, "APP_MODE"),
+        "discovery_adapter": _choice(env, "APP_DISCOVERY_ADAPTER"),
+        "process_adapter": _choice(env, "APP_PROCESS_ADAPTER"),
+        "command_adapter": command,
+        "supervisor_redis_url": _url(env, "APP_SUPERVISOR_REDIS_URL", ("redis", "rediss", "unix")),
+        "command_redis_url": _url(env, "APP_COMMAND_REDIS_URL", ("redis", "rediss", "unix")),
+        "environment_name": _pattern(
+            env, "ENVIRONMENT_NAME", _ENV_NAME, "1-63 letters, digits, '_', '.' or '-'"
+        ),
+        "environment_url": _url(env, "ENVIRONMENT_URL", ("http", "https")),
+        "environment_proxy_url": _url(env, "ENVIRONMENT_PROXY_URL", ("http", "https")),
+        "db_dialect": _choice(env, "DB_DIALECT"),
+        "db_host": _get(env, "DB_HOST"),
+        "db_port": _number(env, "DB_PORT", int, 1, 65535),
+        "db_database": db_database,
+        "db_user": _get(env, "DB_USER"),
+        "db_password": env.get("DB_PASSWORD", ""),
+        "storage_dir": Path(_get(env, "NOCOSUP_STORAGE_DIR") or "./storage"),
+        "admin_token": _get(env, "NOCOSUP_ADMIN_TOKEN"),
+        "app_factory": _pattern(env, "NOCOSUP_APP_FACTORY", _FACTORY, "module:callable"),
+        "boot_wait": _number(env, "NOCOSUP_BOOT_WAIT", float, 0, 3600),
+        "redis_prefix": _pattern(
+            env, "NOCOSUP_REDIS_PREFIX", _PREFIX, "1-64 letters, digits or _ . : -"
+        ),
+        "load_plugins": None
+        if load is None
+        else tuple(p.strip() for p in load.split(",") if p.strip()),
+        "trace_hooks": _choice(env, "NOCOSUP_TRACE_HOOKS") == "1",
+        "stop_grace": _number(env, "NOCOSUP_STOP_GRACE", float, 0, 3600),
+    }

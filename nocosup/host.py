@@ -1,0 +1,207 @@
+"""The Starlette host: one ASGI app carrying the role chosen by ``APP_MODE``.
+
+Requests for tenants (``/apps/{name}/...`` or any path with an ``X-App`` header) are
+dispatched before Starlette's router with one dict lookup in the role's gateway, so the
+cost does not grow with the number of apps. Everything else (``/api``, ``/healthz``,
+plugin routes) goes through Starlette.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, RedirectResponse, Response
+from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
+
+from nocosup import __version__
+from nocosup.config import Settings
+from nocosup.errors import NocosupError, error_body
+from nocosup.events import EventBus
+from nocosup.plugins import Hooks, make_plugin_manager
+from nocosup.responses import error_response
+
+log = logging.getLogger("nocosup.host")
+
+ReadinessCheck = Callable[[], Awaitable[None]]
+
+
+class Host(Starlette):
+    """The ASGI app of one nocosup process. Role plugins attach their services to it."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.pm = make_plugin_manager(settings)
+        self.hooks = Hooks(self.pm)
+        self.events = EventBus()
+        #: Named probes run by /readyz; role plugins add theirs at start-up.
+        self.readiness: dict[str, ReadinessCheck] = {}
+        #: Services a role plugin may set at start-up (None where the role has none).
+        self.services: dict[str, Any] = {}
+        self.gateway: Any = None
+        self.started = False
+        self._start_lock = asyncio.Lock()
+        routes = [Route("/healthz", _healthz), Route("/readyz", _readyz), *self.hooks.routes(self)]
+        super().__init__(
+            routes=routes,
+            lifespan=_lifespan,
+            exception_handlers={
+                NocosupError: _nocosup_error,
+                HTTPException: _http_error,
+                Exception: _unexpected_error,
+            },
+        )
+
+    async def start(self) -> None:
+        """Run the plugins' start-up hooks and take the role's gateway (idempotent)."""
+        async with self._start_lock:
+            if self.started:
+                return
+            await self.hooks.startup(self)
+            self.gateway = self.hooks.app_gateway(self)
+            self.started = True
+            log.info(
+                "nocosup %s started as %s (environment %s, instance %s)",
+                __version__,
+                self.settings.mode,
+                self.settings.environment_name,
+                self.settings.instance_id,
+            )
+
+    async def stop(self) -> None:
+        if not self.started:
+            return
+        self.started = False
+        await self.hooks.shutdown(self)
+
+    def status_changed(self, name: str, environment: str, status: str, error: str | None) -> None:
+        """Tell plugins and live listeners that an app changed status somewhere."""
+        self.hooks.app_status_changed(
+            name=name, environment=environment, status=str(status), error=error, host=self
+        )
+        self.events.publish(
+            {
+                "type": "app_status",
+                "app": name,
+                "environment": environment,
+                "status": str(status),
+                "error": error,
+            }
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "http" or kind == "websocket":
+            target = _tenant_target(scope)
+            if target is not None:
+                if not self.started:
+                    # Mounted inside another app, the host gets no lifespan: start lazily.
+                    await self.start()
+                name, prefix, redirect = target
+                if redirect:
+                    await _add_slash(scope, receive, send)
+                    return
+                scope = dict(scope)
+                scope["root_path"] = prefix
+                scope["app"] = self
+                await self.gateway.handle(name, scope, receive, send)
+                return
+            if not self.started and scope["type"] == "http":
+                await self.start()
+        await super().__call__(scope, receive, send)
+
+
+def create_host(settings: Settings | None = None) -> Host:
+    """Build the host for ``settings`` (read from the environment when omitted)."""
+    return Host(settings or Settings.from_env())
+
+
+@contextlib.asynccontextmanager
+async def _lifespan(app: Host) -> AsyncIterator[None]:
+    await app.start()
+    try:
+        yield
+    finally:
+        await app.stop()
+
+
+def _tenant_target(scope: Scope) -> tuple[str, str, bool] | None:
+    """(app name, root_path for the app, needs a trailing slash) or None for host routes."""
+    path: str = scope["path"]
+    root: str = scope.get("root_path", "")
+    if root and path.startswith(root):
+        path = path[len(root) :]
+    if path.startswith("/apps/"):
+        slash = path.find("/", 6)
+        if slash == -1:
+            name = path[6:]
+            return (name, root + "/apps/" + name, True) if name else None
+        name = path[6:slash]
+        if name:
+            return name, root + "/apps/" + name, False
+        return None
+    for key, value in scope["headers"]:
+        if key == b"x-app":
+            return value.decode("latin-1").strip(), root, False
+    return None
+
+
+async def _add_slash(scope: Scope, receive: Receive, send: Send) -> None:
+    """``/apps/demo`` -> ``/apps/demo/``, keeping the query string (307 keeps the method)."""
+    if scope["type"] != "http":
+        await send({"type": "websocket.close", "code": 1008, "reason": "use /apps/{name}/..."})
+        return
+    location = scope["path"] + "/"
+    if scope.get("query_string"):
+        location += "?" + scope["query_string"].decode("latin-1")
+    await RedirectResponse(location, status_code=307)(scope, receive, send)
+
+
+async def _healthz(request: Request) -> Response:
+    return JSONResponse({"status": "ok", "version": __version__, "mode": request.app.settings.mode})
+
+
+async def _readyz(request: Request) -> Response:
+    host: Host = request.app
+    checks: dict[str, Any] = {"started": host.started}
+    ok = host.started
+    for name, probe in host.readiness.items():
+        try:
+            await asyncio.wait_for(probe(), 5)
+            checks[name] = True
+        except Exception as exc:
+            checks[name] = f"{type(exc).__name__}: {exc}"
+            ok = False
+    return JSONResponse(
+        {"status": "ready" if ok else "unavailable", "checks": checks},
+        status_code=200 if ok else 503,
+    )
+
+
+async def _nocosup_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, NocosupError)
+    return error_response(exc)
+
+
+_HTTP_CODES = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED"}
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    code = _HTTP_CODES.get(exc.status_code, f"HTTP_{exc.status_code}")
+    message = exc.detail if exc.status_code != 404 else f"no route for {request.url.path}"
+    return JSONResponse(error_body(code, message), status_code=exc.status_code, headers=exc.headers)
+
+
+async def _unexpected_error(request: Request, exc: Exception) -> Response:
+    log.error("unexpected error on %s %s", request.method, request.url.path, exc_info=exc)
+    return JSONResponse(
+        error_body("INTERNAL_ERROR", "internal error; see the server log"), status_code=500
+    )

@@ -1,0 +1,102 @@
+"""Process adapters: where the supervisor's apps actually run.
+
+``LocalProcess`` runs them in this process (shared-memory mode); the remote adapter sends
+commands to worker environments. Both answer with one :class:`EnvResult` per environment,
+so the admin API shapes its answers the same way in both modes.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any
+
+from nocosup.registry import AppRecord
+from nocosup.runtime import LocalRuntime
+from nocosup.status import AppStatus
+
+
+@dataclass(frozen=True)
+class EnvResult:
+    """What one environment says after a command."""
+
+    environment: str
+    ok: bool
+    status: str
+    error: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"ok": self.ok, "status": self.status, "error": self.error}
+
+
+class ProcessAdapter(ABC):
+    """The supervisor's handle on wherever apps run."""
+
+    @abstractmethod
+    async def restore(self, records: list[AppRecord]) -> None:
+        """Learn every registered app at start-up (no boot)."""
+
+    @abstractmethod
+    async def create(self, record: AppRecord) -> None:
+        """Provision the app's database where it runs; raise if that fails."""
+
+    @abstractmethod
+    async def update(self, record: AppRecord) -> None:
+        """Pass a changed config on; it takes effect at the next start."""
+
+    @abstractmethod
+    async def start(self, record: AppRecord) -> list[EnvResult]:
+        """Boot the app in each of its environments, in order."""
+
+    @abstractmethod
+    async def stop(self, record: AppRecord) -> list[EnvResult]:
+        """Stop the app in each of its environments."""
+
+    @abstractmethod
+    async def remove(self, record: AppRecord, drop_database: bool) -> list[EnvResult]:
+        """Stop and forget the app everywhere; drop its database only if asked."""
+
+    @abstractmethod
+    def statuses(self, records: list[AppRecord]) -> Any:
+        """``{app: {env: {"status", "error"}}}`` for ``records`` (a value or an awaitable)."""
+
+    async def close(self) -> None:
+        """Release what the adapter holds (tasks, connections)."""
+
+
+class LocalProcess(ProcessAdapter):
+    """Apps run in this process, in the one environment this host is."""
+
+    def __init__(self, runtime: LocalRuntime) -> None:
+        self.runtime = runtime
+        self.environment = runtime.environment
+
+    async def restore(self, records: list[AppRecord]) -> None:
+        for record in records:
+            self.runtime.load(record)
+
+    async def create(self, record: AppRecord) -> None:
+        await self.runtime.create(record)
+
+    async def update(self, record: AppRecord) -> None:
+        self.runtime.load(record)
+
+    async def start(self, record: AppRecord) -> list[EnvResult]:
+        self.runtime.load(record)
+        tenant = await self.runtime.start(record.name)
+        return [self._result(tenant.status, tenant.error, AppStatus.RUNNING)]
+
+    async def stop(self, record: AppRecord) -> list[EnvResult]:
+        self.runtime.load(record)
+        tenant = await self.runtime.stop(record.name)
+        return [self._result(tenant.status, tenant.error, AppStatus.STOPPED)]
+
+    async def remove(self, record: AppRecord, drop_database: bool) -> list[EnvResult]:
+        await self.runtime.remove(record.name, drop_database)
+        return [EnvResult(self.environment, True, AppStatus.NOT_FOUND.value)]
+
+    def statuses(self, records: list[AppRecord]) -> dict[str, dict[str, dict[str, Any]]]:
+        return {r.name: {self.environment: self.runtime.snapshot(r.name)} for r in records}
+
+    def _result(self, status: AppStatus, error: str | None, wanted: AppStatus) -> EnvResult:
+        return EnvResult(self.environment, status is wanted, status.value, error)

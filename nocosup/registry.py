@@ -1,0 +1,174 @@
+"""The app registry: the supervisor's table of apps, the source of truth.
+
+Redis (in multi-environment mode) only caches what is here and can be rebuilt from it.
+Every write bumps the row's ``version`` so caches can tell stale copies apart.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from databases import Database
+
+from nocosup.errors import AppExists, AppNotFound
+
+metadata = sa.MetaData()
+apps_table = sa.Table(
+    "nocosup_apps",
+    metadata,
+    sa.Column("name", sa.String(40), primary_key=True),
+    sa.Column("title", sa.Text, nullable=False),
+    sa.Column("environments", sa.Text, nullable=False),
+    sa.Column("options", sa.Text, nullable=False),
+    sa.Column("database", sa.Text, nullable=False),
+    sa.Column("desired_state", sa.String(16), nullable=False),
+    sa.Column("version", sa.Integer, nullable=False),
+    sa.Column("created_at", sa.String(32), nullable=False),
+    sa.Column("updated_at", sa.String(32), nullable=False),
+)
+
+_CREATE_APPS = """
+CREATE TABLE IF NOT EXISTS nocosup_apps (
+    name VARCHAR(40) PRIMARY KEY,
+    title TEXT NOT NULL,
+    environments TEXT NOT NULL,
+    options TEXT NOT NULL,
+    database TEXT NOT NULL,
+    desired_state VARCHAR(16) NOT NULL,
+    version INTEGER NOT NULL,
+    created_at VARCHAR(32) NOT NULL,
+    updated_at VARCHAR(32) NOT NULL
+)
+"""
+
+
+def now_iso() -> str:
+    """UTC now as ISO 8601 with milliseconds and a Z: sortable as text."""
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+@dataclass(frozen=True)
+class AppRecord:
+    """One registered app as stored; ``to_json`` gives its API shape minus live statuses."""
+
+    name: str
+    title: str
+    environments: list[str]
+    options: dict[str, Any]
+    database: dict[str, Any]
+    desired_state: str = "running"
+    version: int = 1
+    created_at: str = field(default_factory=now_iso)
+    updated_at: str = field(default_factory=now_iso)
+
+    @property
+    def start_mode(self) -> str:
+        return self.options.get("startMode", "on_first_request")
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "title": self.title,
+            "environments": list(self.environments),
+            "options": self.options,
+            "database": self.database,
+            "desired_state": self.desired_state,
+            "version": self.version,
+            "created_at": self.created_at,
+            "updated_at": self.updated_at,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> AppRecord:
+        return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
+
+    def changed(self, **changes: Any) -> AppRecord:
+        """A copy with ``changes``, the version bumped and ``updated_at`` set."""
+        return replace(self, **changes, version=self.version + 1, updated_at=now_iso())
+
+
+def _row_to_record(row: Any) -> AppRecord:
+    m = row._mapping
+    return AppRecord(
+        name=m["name"],
+        title=m["title"],
+        environments=json.loads(m["environments"]),
+        options=json.loads(m["options"]),
+        database=json.loads(m["database"]),
+        desired_state=m["desired_state"],
+        version=m["version"],
+        created_at=m["created_at"],
+        updated_at=m["updated_at"],
+    )
+
+
+def _record_values(rec: AppRecord) -> dict[str, Any]:
+    return {
+        "name": rec.name,
+        "title": rec.title,
+        "environments": json.dumps(rec.environments),
+        "options": json.dumps(rec.options, sort_keys=True),
+        "database": json.dumps(rec.database, sort_keys=True),
+        "desired_state": rec.desired_state,
+        "version": rec.version,
+        "created_at": rec.created_at,
+        "updated_at": rec.updated_at,
+    }
+
+
+class Registry:
+    """CRUD over ``nocosup_apps``; raises AppExists / AppNotFound, never a driver error."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    async def migrate(self) -> None:
+        await self.db.execute(_CREATE_APPS)
+
+    async def list(self) -> list[AppRecord]:
+        rows = await self.db.fetch_all(
+            apps_table.select().order_by(apps_table.c.created_at, apps_table.c.name)
+        )
+        return [_row_to_record(r) for r in rows]
+
+    async def get(self, name: str) -> AppRecord:
+        row = await self.db.fetch_one(apps_table.select().where(apps_table.c.name == name))
+        if row is None:
+            raise AppNotFound(name)
+        return _row_to_record(row)
+
+    async def insert(self, rec: AppRecord) -> AppRecord:
+        """Claim the name: the primary key makes concurrent creates of one name race-safe."""
+        try:
+            await self.db.execute(apps_table.insert().values(**_record_values(rec)))
+        except Exception as exc:
+            if _is_unique_violation(exc):
+                raise AppExists(rec.name) from None
+            raise
+        return rec
+
+    async def update(self, rec: AppRecord) -> AppRecord:
+        values = _record_values(rec)
+        values.pop("name")
+        values.pop("created_at")
+        result = await self.db.fetch_one(
+            apps_table.update()
+            .where(apps_table.c.name == rec.name)
+            .values(**values)
+            .returning(apps_table.c.name)
+        )
+        if result is None:
+            raise AppNotFound(rec.name)
+        return rec
+
+    async def delete(self, name: str) -> None:
+        await self.db.execute(apps_table.delete().where(apps_table.c.name == name))
+
+
+def _is_unique_violation(exc: Exception) -> bool:
+    text = f"{type(exc).__name__} {exc}".lower()
+    return "unique" in text or "duplicate key" in text

@@ -1,0 +1,272 @@
+"""Tenant apps running inside this process: boot, serve, stop, remove.
+
+Boots are single-flight: every caller of :meth:`LocalRuntime.start` (admin API, first
+requests, commands) awaits the same task, so an app is never built twice nor seen
+half-built. Start, stop and remove of one app are serialised by a per-app lock; different
+apps never wait for each other. A failing factory or lifespan puts only that app in
+``error``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from nocosup.appctx import AppContext
+from nocosup.db import TenantDatabase, TenantDatabases
+from nocosup.errors import AppFailed, AppInitializing, AppNotFound, AppStopped, NocosupError
+from nocosup.lifespan import LifespanRunner
+from nocosup.registry import AppRecord
+from nocosup.responses import send_error
+from nocosup.status import BOOTING, AppStatus
+
+if TYPE_CHECKING:
+    from nocosup.host import Host
+
+log = logging.getLogger("nocosup.runtime")
+
+
+@dataclass(eq=False)
+class Tenant:
+    """One app in this process: its config, its status and, while up, its ASGI app."""
+
+    record: AppRecord
+    status: AppStatus = AppStatus.STOPPED
+    error: str | None = None
+    app: ASGIApp | None = None
+    lifespan: LifespanRunner | None = None
+    boot: asyncio.Task[None] | None = None
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    inflight: int = 0
+    drained: asyncio.Event | None = None
+    started_at: float | None = None
+    boot_seconds: float | None = None
+
+    @property
+    def name(self) -> str:
+        return self.record.name
+
+
+class LocalRuntime:
+    """The apps of one environment that run in this process."""
+
+    def __init__(self, host: Host) -> None:
+        self.host = host
+        self.settings = host.settings
+        self.environment = host.settings.environment_name
+        self.databases = TenantDatabases(host.settings)
+        self.tenants: dict[str, Tenant] = {}
+
+    # --- configuration ---------------------------------------------------------------
+
+    def load(self, record: AppRecord) -> Tenant:
+        """Know ``record`` (or refresh its config); changes take effect on the next start."""
+        tenant = self.tenants.get(record.name)
+        if tenant is None:
+            tenant = self.tenants[record.name] = Tenant(record)
+        else:
+            tenant.record = record
+        return tenant
+
+    def get(self, name: str) -> Tenant:
+        tenant = self.tenants.get(name)
+        if tenant is None:
+            raise AppNotFound(name)
+        return tenant
+
+    def context(self, tenant: Tenant) -> AppContext:
+        return AppContext(
+            record=tenant.record,
+            environment=self.environment,
+            instance=self.settings.instance_id,
+            host=self.host,
+            databases=self.databases,
+        )
+
+    async def create(self, record: AppRecord) -> Tenant:
+        """Provision the app's database, then know the app. Raises if provisioning fails."""
+        await self.databases.create(TenantDatabase.from_json(record.database))
+        tenant = self.load(record)
+        await self.host.hooks.app_created(self.context(tenant))
+        return tenant
+
+    # --- lifecycle -------------------------------------------------------------------
+
+    async def start(self, name: str) -> Tenant:
+        """Boot the app unless it runs; concurrent callers share one boot."""
+        tenant = self.get(name)
+        if tenant.status is AppStatus.RUNNING:
+            return tenant
+        await asyncio.shield(self._boot_task(tenant))
+        return tenant
+
+    def _boot_task(self, tenant: Tenant) -> asyncio.Task[None]:
+        if tenant.boot is None or tenant.boot.done():
+            self._set_status(tenant, AppStatus.PREPARING)
+            tenant.boot = asyncio.create_task(self._boot(tenant), name=f"boot:{tenant.name}")
+        return tenant.boot
+
+    async def _boot(self, tenant: Tenant) -> None:
+        async with tenant.lock:
+            if tenant.status is AppStatus.RUNNING:
+                return
+            if tenant.status is not AppStatus.PREPARING:
+                self._set_status(tenant, AppStatus.PREPARING)
+            began = time.perf_counter()
+            ctx = self.context(tenant)
+            try:
+                self._set_status(tenant, AppStatus.INITIALIZING)
+                app = await self.host.hooks.app_factory(ctx)
+                if app is None:
+                    raise RuntimeError("no plugin built the app (app_factory returned nothing)")
+                tenant.app = app
+                self._set_status(tenant, AppStatus.INITIALIZED)
+                await self.host.hooks.before_app_start(ctx)
+                tenant.lifespan = LifespanRunner(app, tenant.name)
+                await tenant.lifespan.startup()
+            except Exception as exc:
+                log.exception("app %s failed to start", tenant.name)
+                tenant.app = None
+                tenant.lifespan = None
+                self._set_status(tenant, AppStatus.ERROR, f"{type(exc).__name__}: {exc}")
+                return
+            tenant.boot_seconds = time.perf_counter() - began
+            tenant.started_at = time.time()
+            self._set_status(tenant, AppStatus.RUNNING)
+        try:
+            await self.host.hooks.after_app_start(ctx)
+        except Exception:
+            log.exception("an after_app_start hook failed for %s", tenant.name)
+
+    async def stop(self, name: str) -> Tenant:
+        """Stop the app: refuse new requests, let in-flight ones finish, leave its lifespan."""
+        tenant = self.get(name)
+        async with tenant.lock:
+            if tenant.status in (AppStatus.STOPPED, AppStatus.NOT_FOUND):
+                return tenant
+            if tenant.status is AppStatus.ERROR or tenant.app is None:
+                self._set_status(tenant, AppStatus.STOPPED)
+                return tenant
+            ctx = self.context(tenant)
+            self._set_status(tenant, AppStatus.STOPPING)
+            try:
+                await self.host.hooks.before_app_stop(ctx)
+            except Exception:
+                log.exception("a before_app_stop hook failed for %s", tenant.name)
+            await self._drain(tenant)
+            error = None
+            try:
+                if tenant.lifespan is not None:
+                    await tenant.lifespan.shutdown()
+            except Exception as exc:
+                log.exception("app %s failed to shut down cleanly", tenant.name)
+                error = f"{type(exc).__name__}: {exc}"
+            tenant.app = None
+            tenant.lifespan = None
+            tenant.started_at = None
+            self._set_status(tenant, AppStatus.STOPPED, error)
+        try:
+            await self.host.hooks.after_app_stop(ctx)
+        except Exception:
+            log.exception("an after_app_stop hook failed for %s", tenant.name)
+        return tenant
+
+    async def _drain(self, tenant: Tenant) -> None:
+        if tenant.inflight == 0:
+            return
+        tenant.drained = asyncio.Event()
+        try:
+            await asyncio.wait_for(tenant.drained.wait(), self.settings.stop_grace)
+        except TimeoutError:
+            log.warning(
+                "app %s stopped with %d requests still in flight", tenant.name, tenant.inflight
+            )
+        finally:
+            tenant.drained = None
+
+    async def remove(self, name: str, drop_database: bool) -> None:
+        """Stop the app, forget it, and drop its database only if asked."""
+        tenant = self.tenants.get(name)
+        if tenant is not None:
+            await self.stop(name)
+            record = tenant.record
+        else:
+            return
+        if drop_database:
+            await self.databases.drop(TenantDatabase.from_json(record.database))
+        self.tenants.pop(name, None)
+        await self.host.hooks.app_removed(
+            name=name, environment=self.environment, database_dropped=drop_database, host=self.host
+        )
+
+    async def stop_all(self) -> None:
+        """Stop every app (host shutdown), concurrently."""
+        names = [n for n, t in self.tenants.items() if t.status is not AppStatus.STOPPED]
+        results = await asyncio.gather(*(self.stop(n) for n in names), return_exceptions=True)
+        for name, result in zip(names, results, strict=True):
+            if isinstance(result, BaseException):
+                log.error("app %s did not stop cleanly: %r", name, result)
+
+    def _set_status(self, tenant: Tenant, status: AppStatus, error: str | None = None) -> None:
+        if tenant.status is status and tenant.error == error:
+            return
+        tenant.status = status
+        tenant.error = error
+        self.host.status_changed(tenant.name, self.environment, status, error)
+
+    # --- serving ---------------------------------------------------------------------
+
+    async def handle(self, name: str, scope: Scope, receive: Receive, send: Send) -> None:
+        """Serve one request for app ``name``: boot it if needed, else answer why not.
+
+        ``scope`` is the host's copy with ``root_path`` already pointing at the app.
+        """
+        tenant = self.tenants.get(name)
+        if tenant is None or tenant.status is not AppStatus.RUNNING:
+            try:
+                tenant = await self._ready(name, tenant)
+            except NocosupError as exc:
+                await send_error(scope, receive, send, exc)
+                return
+        app = tenant.app
+        assert app is not None
+        if tenant.lifespan is not None:
+            scope["state"] = tenant.lifespan.state.copy()
+        tenant.inflight += 1
+        try:
+            await app(scope, receive, send)
+        finally:
+            tenant.inflight -= 1
+            if tenant.drained is not None and tenant.inflight == 0:
+                tenant.drained.set()
+
+    async def _ready(self, name: str, tenant: Tenant | None) -> Tenant:
+        """The tenant once running, or the error that explains why it is not."""
+        if tenant is None:
+            raise AppNotFound(name)
+        if tenant.status is AppStatus.ERROR:
+            raise AppFailed(name, tenant.error)
+        if tenant.status is AppStatus.STOPPING or tenant.record.desired_state == "stopped":
+            raise AppStopped(name)
+        if tenant.status is AppStatus.STOPPED or tenant.status in BOOTING:
+            boot = self._boot_task(tenant)
+            done, _ = await asyncio.wait({boot}, timeout=self.settings.boot_wait)
+            if not done:
+                raise AppInitializing(name)
+        if tenant.status is AppStatus.ERROR:
+            raise AppFailed(name, tenant.error)
+        if tenant.status is not AppStatus.RUNNING:
+            raise AppStopped(name)
+        return tenant
+
+    def snapshot(self, name: str) -> dict[str, Any]:
+        """Status of one app here, for the API and the worker's reports."""
+        tenant = self.tenants.get(name)
+        if tenant is None:
+            return {"status": AppStatus.NOT_FOUND.value, "error": None}
+        return {"status": tenant.status.value, "error": tenant.error}

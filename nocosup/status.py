@@ -1,0 +1,31 @@
+"""App statuses, the reference's names plus ``stopping`` and ``unavailable``.
+
+stopped ──start──▶ preparing ─▶ initializing ─▶ initialized ─▶ running
+   ▲                   │              │               │           │
+   │                   └──────────────┴───────▶ error ◀───────────┤ (lifespan failed)
+   └──────── stopping ◀──────────── stop ─────────────────────────┘
+running ─▶ commanding ─▶ running      (a worker executing a command for the app)
+not_found: an environment that does not know the app; unavailable: its environment is offline.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class AppStatus(StrEnum):
+    PREPARING = "preparing"
+    INITIALIZING = "initializing"
+    INITIALIZED = "initialized"
+    RUNNING = "running"
+    COMMANDING = "commanding"
+    STOPPING = "stopping"
+    STOPPED = "stopped"
+    ERROR = "error"
+    NOT_FOUND = "not_found"
+    UNAVAILABLE = "unavailable"
+
+
+#: Statuses during which a boot is under way: requests wait for it.
+BOOTING = frozenset({AppStatus.PREPARING, AppStatus.INITIALIZING, AppStatus.INITIALIZED})
+DESIRED_STATES = ("running", "stopped")

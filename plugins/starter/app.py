@@ -1,0 +1,190 @@
+"""A small but real tenant app: records in the app's own database, a blob, a WebSocket echo.
+
+Routes (relative to ``/apps/{name}``): ``/admin`` (HTML), ``/api/info``, ``/api/records``
+(GET, POST), ``/api/blob?size=N`` and the WebSocket ``/api/echo``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import html
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import sqlalchemy as sa
+from databases import Database
+from sqlalchemy.schema import CreateTable
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
+from starlette.routing import Route, WebSocketRoute
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from nocosup.appctx import AppContext
+from nocosup.registry import now_iso
+
+MAX_BLOB = 64 * 1024 * 1024
+BLOB_CHUNK = 64 * 1024
+MAX_TITLE = 200
+MAX_LIMIT = 1000
+
+metadata = sa.MetaData()
+records = sa.Table(
+    "starter_records",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("title", sa.Text, nullable=False),
+    sa.Column("data", sa.Text, nullable=True),
+    sa.Column("created_at", sa.String(32), nullable=False),
+)
+
+
+class _Invalid(HTTPException):
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(422, message)
+        self.field = field
+
+
+def _error(code: str, message: str, status: int, **details: Any) -> JSONResponse:
+    return JSONResponse({"error": {"code": code, "message": message, **details}}, status)
+
+
+def _record_json(row: Any) -> dict[str, Any]:
+    m = row._mapping
+    return {
+        "id": m["id"],
+        "title": m["title"],
+        "data": json.loads(m["data"]) if m["data"] is not None else None,
+        "created_at": m["created_at"],
+    }
+
+
+def build_app(ctx: AppContext) -> Starlette:
+    """The starter ASGI app for tenant ``ctx``; its database opens in its lifespan."""
+    db: Database = ctx.open_database(max_size=5)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await db.connect()
+        try:
+            await db.execute(CreateTable(records, if_not_exists=True))
+            yield
+        finally:
+            await db.disconnect()
+
+    def info() -> dict[str, Any]:
+        return {
+            "app": ctx.name,
+            "environment": ctx.environment,
+            "instance": ctx.instance,
+            "pid": ctx.pid,
+        }
+
+    async def get_info(request: Request) -> Response:
+        return JSONResponse(info())
+
+    async def list_records(request: Request) -> Response:
+        raw = request.query_params.get("limit", "100")
+        if not raw.isdigit() or not 1 <= int(raw) <= MAX_LIMIT:
+            raise _Invalid(f"limit must be a whole number from 1 to {MAX_LIMIT}", "limit")
+        rows = await db.fetch_all(records.select().order_by(records.c.id).limit(int(raw)))
+        return JSONResponse({"app": ctx.name, "records": [_record_json(r) for r in rows]})
+
+    async def create_record(request: Request) -> Response:
+        try:
+            body = json.loads(await request.body() or b"null")
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            return _error("INVALID_JSON", f"request body is not valid JSON: {exc}", 422)
+        if not isinstance(body, dict):
+            return _error("INVALID_JSON", "request body must be a JSON object", 422)
+        unknown = sorted(set(body) - {"title", "data"})
+        if unknown:
+            raise _Invalid(f"unknown field {unknown[0]!r}; allowed: title, data", unknown[0])
+        title = body.get("title")
+        if not isinstance(title, str) or not title.strip() or len(title) > MAX_TITLE:
+            raise _Invalid(
+                f"title must be a non-empty string of at most {MAX_TITLE} characters", "title"
+            )
+        data = json.dumps(body["data"]) if body.get("data") is not None else None
+        created = now_iso()
+        new_id = await db.execute(
+            records.insert().values(title=title, data=data, created_at=created)
+        )
+        row = await db.fetch_one(records.select().where(records.c.id == new_id))
+        return JSONResponse(_record_json(row), status_code=201)
+
+    async def blob(request: Request) -> Response:
+        raw = request.query_params.get("size", "")
+        if not raw.isdigit() or int(raw) > MAX_BLOB:
+            raise _Invalid(f"size must be a whole number of bytes from 0 to {MAX_BLOB}", "size")
+        size = int(raw)
+
+        async def chunks() -> AsyncIterator[bytes]:
+            full = b"x" * BLOB_CHUNK
+            left = size
+            while left > 0:
+                n = min(left, BLOB_CHUNK)
+                yield full if n == BLOB_CHUNK else full[:n]
+                left -= n
+
+        return StreamingResponse(
+            chunks(), media_type="application/octet-stream", headers={"content-length": str(size)}
+        )
+
+    async def admin(request: Request) -> Response:
+        rows = await db.fetch_all(records.select().order_by(records.c.id).limit(MAX_LIMIT))
+        name = html.escape(ctx.name)
+        items = "\n".join(
+            f"<tr><td>{r._mapping['id']}</td><td>{html.escape(r._mapping['title'])}</td>"
+            f"<td>{html.escape(r._mapping['created_at'])}</td></tr>"
+            for r in rows
+        )
+        page = f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>{html.escape(ctx.title)} · {name}</title>
+<style>body{{font-family:system-ui,sans-serif;margin:2rem}}table{{border-collapse:collapse}}
+td,th{{border:1px solid #ccc;padding:.3rem .6rem}}</style></head>
+<body><h1>{html.escape(ctx.title)}</h1>
+<p>Application <code id="app-name">{name}</code> in environment
+<code>{html.escape(ctx.environment)}</code> (instance {html.escape(ctx.instance)}).</p>
+<h2>Records ({len(rows)})</h2>
+<table id="records"><tr><th>id</th><th>title</th><th>created</th></tr>
+{items}
+</table></body></html>"""
+        return HTMLResponse(page)
+
+    async def echo(ws: WebSocket) -> None:
+        await ws.accept()
+        try:
+            while True:
+                message = await ws.receive()
+                if message["type"] == "websocket.disconnect":
+                    return
+                if message.get("text") is not None:
+                    await ws.send_text(message["text"])
+                elif message.get("bytes") is not None:
+                    await ws.send_bytes(message["bytes"])
+        except WebSocketDisconnect:
+            return
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        if isinstance(exc, _Invalid):
+            extra = {"field": exc.field} if exc.field else {}
+            return _error("VALIDATION_ERROR", exc.detail, 422, **extra)
+        code = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED"}.get(exc.status_code, "HTTP_ERROR")
+        return _error(code, exc.detail, exc.status_code)
+
+    return Starlette(
+        routes=[
+            Route("/admin", admin),
+            Route("/api/info", get_info),
+            Route("/api/records", list_records, methods=["GET"]),
+            Route("/api/records", create_record, methods=["POST"]),
+            Route("/api/blob", blob),
+            WebSocketRoute("/api/echo", echo),
+        ],
+        lifespan=lifespan,
+        exception_handlers={HTTPException: http_error},
+    )

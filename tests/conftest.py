@@ -1,0 +1,90 @@
+"""Shared fixtures: real servers, isolated per test session.
+
+PostgreSQL: one database ``nocosup_t_<hex>`` per session (tenant databases are named
+after it) dropped with everything that starts with its name at the end. Redis: one key
+prefix per session, cleaned with SCAN + UNLINK. Hosts run as real ``nocosup serve``
+processes on free ports of 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+import redis.asyncio as aioredis
+
+from tests.servers import NocosupServer, ServerFactory
+
+PG_DSN = os.environ.get("NOCOSUP_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
+REDIS_URL = os.environ.get("NOCOSUP_TEST_REDIS", "redis://127.0.0.1:6379/0")
+RUN_ID = uuid.uuid4().hex[:8]
+
+
+@pytest.fixture(scope="session")
+def run_id() -> str:
+    return RUN_ID
+
+
+@pytest.fixture(scope="session")
+async def pg_database() -> AsyncIterator[str]:
+    """A fresh PostgreSQL database for the session; dropped with every tenant database."""
+    name = f"nocosup_t_{RUN_ID}"
+    conn = await asyncpg.connect(PG_DSN)
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    yield name
+    conn = await asyncpg.connect(PG_DSN)
+    try:
+        rows = await conn.fetch(
+            "SELECT datname FROM pg_database WHERE datname LIKE $1", f"nocosup_t_{RUN_ID}%"
+        )
+        for row in rows:
+            await conn.execute(f'DROP DATABASE IF EXISTS "{row["datname"]}" WITH (FORCE)')
+    finally:
+        await conn.close()
+
+
+@pytest.fixture(scope="session")
+async def redis_prefix() -> AsyncIterator[str]:
+    """A key prefix of the session's own; every key under it is unlinked at the end."""
+    prefix = f"nocosup-test-{RUN_ID}"
+    yield prefix
+    client = aioredis.from_url(REDIS_URL)
+    try:
+        async for key in client.scan_iter(match=f"{prefix}*", count=500):
+            await client.unlink(key)
+    finally:
+        await client.aclose()
+
+
+@pytest.fixture
+def servers(tmp_path: Path) -> Iterator[ServerFactory]:
+    """Start ``nocosup serve`` processes; every one is stopped when the test ends."""
+    factory = ServerFactory(tmp_path)
+    try:
+        yield factory
+    finally:
+        factory.stop_all()
+
+
+@pytest.fixture
+def sqlite_server(servers: ServerFactory) -> NocosupServer:
+    """A supervisor on embedded defaults (SQLite, no Redis) with the test factory."""
+    return servers.start()
+
+
+@pytest.fixture
+def pg_env(pg_database: str) -> dict[str, str]:
+    return {
+        "DB_DIALECT": "postgres",
+        "DB_HOST": "127.0.0.1",
+        "DB_PORT": "5432",
+        "DB_USER": "postgres",
+        "DB_DATABASE": pg_database,
+    }

@@ -1,0 +1,44 @@
+"""The app factory the test servers use (NOCOSUP_APP_FACTORY=tests.factories:build).
+
+It builds the starter app and, steered by the app's ``options.test``, misbehaves on
+purpose: ``{"crash": "factory"}`` raises in the factory, ``{"crash": "lifespan"}`` in the
+lifespan, ``{"bootDelay": s}`` makes boots slow. Every build appends a line to
+``<storage>/apps/<name>/builds.txt`` so tests can count boots.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from collections.abc import AsyncIterator
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.routing import Mount
+
+from nocosup.appctx import AppContext
+from plugins.starter.app import build_app
+
+
+def build(ctx: AppContext) -> Any:
+    with (ctx.storage_dir / "builds.txt").open("a") as fh:
+        fh.write(f"{os.getpid()}\n")
+    test = ctx.options.get("test") or {}
+    if test.get("crash") == "factory":
+        raise RuntimeError("factory exploded on purpose")
+    inner = build_app(ctx)
+    delay = float(test.get("bootDelay", 0))
+    crash_lifespan = test.get("crash") == "lifespan"
+    if not delay and not crash_lifespan:
+        return inner
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await asyncio.sleep(delay)
+        if crash_lifespan:
+            raise RuntimeError("lifespan exploded on purpose")
+        async with inner.router.lifespan_context(inner):
+            yield
+
+    return Starlette(routes=[Mount("/", inner)], lifespan=lifespan)

@@ -1,0 +1,117 @@
+"""Real ``nocosup serve`` processes for tests: start, wait until they answer, stop, restart."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+ADMIN_TOKEN = "test-admin-token"
+AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class NocosupServer:
+    """One host process. ``url`` is its base URL; ``log`` the file it writes to."""
+
+    def __init__(self, env: dict[str, str], port: int, log: Path) -> None:
+        self.env = env
+        self.port = port
+        self.log = log
+        self.url = f"http://127.0.0.1:{port}"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def storage(self) -> Path:
+        return Path(self.env["NOCOSUP_STORAGE_DIR"])
+
+    def start(self, timeout: float = 30) -> NocosupServer:
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "nocosup", "serve", "--port", str(self.port),
+                 "--log-level", "info"],
+                cwd=ROOT, env=self.env, stdout=out, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.tail()}")
+            try:
+                if httpx.get(self.url + "/readyz", timeout=1).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.05)
+        raise RuntimeError(f"server did not become ready in {timeout}s:\n{self.tail()}")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> int | None:
+        """Stop the process (SIGTERM: clean shutdown; SIGKILL: a crash)."""
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else None
+        self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait(5)
+
+    def restart(self) -> NocosupServer:
+        self.stop()
+        return self.start()
+
+    def tail(self, lines: int = 60) -> str:
+        try:
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+        except FileNotFoundError:
+            return "(no log)"
+
+    def client(self, **kwargs: Any) -> httpx.AsyncClient:
+        return httpx.AsyncClient(base_url=self.url, timeout=30, **kwargs)
+
+    def admin(self) -> httpx.AsyncClient:
+        return self.client(headers=AUTH)
+
+
+class ServerFactory:
+    """Builds servers with isolated storage; stops all of them at the end of a test."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.tmp_path = tmp_path
+        self.servers: list[NocosupServer] = []
+
+    def env(self, storage: Path | None = None, **extra: str) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items()
+               if not k.startswith(("APP_", "DB_", "ENVIRONMENT_", "NOCOSUP_"))}
+        env.update({
+            "PYTHONPATH": str(ROOT),
+            "NOCOSUP_ADMIN_TOKEN": ADMIN_TOKEN,
+            "NOCOSUP_APP_FACTORY": "tests.factories:build",
+            "NOCOSUP_STORAGE_DIR": str(storage or self.tmp_path / f"storage{len(self.servers)}"),
+            "NOCOSUP_LOAD_PLUGINS": "",
+        })
+        env.update(extra)
+        return env
+
+    def start(self, storage: Path | None = None, port: int | None = None,
+              **extra: str) -> NocosupServer:
+        port = port or free_port()
+        server = NocosupServer(self.env(storage, **extra), port,
+                               self.tmp_path / f"server-{port}.log")
+        self.servers.append(server)
+        return server.start()
+
+    def stop_all(self) -> None:
+        for server in self.servers:
+            server.stop()
