@@ -8,6 +8,7 @@ processes on free ports of 127.0.0.1.
 
 from __future__ import annotations
 
+import itertools
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -79,12 +80,16 @@ def sqlite_server(servers: ServerFactory) -> NocosupServer:
     return servers.start()
 
 
+_pg_counter = itertools.count(1)
+
+
 @pytest.fixture
 def pg_env(pg_database: str) -> dict[str, str]:
+    """DB_* for a registry database of the test's own (the host creates it on start)."""
     return {
         "DB_DIALECT": "postgres",
         "DB_HOST": "127.0.0.1",
         "DB_PORT": "5432",
         "DB_USER": "postgres",
-        "DB_DATABASE": pg_database,
+        "DB_DATABASE": f"{pg_database}_{next(_pg_counter):02d}",
     }

@@ -1,0 +1,119 @@
+"""Boots and stops over a real server: single flight, failures kept to one app, start modes."""
+
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+
+from tests.servers import NocosupServer, ServerFactory
+from tests.test_admin_api import assert_error
+from tests.test_tenants import create
+
+
+def builds(server: NocosupServer, name: str) -> int:
+    path = server.storage / "apps" / name / "builds.txt"
+    return len(path.read_text().splitlines()) if path.exists() else 0
+
+
+async def test_concurrent_first_requests_boot_once(sqlite_server: NocosupServer) -> None:
+    async with sqlite_server.admin() as c:
+        await create(c, "slow", options={"test": {"bootDelay": 0.5}})
+    limits = httpx.Limits(max_connections=20)
+    async with sqlite_server.client(limits=limits) as c:
+        responses = await asyncio.gather(*(c.get("/apps/slow/api/info") for _ in range(20)))
+    assert [r.status_code for r in responses] == [200] * 20, [r.text for r in responses]
+    assert len({r.json()["pid"] for r in responses}) == 1
+    assert builds(sqlite_server, "slow") == 1
+
+
+async def test_concurrent_admin_starts_boot_once(sqlite_server: NocosupServer) -> None:
+    async with sqlite_server.admin() as c:
+        await create(c, "twice", options={"test": {"bootDelay": 0.3}})
+        results = await asyncio.gather(*(c.post("/api/apps/twice/start") for _ in range(5)),
+                                       c.get("/apps/twice/api/info"))
+    assert [r.status_code for r in results] == [200] * 6
+    assert builds(sqlite_server, "twice") == 1
+
+
+async def test_a_crashing_app_leaves_the_others_serving(sqlite_server: NocosupServer) -> None:
+    async with sqlite_server.admin() as c:
+        await create(c, "good")
+        await create(c, "badfactory", options={"test": {"crash": "factory"}})
+        await create(c, "badlifespan", options={"test": {"crash": "lifespan"}})
+        r = await c.get("/apps/badfactory/api/info")
+        assert_error(r, 503, "APP_ERROR")
+        assert "factory exploded on purpose" in r.json()["error"]["message"]
+        r = await c.get("/apps/badlifespan/api/info")
+        assert_error(r, 503, "APP_ERROR")
+        assert "lifespan exploded on purpose" in r.json()["error"]["message"]
+        assert (await c.get("/apps/good/api/info")).status_code == 200
+        app = (await c.get("/api/apps/badfactory")).json()
+        assert app["statuses"] == {"local": "error"}
+        assert "factory exploded" in app["errors"]["local"]
+        # an explicit start retries and reports the failure with the API's error shape
+        r = await c.post("/api/apps/badlifespan/start")
+        assert_error(r, 502, "COMMAND_FAILED")
+        assert "lifespan exploded" in r.json()["error"]["message"]
+        assert r.json()["error"]["results"]["local"]["ok"] is False
+        # errors do not retry on every request: still one build per explicit attempt
+        await c.get("/apps/badfactory/api/info")
+        assert builds(sqlite_server, "badfactory") == 1
+        # fixing the options and starting again brings it up
+        r = await c.patch("/api/apps/badfactory", json={"options": {"test": None}})
+        assert r.status_code == 200
+        r = await c.post("/api/apps/badfactory/start")
+        assert r.status_code == 200, r.text
+        assert (await c.get("/apps/badfactory/api/info")).status_code == 200
+        assert (await c.get("/apps/good/api/info")).status_code == 200
+
+
+async def test_boot_wait_answers_initializing(servers: ServerFactory) -> None:
+    server = servers.start(NOCOSUP_BOOT_WAIT="0.2")
+    async with server.admin() as c:
+        await create(c, "sleepy", options={"test": {"bootDelay": 2}})
+        r = await c.get("/apps/sleepy/api/info")
+        assert_error(r, 503, "APP_INITIALIZING")
+        assert r.headers["retry-after"] == "2"
+        status = (await c.get("/api/apps/sleepy")).json()["statuses"]["local"]
+        assert status in ("initializing", "initialized")
+        for _ in range(100):
+            r = await c.get("/apps/sleepy/api/info")
+            if r.status_code == 200:
+                break
+            await asyncio.sleep(0.1)
+        assert r.status_code == 200
+        assert builds(server, "sleepy") == 1
+
+
+async def test_with_supervisor_apps_start_on_create_and_stop_means_stopped(
+    sqlite_server: NocosupServer,
+) -> None:
+    async with sqlite_server.admin() as c:
+        app = await create(c, "eager", options={"startMode": "with_supervisor"})
+        assert app["statuses"] == {"local": "running"}
+        r = await c.post("/api/apps/eager/stop")
+        assert r.status_code == 200 and r.json()["statuses"] == {"local": "stopped"}
+        assert_error(await c.get("/apps/eager/api/info"), 503, "APP_STOPPED")
+        assert builds(sqlite_server, "eager") == 1
+        r = await c.post("/api/apps/eager/start", params={"wait": "false"})
+        assert r.status_code == 202
+        for _ in range(100):
+            if (await c.get("/apps/eager/api/info")).status_code == 200:
+                break
+            await asyncio.sleep(0.05)
+        assert (await c.get("/apps/eager/api/info")).status_code == 200
+
+
+async def test_stop_lets_inflight_requests_finish(sqlite_server: NocosupServer) -> None:
+    async with sqlite_server.admin() as c:
+        await create(c, "drain")
+        await c.post("/api/apps/drain/start")
+        size = 32 * 1024 * 1024
+        async with c.stream("GET", "/apps/drain/api/blob", params={"size": size}) as r:
+            stop = asyncio.create_task(c.post("/api/apps/drain/stop"))
+            got = 0
+            async for chunk in r.aiter_bytes():
+                got += len(chunk)
+        assert got == size
+        assert (await stop).json()["statuses"] == {"local": "stopped"}
