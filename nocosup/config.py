@@ -115,6 +115,11 @@ VARIABLES: tuple[Variable, ...] = (
         ("0", "1"),
     ),
     Variable(
+        "NOCOSUP_URL",
+        "http://127.0.0.1:8000",
+        "Supervisor URL the `nocosup apps|envs` CLI talks to (read by the CLI only).",
+    ),
+    Variable(
         "NOCOSUP_STOP_GRACE",
         "10",
         "Seconds a stopping app waits for its in-flight requests to finish.",
