@@ -76,6 +76,10 @@ class Supervisor:
         task.add_done_callback(self._background.discard)
         return task
 
+    def _changed(self, name: str, action: str) -> None:
+        """Tell live listeners (the web page) that an app's config changed."""
+        self.host.events.publish({"type": "app_changed", "app": name, "action": action})
+
     def _locked(self, name: str) -> asyncio.Lock:
         return self._locks.setdefault(name, asyncio.Lock())
 
@@ -125,6 +129,7 @@ class Supervisor:
             except BaseException as exc:
                 await self._undo_create(record, exc)
                 raise
+        self._changed(name, "created")
         if record.start_mode == "with_supervisor":
             await self._start(record)
         return await self._describe(record)
@@ -190,6 +195,7 @@ class Supervisor:
             if changes:
                 record = await self.registry.update(record.changed(**changes))
                 await self.process.update(record)
+                self._changed(name, "updated")
         return await self._describe(record)
 
     async def delete_app(self, name: str, drop_database: bool) -> dict[str, Any]:
@@ -206,6 +212,7 @@ class Supervisor:
                 )
             await self.registry.delete(name)
         self._locks.pop(name, None)
+        self._changed(name, "removed")
         return {
             "name": name,
             "removed": True,
@@ -220,6 +227,7 @@ class Supervisor:
             if record.desired_state != "running":
                 record = await self.registry.update(record.changed(desired_state="running"))
                 await self.process.update(record)
+                self._changed(record.name, "updated")
         if not wait:
             self._spawn(self._start_logged(record))
             return await self._describe(record), False
@@ -235,6 +243,7 @@ class Supervisor:
             if record.desired_state != "stopped":
                 record = await self.registry.update(record.changed(desired_state="stopped"))
                 await self.process.update(record)
+                self._changed(record.name, "updated")
         if not wait:
             self._spawn(self.process.stop(record))
             return await self._describe(record), False

@@ -41,9 +41,21 @@ class NocosupServer:
     def start(self, timeout: float = 30) -> NocosupServer:
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "nocosup", "serve", "--port", str(self.port),
-                 "--log-level", "info"],
-                cwd=ROOT, env=self.env, stdout=out, stderr=subprocess.STDOUT)
+                [
+                    sys.executable,
+                    "-m",
+                    "nocosup",
+                    "serve",
+                    "--port",
+                    str(self.port),
+                    "--log-level",
+                    "info",
+                ],
+                cwd=ROOT,
+                env=self.env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -92,23 +104,32 @@ class ServerFactory:
         self.servers: list[NocosupServer] = []
 
     def env(self, storage: Path | None = None, **extra: str) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items()
-               if not k.startswith(("APP_", "DB_", "ENVIRONMENT_", "NOCOSUP_"))}
-        env.update({
-            "PYTHONPATH": str(ROOT),
-            "NOCOSUP_ADMIN_TOKEN": ADMIN_TOKEN,
-            "NOCOSUP_APP_FACTORY": "tests.factories:build",
-            "NOCOSUP_STORAGE_DIR": str(storage or self.tmp_path / f"storage{len(self.servers)}"),
-            "NOCOSUP_LOAD_PLUGINS": "",
-        })
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith(("APP_", "DB_", "ENVIRONMENT_", "NOCOSUP_"))
+        }
+        env.update(
+            {
+                "PYTHONPATH": str(ROOT),
+                "NOCOSUP_ADMIN_TOKEN": ADMIN_TOKEN,
+                "NOCOSUP_APP_FACTORY": "tests.factories:build",
+                "NOCOSUP_STORAGE_DIR": str(
+                    storage or self.tmp_path / f"storage{len(self.servers)}"
+                ),
+                "NOCOSUP_LOAD_PLUGINS": "",
+            }
+        )
         env.update(extra)
         return env
 
-    def start(self, storage: Path | None = None, port: int | None = None,
-              **extra: str) -> NocosupServer:
+    def start(
+        self, storage: Path | None = None, port: int | None = None, **extra: str
+    ) -> NocosupServer:
         port = port or free_port()
-        server = NocosupServer(self.env(storage, **extra), port,
-                               self.tmp_path / f"server-{port}.log")
+        server = NocosupServer(
+            self.env(storage, **extra), port, self.tmp_path / f"server-{port}.log"
+        )
         self.servers.append(server)
         return server.start()
 

@@ -24,10 +24,17 @@ def assert_error(resp: httpx.Response, status: int, code: str, field: str | None
 
 async def test_every_api_route_needs_the_token(sqlite_server: NocosupServer) -> None:
     async with sqlite_server.client() as c:
-        calls = [("GET", "/api/apps"), ("POST", "/api/apps"), ("GET", "/api/apps/x"),
-                 ("PATCH", "/api/apps/x"), ("DELETE", "/api/apps/x"),
-                 ("POST", "/api/apps/x/start"), ("POST", "/api/apps/x/stop"),
-                 ("GET", "/api/environments"), ("GET", "/api/plugins")]
+        calls = [
+            ("GET", "/api/apps"),
+            ("POST", "/api/apps"),
+            ("GET", "/api/apps/x"),
+            ("PATCH", "/api/apps/x"),
+            ("DELETE", "/api/apps/x"),
+            ("POST", "/api/apps/x/start"),
+            ("POST", "/api/apps/x/stop"),
+            ("GET", "/api/environments"),
+            ("GET", "/api/plugins"),
+        ]
         for method, path in calls:
             assert_error(await c.request(method, path), 401, "UNAUTHORIZED")
             wrong = {"Authorization": "Bearer nope"}
@@ -41,15 +48,19 @@ async def test_every_api_route_needs_the_token(sqlite_server: NocosupServer) -> 
 
 async def test_crud_round_trip(sqlite_server: NocosupServer) -> None:
     async with sqlite_server.admin() as c:
-        r = await c.post("/api/apps", json={"name": "crm", "title": "CRM",
-                                            "options": {"color": "blue"}})
+        r = await c.post(
+            "/api/apps", json={"name": "crm", "title": "CRM", "options": {"color": "blue"}}
+        )
         assert r.status_code == 201, r.text
         app = r.json()
         assert r.headers["location"] == "/api/apps/crm"
         assert app["name"] == "crm" and app["title"] == "CRM"
         assert app["environments"] == ["local"]
-        assert app["options"] == {"color": "blue", "startMode": "on_first_request",
-                                  "dbConnType": "new_database"}
+        assert app["options"] == {
+            "color": "blue",
+            "startMode": "on_first_request",
+            "dbConnType": "new_database",
+        }
         assert app["desired_state"] == "running"
         assert app["statuses"] == {"local": "stopped"}
         assert app["created_at"] and app["updated_at"]
@@ -58,8 +69,9 @@ async def test_crud_round_trip(sqlite_server: NocosupServer) -> None:
         assert [a["name"] for a in listed] == ["crm"]
         assert (await c.get("/api/apps/crm")).json()["title"] == "CRM"
 
-        r = await c.patch("/api/apps/crm", json={"title": "Sales",
-                                                 "options": {"color": None, "size": 3}})
+        r = await c.patch(
+            "/api/apps/crm", json={"title": "Sales", "options": {"color": None, "size": 3}}
+        )
         assert r.status_code == 200, r.text
         patched = r.json()
         assert patched["title"] == "Sales"
@@ -97,8 +109,11 @@ BAD_CREATES: list[tuple[Any, str, str | None]] = [
     ({"name": "ok", "title": "t" * 201}, "VALIDATION_ERROR", "title"),
     ({"name": "ok", "options": []}, "VALIDATION_ERROR", "options"),
     ({"name": "ok", "options": {"startMode": "never"}}, "VALIDATION_ERROR", "options.startMode"),
-    ({"name": "ok", "options": {"dbConnType": "new_schema"}}, "VALIDATION_ERROR",
-     "options.dbConnType"),
+    (
+        {"name": "ok", "options": {"dbConnType": "new_schema"}},
+        "VALIDATION_ERROR",
+        "options.dbConnType",
+    ),
     ({"name": "ok", "options": {"dbConnType": "other"}}, "VALIDATION_ERROR", "options.dbConnType"),
     ({"name": "ok", "environments": ["mars"]}, "VALIDATION_ERROR", "environments"),
     ({"name": "ok", "environments": []}, "VALIDATION_ERROR", "environments"),
@@ -122,31 +137,44 @@ async def test_bad_create_is_422_and_creates_nothing(
 async def test_malformed_json_and_other_bad_requests(sqlite_server: NocosupServer) -> None:
     async with sqlite_server.admin() as c:
         raw = {"content-type": "application/json"}
-        assert_error(await c.post("/api/apps", content=b"{nope", headers=raw), 422,
-                     "INVALID_JSON")
-        assert_error(await c.post("/api/apps", content=b"\xff\xfe", headers=raw), 422,
-                     "INVALID_JSON")
+        assert_error(await c.post("/api/apps", content=b"{nope", headers=raw), 422, "INVALID_JSON")
+        assert_error(
+            await c.post("/api/apps", content=b"\xff\xfe", headers=raw), 422, "INVALID_JSON"
+        )
         assert_error(await c.post("/api/apps", content=b"x" * (1 << 20 + 1)), 422, "INVALID_JSON")
         assert (await c.post("/api/apps", json={"name": "dup"})).status_code == 201
         assert_error(await c.post("/api/apps", json={"name": "dup"}), 409, "APP_EXISTS")
-        assert_error(await c.patch("/api/apps/dup", json={"name": "x"}), 422,
-                     "VALIDATION_ERROR", "name")
-        assert_error(await c.patch("/api/apps/dup", json={"options": 3}), 422,
-                     "VALIDATION_ERROR", "options")
-        assert_error(await c.patch("/api/apps/dup", json={"options": {"dbConnType": "new_schema"}}),
-                     422, "VALIDATION_ERROR", "options.dbConnType")
-        assert_error(await c.patch("/api/apps/dup", content=b"[", headers=raw), 422,
-                     "INVALID_JSON")
+        assert_error(
+            await c.patch("/api/apps/dup", json={"name": "x"}), 422, "VALIDATION_ERROR", "name"
+        )
+        assert_error(
+            await c.patch("/api/apps/dup", json={"options": 3}), 422, "VALIDATION_ERROR", "options"
+        )
+        assert_error(
+            await c.patch("/api/apps/dup", json={"options": {"dbConnType": "new_schema"}}),
+            422,
+            "VALIDATION_ERROR",
+            "options.dbConnType",
+        )
+        assert_error(await c.patch("/api/apps/dup", content=b"[", headers=raw), 422, "INVALID_JSON")
         assert_error(await c.patch("/api/apps/ghost", json={"title": "x"}), 404, "APP_NOT_FOUND")
         assert_error(await c.get("/api/apps/ghost"), 404, "APP_NOT_FOUND")
         assert_error(await c.get("/api/apps/BAD!"), 422, "VALIDATION_ERROR", "name")
         assert_error(await c.delete("/api/apps/ghost"), 404, "APP_NOT_FOUND")
         assert_error(await c.post("/api/apps/ghost/start"), 404, "APP_NOT_FOUND")
         assert_error(await c.post("/api/apps/ghost/stop"), 404, "APP_NOT_FOUND")
-        assert_error(await c.post("/api/apps/dup/start", params={"wait": "maybe"}), 422,
-                     "VALIDATION_ERROR", "wait")
-        assert_error(await c.delete("/api/apps/dup", params={"drop_database": "perhaps"}), 422,
-                     "VALIDATION_ERROR", "drop_database")
+        assert_error(
+            await c.post("/api/apps/dup/start", params={"wait": "maybe"}),
+            422,
+            "VALIDATION_ERROR",
+            "wait",
+        )
+        assert_error(
+            await c.delete("/api/apps/dup", params={"drop_database": "perhaps"}),
+            422,
+            "VALIDATION_ERROR",
+            "drop_database",
+        )
         assert_error(await c.put("/api/apps/dup", json={}), 405, "METHOD_NOT_ALLOWED")
         assert_error(await c.get("/api/nothing-here"), 404, "NOT_FOUND")
         # the app that failed to be patched or deleted is untouched
@@ -169,8 +197,14 @@ async def test_generated_token_is_kept_in_storage(servers: ServerFactory) -> Non
 
 def test_bad_configuration_exits_with_a_message(servers: ServerFactory) -> None:
     env = servers.env(APP_MODE="boss")
-    proc = subprocess.run([sys.executable, "-m", "nocosup", "serve", "--port", "1"],
-                          env=env, capture_output=True, text=True, timeout=30, cwd=ROOT)
+    proc = subprocess.run(
+        [sys.executable, "-m", "nocosup", "serve", "--port", "1"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=ROOT,
+    )
     assert proc.returncode == 2
     assert "APP_MODE must be one of supervisor, worker; got 'boss'" in proc.stderr
     assert "Traceback" not in proc.stderr

@@ -13,7 +13,11 @@ from nocosup.errors import ConfigError
 def test_embedded_defaults() -> None:
     s = Settings.from_env({})
     assert (s.mode, s.discovery_adapter, s.process_adapter, s.command_adapter) == (
-        "supervisor", "local", "local", "local")
+        "supervisor",
+        "local",
+        "local",
+        "local",
+    )
     assert s.db_dialect == "sqlite"
     assert s.environment_name == "local"
     assert s.storage_dir == Path("./storage")

@@ -30,8 +30,9 @@ async def test_concurrent_first_requests_boot_once(sqlite_server: NocosupServer)
 async def test_concurrent_admin_starts_boot_once(sqlite_server: NocosupServer) -> None:
     async with sqlite_server.admin() as c:
         await create(c, "twice", options={"test": {"bootDelay": 0.3}})
-        results = await asyncio.gather(*(c.post("/api/apps/twice/start") for _ in range(5)),
-                                       c.get("/apps/twice/api/info"))
+        results = await asyncio.gather(
+            *(c.post("/api/apps/twice/start") for _ in range(5)), c.get("/apps/twice/api/info")
+        )
     assert [r.status_code for r in results] == [200] * 6
     assert builds(sqlite_server, "twice") == 1
 

@@ -51,14 +51,14 @@ async def test_two_apps_are_isolated(dialect_server: NocosupServer, run_id: str)
         assert len(dbs) == 2
 
 
-async def test_apps_and_data_survive_a_restart(dialect_server: NocosupServer,
-                                               run_id: str) -> None:
+async def test_apps_and_data_survive_a_restart(dialect_server: NocosupServer, run_id: str) -> None:
     name = f"keep{run_id}"
     async with dialect_server.admin() as c:
         await create(c, name, title="Keeper", options={"startMode": "with_supervisor"})
         await create(c, f"lazy{run_id}")
-        assert (await c.post(f"/apps/{name}/api/records", json={"title": "stays"})).status_code \
-            == 201
+        assert (
+            await c.post(f"/apps/{name}/api/records", json={"title": "stays"})
+        ).status_code == 201
         await c.post(f"/api/apps/lazy{run_id}/stop")
     dialect_server.restart()
     async with dialect_server.admin() as c:
@@ -87,8 +87,9 @@ async def pg_has_database(name: str) -> bool:
         await conn.close()
 
 
-async def test_delete_keeps_or_drops_the_database(dialect_server: NocosupServer,
-                                                  run_id: str) -> None:
+async def test_delete_keeps_or_drops_the_database(
+    dialect_server: NocosupServer, run_id: str
+) -> None:
     pg = dialect_server.env.get("DB_DIALECT") == "postgres"
     async with dialect_server.admin() as c:
         kept = await create(c, f"kept{run_id}")
@@ -98,8 +99,9 @@ async def test_delete_keeps_or_drops_the_database(dialect_server: NocosupServer,
             assert r.status_code == 201
 
         def exists(app: dict) -> bool:
-            return (dialect_server.storage / "databases" /
-                    f"{app['database']['name']}.sqlite").exists()
+            return (
+                dialect_server.storage / "databases" / f"{app['database']['name']}.sqlite"
+            ).exists()
 
         r = await c.delete(f"/api/apps/{kept['name']}")
         assert r.json()["database_dropped"] is False
@@ -119,14 +121,18 @@ async def test_delete_keeps_or_drops_the_database(dialect_server: NocosupServer,
         assert (await c.get(f"/apps/{dropped['name']}/api/records")).json()["records"] == []
 
 
-async def test_postgres_schema_per_app(servers: ServerFactory, pg_env: dict[str, str],
-                                       run_id: str) -> None:
+async def test_postgres_schema_per_app(
+    servers: ServerFactory, pg_env: dict[str, str], run_id: str
+) -> None:
     server = servers.start(**pg_env)
     async with server.admin() as c:
         one = await create(c, f"sch1{run_id}", options={"dbConnType": "new_schema"})
         two = await create(c, f"sch2{run_id}", options={"dbConnType": "new_schema"})
-        assert one["database"] == {"connType": "new_schema", "name": pg_env["DB_DATABASE"],
-                                   "schema": f"sch1{run_id}"}
+        assert one["database"] == {
+            "connType": "new_schema",
+            "name": pg_env["DB_DATABASE"],
+            "schema": f"sch1{run_id}",
+        }
         await c.post(f"/apps/{one['name']}/api/records", json={"title": "in-one"})
         assert (await c.get(f"/apps/{two['name']}/api/records")).json()["records"] == []
         conn = await asyncpg.connect(PG_DSN.rsplit("/", 1)[0] + "/" + pg_env["DB_DATABASE"])
@@ -134,16 +140,17 @@ async def test_postgres_schema_per_app(servers: ServerFactory, pg_env: dict[str,
             count = await conn.fetchval(f'SELECT count(*) FROM "sch1{run_id}".starter_records')
             assert count == 1
             await c.delete(f"/api/apps/{two['name']}", params={"drop_database": "1"})
-            gone = await conn.fetchval("SELECT 1 FROM pg_namespace WHERE nspname=$1",
-                                       f"sch2{run_id}")
+            gone = await conn.fetchval(
+                "SELECT 1 FROM pg_namespace WHERE nspname=$1", f"sch2{run_id}"
+            )
             assert gone is None
         finally:
             await conn.close()
 
 
-async def test_create_failure_leaves_no_half_made_app(servers: ServerFactory,
-                                                      pg_env: dict[str, str],
-                                                      run_id: str) -> None:
+async def test_create_failure_leaves_no_half_made_app(
+    servers: ServerFactory, pg_env: dict[str, str], run_id: str
+) -> None:
     """A database user without CREATEDB: the caller gets the error, nothing is left."""
     role = f"nocosup_t_{run_id}_nocreate"
     registry_db = pg_env["DB_DATABASE"]
@@ -193,10 +200,18 @@ async def test_blob_streams_and_checks_size(sqlite_server: NocosupServer) -> Non
                 got += len(chunk)
         assert got == size
         for bad in ("-1", "abc", str(64 * 1024 * 1024 + 1), ""):
-            assert_error(await c.get("/apps/blob/api/blob", params={"size": bad}), 422,
-                         "VALIDATION_ERROR", "size")
-        assert_error(await c.post("/apps/blob/api/records", json={"title": ""}), 422,
-                     "VALIDATION_ERROR", "title")
+            assert_error(
+                await c.get("/apps/blob/api/blob", params={"size": bad}),
+                422,
+                "VALIDATION_ERROR",
+                "size",
+            )
+        assert_error(
+            await c.post("/apps/blob/api/records", json={"title": ""}),
+            422,
+            "VALIDATION_ERROR",
+            "title",
+        )
         assert_error(await c.post("/apps/blob/api/records", content=b"{"), 422, "INVALID_JSON")
 
 
@@ -212,8 +227,9 @@ async def test_websocket_echo(sqlite_server: NocosupServer) -> None:
         assert await ws.recv() == b"\x00\x01binary"
     # a WebSocket to an unknown app is refused with the JSON error
     with pytest.raises(websockets.InvalidStatus) as info:
-        async with websockets.connect(sqlite_server.url.replace("http", "ws") +
-                                      "/apps/ghost/api/echo"):
+        async with websockets.connect(
+            sqlite_server.url.replace("http", "ws") + "/apps/ghost/api/echo"
+        ):
             pass
     assert info.value.response.status_code == 404
     assert json.loads(info.value.response.body)["error"]["code"] == "APP_NOT_FOUND"
