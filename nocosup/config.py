@@ -124,6 +124,31 @@ VARIABLES: tuple[Variable, ...] = (
         "10",
         "Seconds a stopping app waits for its in-flight requests to finish.",
     ),
+    Variable(
+        "NOCOSUP_HEARTBEAT_INTERVAL",
+        "10",
+        "Seconds between a worker's heartbeats; its key lives 3 intervals.",
+    ),
+    Variable(
+        "NOCOSUP_COMMAND_TIMEOUT",
+        "60",
+        "Seconds the supervisor waits for workers to answer a command (504 COMMAND_TIMEOUT).",
+    ),
+    Variable(
+        "NOCOSUP_LOCK_TTL",
+        "15",
+        "Seconds an app's startup lock lives unless renewed (renewed every third of it).",
+    ),
+    Variable(
+        "NOCOSUP_PROXY_TIMEOUT",
+        "300",
+        "Seconds the proxy waits for a worker's response to start (504 UPSTREAM_TIMEOUT).",
+    ),
+    Variable(
+        "NOCOSUP_INSTANCE_ID",
+        None,
+        "Name of this process among the replicas of its environment (default: random).",
+    ),
 )
 _BY_NAME = {v.name: v for v in VARIABLES}
 
@@ -155,6 +180,10 @@ class Settings:
     load_plugins: tuple[str, ...] | None = None
     trace_hooks: bool = False
     stop_grace: float = 10.0
+    heartbeat_interval: float = 10.0
+    command_timeout: float = 60.0
+    lock_ttl: float = 15.0
+    proxy_timeout: float = 300.0
     #: Unique per process: tells replicas of one environment apart.
     instance_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
 
@@ -330,4 +359,14 @@ def _parse(env: Mapping[str, str]) -> dict[str, Any]:
         else tuple(p.strip() for p in load.split(",") if p.strip()),
         "trace_hooks": _choice(env, "NOCOSUP_TRACE_HOOKS") == "1",
         "stop_grace": _number(env, "NOCOSUP_STOP_GRACE", float, 0, 3600),
+        "heartbeat_interval": _number(env, "NOCOSUP_HEARTBEAT_INTERVAL", float, 0.1, 3600),
+        "command_timeout": _number(env, "NOCOSUP_COMMAND_TIMEOUT", float, 0.1, 3600),
+        "lock_ttl": _number(env, "NOCOSUP_LOCK_TTL", float, 0.3, 3600),
+        "proxy_timeout": _number(env, "NOCOSUP_PROXY_TIMEOUT", float, 0.1, 86400),
+        **_instance(env),
     }
+
+
+def _instance(env: Mapping[str, str]) -> dict[str, str]:
+    value = _pattern(env, "NOCOSUP_INSTANCE_ID", _ENV_NAME, "1-63 letters, digits, '_', '.' or '-'")
+    return {"instance_id": value} if value else {}

@@ -88,6 +88,11 @@ async def connect_registry(settings: Settings) -> Database:
     return db
 
 
+async def ensure_database(settings: Settings) -> None:
+    """Create the PostgreSQL database DB_DATABASE if it is missing."""
+    await _create_pg_database(settings, settings.db_database, maintenance="postgres")
+
+
 class TenantDatabases:
     """Provisions, opens and drops tenant databases for one process's DB settings."""
 

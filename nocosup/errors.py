@@ -14,6 +14,7 @@
     │   ├── AppInitializing         503 APP_INITIALIZING (Retry-After)
     │   ├── AppFailed               503 APP_ERROR (carries the app's error message)
     │   └── EnvironmentUnavailable  503 APP_ENVIRONMENT_UNAVAILABLE
+    ├── BackendUnavailable          503 REDIS_UNAVAILABLE (Redis did not answer)
     ├── DatabaseError               500 DATABASE_ERROR (a database could not be made or dropped)
     ├── CommandTimeout              504 COMMAND_TIMEOUT
     ├── CommandFailed               502 COMMAND_FAILED
@@ -136,6 +137,14 @@ class AppFailed(AppUnavailable):
 class EnvironmentUnavailable(AppUnavailable):
     code = "APP_ENVIRONMENT_UNAVAILABLE"
     retry_after = 5
+
+
+class BackendUnavailable(NocosupError):
+    status = 503
+    code = "REDIS_UNAVAILABLE"
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": "2"}
 
 
 class DatabaseError(NocosupError):

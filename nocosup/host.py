@@ -9,9 +9,9 @@ plugin routes) goes through Starlette.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+import traceback
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 from starlette.applications import Starlette
@@ -47,11 +47,11 @@ class Host(Starlette):
         self.services: dict[str, Any] = {}
         self.gateway: Any = None
         self.started = False
+        self._background: set[asyncio.Task[Any]] = set()
         self._start_lock = asyncio.Lock()
         routes = [Route("/healthz", _healthz), Route("/readyz", _readyz), *self.hooks.routes(self)]
         super().__init__(
             routes=routes,
-            lifespan=_lifespan,
             exception_handlers={
                 NocosupError: _nocosup_error,
                 HTTPException: _http_error,
@@ -79,7 +79,22 @@ class Host(Starlette):
         if not self.started:
             return
         self.started = False
+        for task in list(self._background):
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
         await self.hooks.shutdown(self)
+
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        """Run ``coro`` in the background; failures are logged, the task ends with the host."""
+        task = asyncio.create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._reap)
+        return task
+
+    def _reap(self, task: asyncio.Task[Any]) -> None:
+        self._background.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("background task failed", exc_info=task.exception())
 
     def status_changed(self, name: str, environment: str, status: str, error: str | None) -> None:
         """Tell plugins and live listeners that an app changed status somewhere."""
@@ -115,21 +130,48 @@ class Host(Starlette):
                 return
             if not self.started and scope["type"] == "http":
                 await self.start()
+        elif kind == "lifespan":
+            await self._lifespan(receive, send)
+            return
         await super().__call__(scope, receive, send)
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        """The lifespan protocol by hand: a NocosupError fails start-up with its message
+        alone (what the operator must fix), anything else with its traceback."""
+        message = await receive()
+        assert message["type"] == "lifespan.startup"
+        try:
+            await self.start()
+        except NocosupError as exc:
+            log.error("start-up failed: %s", exc.message)
+            await self._stop_quietly()
+            await send({"type": "lifespan.startup.failed", "message": exc.message})
+            return
+        except BaseException:
+            await self._stop_quietly()
+            await send({"type": "lifespan.startup.failed", "message": traceback.format_exc()})
+            raise
+        await send({"type": "lifespan.startup.complete"})
+        message = await receive()
+        assert message["type"] == "lifespan.shutdown"
+        try:
+            await self.stop()
+        except BaseException:
+            await send({"type": "lifespan.shutdown.failed", "message": traceback.format_exc()})
+            raise
+        await send({"type": "lifespan.shutdown.complete"})
+
+    async def _stop_quietly(self) -> None:
+        """Release what a failed start-up opened (started is False, so stop() skips)."""
+        try:
+            await self.hooks.shutdown(self)
+        except Exception:
+            log.exception("cleaning up after a failed start-up failed too")
 
 
 def create_host(settings: Settings | None = None) -> Host:
     """Build the host for ``settings`` (read from the environment when omitted)."""
     return Host(settings or Settings.from_env())
-
-
-@contextlib.asynccontextmanager
-async def _lifespan(app: Host) -> AsyncIterator[None]:
-    await app.start()
-    try:
-        yield
-    finally:
-        await app.stop()
 
 
 def _tenant_target(scope: Scope) -> tuple[str, str, bool] | None:

@@ -24,6 +24,8 @@ class EnvResult:
     ok: bool
     status: str
     error: str | None = None
+    #: No answer within NOCOSUP_COMMAND_TIMEOUT (the API answers 504).
+    timed_out: bool = False
 
     def to_json(self) -> dict[str, Any]:
         return {"ok": self.ok, "status": self.status, "error": self.error}

@@ -31,6 +31,27 @@ apps_table = sa.Table(
     sa.Column("updated_at", sa.String(32), nullable=False),
 )
 
+_CREATE_ENVIRONMENTS = """
+CREATE TABLE IF NOT EXISTS nocosup_environments (
+    name VARCHAR(63) PRIMARY KEY,
+    url TEXT NOT NULL,
+    proxy_url TEXT NOT NULL,
+    version VARCHAR(32) NOT NULL,
+    registered_at VARCHAR(32) NOT NULL,
+    last_seen_at VARCHAR(32) NOT NULL
+)
+"""
+environments_table = sa.Table(
+    "nocosup_environments",
+    metadata,
+    sa.Column("name", sa.String(63), primary_key=True),
+    sa.Column("url", sa.Text, nullable=False),
+    sa.Column("proxy_url", sa.Text, nullable=False),
+    sa.Column("version", sa.String(32), nullable=False),
+    sa.Column("registered_at", sa.String(32), nullable=False),
+    sa.Column("last_seen_at", sa.String(32), nullable=False),
+)
+
 _CREATE_APPS = """
 CREATE TABLE IF NOT EXISTS nocosup_apps (
     name VARCHAR(40) PRIMARY KEY,
@@ -128,6 +149,7 @@ class Registry:
 
     async def migrate(self) -> None:
         await self.db.execute(_CREATE_APPS)
+        await self.db.execute(_CREATE_ENVIRONMENTS)
 
     async def list(self) -> list[AppRecord]:
         rows = await self.db.fetch_all(
@@ -172,3 +194,38 @@ class Registry:
 def _is_unique_violation(exc: Exception) -> bool:
     text = f"{type(exc).__name__} {exc}".lower()
     return "unique" in text or "duplicate key" in text
+
+
+class EnvironmentStore:
+    """Environments the supervisor has seen, so it can list them (offline) after Redis
+    lost its copy. Workers' heartbeats are the truth about who is online."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    async def list(self) -> dict[str, dict[str, Any]]:
+        rows = await self.db.fetch_all(environments_table.select())
+        return {r._mapping["name"]: dict(r._mapping) for r in rows}
+
+    async def upsert(self, env: dict[str, Any]) -> None:
+        values = {
+            "url": env.get("url") or "",
+            "proxy_url": env.get("proxy_url") or "",
+            "version": env.get("version") or "",
+            "last_seen_at": now_iso(),
+        }
+        async with self.db.transaction():
+            updated = await self.db.fetch_one(
+                environments_table.update()
+                .where(environments_table.c.name == env["name"])
+                .values(**values)
+                .returning(environments_table.c.name)
+            )
+            if updated is None:
+                await self.db.execute(
+                    environments_table.insert().values(
+                        name=env["name"],
+                        registered_at=env.get("registered_at") or now_iso(),
+                        **values,
+                    )
+                )

@@ -10,8 +10,11 @@ apps never wait for each other. A failing factory or lifespan puts only that app
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -29,6 +32,11 @@ if TYPE_CHECKING:
     from nocosup.host import Host
 
 log = logging.getLogger("nocosup.runtime")
+
+
+@contextlib.asynccontextmanager
+async def _no_guard(name: str) -> AsyncIterator[None]:
+    yield
 
 
 @dataclass(eq=False)
@@ -61,6 +69,9 @@ class LocalRuntime:
         self.environment = host.settings.environment_name
         self.databases = TenantDatabases(host.settings)
         self.tenants: dict[str, Tenant] = {}
+        #: Wraps every boot; a worker swaps in the Redis startup lock so an app boots in
+        #: one process at a time across its environments and replicas.
+        self.boot_guard: Callable[[str], AbstractAsyncContextManager[Any]] = _no_guard
 
     # --- configuration ---------------------------------------------------------------
 
@@ -120,15 +131,16 @@ class LocalRuntime:
             began = time.perf_counter()
             ctx = self.context(tenant)
             try:
-                self._set_status(tenant, AppStatus.INITIALIZING)
-                app = await self.host.hooks.app_factory(ctx)
-                if app is None:
-                    raise RuntimeError("no plugin built the app (app_factory returned nothing)")
-                tenant.app = app
-                self._set_status(tenant, AppStatus.INITIALIZED)
-                await self.host.hooks.before_app_start(ctx)
-                tenant.lifespan = LifespanRunner(app, tenant.name)
-                await tenant.lifespan.startup()
+                async with self.boot_guard(tenant.name):
+                    self._set_status(tenant, AppStatus.INITIALIZING)
+                    app = await self.host.hooks.app_factory(ctx)
+                    if app is None:
+                        raise RuntimeError("no plugin built the app (app_factory returned None)")
+                    tenant.app = app
+                    self._set_status(tenant, AppStatus.INITIALIZED)
+                    await self.host.hooks.before_app_start(ctx)
+                    tenant.lifespan = LifespanRunner(app, tenant.name)
+                    await tenant.lifespan.startup()
             except Exception as exc:
                 log.exception("app %s failed to start", tenant.name)
                 tenant.app = None

@@ -15,7 +15,13 @@ from typing import TYPE_CHECKING, Any
 from nocosup import validation as v
 from nocosup.db import TenantDatabase
 from nocosup.environments import EnvironmentDirectory
-from nocosup.errors import CommandFailed, DatabaseError, InvalidInput, NocosupError
+from nocosup.errors import (
+    CommandFailed,
+    CommandTimeout,
+    DatabaseError,
+    InvalidInput,
+    NocosupError,
+)
 from nocosup.plugins import await_me_maybe
 from nocosup.process import EnvResult, ProcessAdapter
 from nocosup.registry import AppRecord, Registry
@@ -41,7 +47,6 @@ class Supervisor:
         self.process = process
         self.environments = environments
         self._locks: dict[str, asyncio.Lock] = {}
-        self._background: set[asyncio.Task[Any]] = set()
 
     # --- start-up --------------------------------------------------------------------
 
@@ -53,7 +58,7 @@ class Supervisor:
             r for r in records if r.desired_state == "running" and r.start_mode == "with_supervisor"
         ]
         for record in eager:
-            self._spawn(self._start_logged(record))
+            self.host.spawn(self._start_logged(record))
 
     async def _start_logged(self, record: AppRecord) -> None:
         try:
@@ -64,17 +69,6 @@ class Supervisor:
         for r in results:
             if not r.ok:
                 log.error("app %s did not start in %s: %s", record.name, r.environment, r.error)
-
-    async def close(self) -> None:
-        for task in list(self._background):
-            task.cancel()
-        await asyncio.gather(*self._background, return_exceptions=True)
-
-    def _spawn(self, coro: Any) -> asyncio.Task[Any]:
-        task = asyncio.create_task(coro)
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
-        return task
 
     def _changed(self, name: str, action: str) -> None:
         """Tell live listeners (the web page) that an app's config changed."""
@@ -229,7 +223,7 @@ class Supervisor:
                 await self.process.update(record)
                 self._changed(record.name, "updated")
         if not wait:
-            self._spawn(self._start_logged(record))
+            self.host.spawn(self._start_logged(record))
             return await self._describe(record), False
         return await self._start(record), True
 
@@ -245,7 +239,7 @@ class Supervisor:
                 await self.process.update(record)
                 self._changed(record.name, "updated")
         if not wait:
-            self._spawn(self.process.stop(record))
+            self.host.spawn(self.process.stop(record))
             return await self._describe(record), False
         results = await self.process.stop(record)
         return await self._checked(record, results, "stop"), True
@@ -258,7 +252,8 @@ class Supervisor:
         failed = [r for r in results if not r.ok]
         if failed:
             detail = "; ".join(f"{r.environment}: {r.error or r.status}" for r in failed)
-            raise CommandFailed(
+            error = CommandTimeout if any(r.timed_out for r in failed) else CommandFailed
+            raise error(
                 f"application {record.name!r} did not {verb}: {detail}",
                 app=app,
                 results=app["results"],

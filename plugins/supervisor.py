@@ -8,13 +8,19 @@ from typing import Any
 from starlette.routing import BaseRoute
 
 from nocosup import admin_api
+from nocosup.appcache import AppCache
 from nocosup.auth import resolve_admin_token
+from nocosup.commands import CommandSender
 from nocosup.db import connect_registry
-from nocosup.environments import LocalEnvironments
+from nocosup.environments import EnvironmentDirectory, LocalEnvironments
+from nocosup.heartbeat import heartbeat_ttl
 from nocosup.hookspecs import hookimpl
 from nocosup.host import Host
-from nocosup.process import LocalProcess
-from nocosup.registry import Registry
+from nocosup.process import LocalProcess, ProcessAdapter
+from nocosup.redisconn import connect_redis
+from nocosup.rediskeys import Keys
+from nocosup.registry import EnvironmentStore, Registry
+from nocosup.remote import ProxyGateway, RedisEnvironments, RemoteProcess, Watcher
 from nocosup.runtime import LocalRuntime
 from nocosup.supervisor import Supervisor
 
@@ -36,16 +42,53 @@ async def _startup(host: Host) -> None:
     host.state.admin_token = resolve_admin_token(settings)
     db = await connect_registry(settings)
     host.services["registry_db"] = db
+    host.readiness["database"] = lambda: db.fetch_val("SELECT 1")
     registry = Registry(db)
     await registry.migrate()
-    runtime = LocalRuntime(host)
-    host.services["runtime"] = runtime
-    process = LocalProcess(runtime)
-    environments = LocalEnvironments(settings)
+    process: ProcessAdapter
+    environments: EnvironmentDirectory
+    if settings.process_adapter == "local":
+        runtime = LocalRuntime(host)
+        host.services["runtime"] = runtime
+        host.services["gateway"] = runtime
+        process = LocalProcess(runtime)
+        environments = LocalEnvironments(settings)
+    else:
+        process, environments = await _remote(host, registry, db)
     supervisor = Supervisor(host, registry, process, environments)
     host.services["supervisor"] = supervisor
-    host.readiness["database"] = lambda: db.fetch_val("SELECT 1")
     await supervisor.restore()
+    if "watcher" in host.services:
+        await host.services["watcher"].start()
+
+
+async def _remote(
+    host: Host, registry: Registry, db: Any
+) -> tuple[RemoteProcess, RedisEnvironments]:
+    """Multi-environment mode: Redis for the cache and heartbeats, commands, the proxy."""
+    from nocosup.proxy import Proxy
+
+    settings = host.settings
+    keys = Keys(settings.redis_prefix)
+    assert settings.supervisor_redis_url and settings.redis_command_url
+    redis = await connect_redis(settings.supervisor_redis_url, "APP_SUPERVISOR_REDIS_URL")
+    host.services["redis"] = redis
+    commands = redis
+    if settings.redis_command_url != settings.supervisor_redis_url:
+        commands = await connect_redis(settings.redis_command_url, "APP_COMMAND_REDIS_URL")
+        host.services["command_redis"] = commands
+    host.readiness["redis"] = redis.ping
+    ttl = heartbeat_ttl(settings)
+    sender = CommandSender(commands, keys, settings.instance_id, ttl)
+    await sender.start()
+    host.services["sender"] = sender
+    environments = RedisEnvironments(host, redis, keys, EnvironmentStore(db), ttl)
+    process = RemoteProcess(host, redis, keys, AppCache(redis, keys), sender, environments)
+    proxy = Proxy(read_timeout=settings.proxy_timeout)
+    host.services["proxy"] = proxy
+    host.services["gateway"] = ProxyGateway(host, process, environments, proxy)
+    host.services["watcher"] = Watcher(host, redis, keys, registry, environments, process)
+    return process, environments
 
 
 @hookimpl(trylast=True)
@@ -54,17 +97,22 @@ def shutdown(host: Host) -> Any:
 
 
 async def _shutdown(host: Host) -> None:
-    supervisor: Supervisor | None = host.services.pop("supervisor", None)
-    if supervisor is not None:
-        await supervisor.close()
-    runtime: LocalRuntime | None = host.services.pop("runtime", None)
-    if runtime is not None:
-        await runtime.stop_all()
-    db = host.services.pop("registry_db", None)
-    if db is not None:
-        await db.disconnect()
+    services = host.services
+    if "watcher" in services:
+        await services.pop("watcher").close()
+    if "runtime" in services:
+        await services.pop("runtime").stop_all()
+    if "sender" in services:
+        await services.pop("sender").close()
+    if "proxy" in services:
+        await services.pop("proxy").aclose()
+    for name in ("command_redis", "redis"):
+        if name in services:
+            await services.pop(name).aclose()
+    if "registry_db" in services:
+        await services.pop("registry_db").disconnect()
 
 
 @hookimpl
 def app_gateway(host: Host) -> Any:
-    return host.services.get("runtime")
+    return host.services.get("gateway")

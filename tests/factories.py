@@ -3,7 +3,8 @@
 It builds the starter app and, steered by the app's ``options.test``, misbehaves on
 purpose: ``{"crash": "factory"}`` raises in the factory, ``{"crash": "lifespan"}`` in the
 lifespan, ``{"bootDelay": s}`` makes boots slow. Every build appends a line to
-``<storage>/apps/<name>/builds.txt`` so tests can count boots.
+``<storage>/apps/<name>/builds.txt`` so tests can count boots, and every slow boot a line
+``<environment> <pid> <began> <ended>`` to ``boots.txt`` so tests can see boots overlap.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -35,7 +37,10 @@ def build(ctx: AppContext) -> Any:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        began = time.time()
         await asyncio.sleep(delay)
+        with (ctx.storage_dir / "boots.txt").open("a") as fh:
+            fh.write(f"{ctx.environment} {os.getpid()} {began:.6f} {time.time():.6f}\n")
         if crash_lifespan:
             raise RuntimeError("lifespan exploded on purpose")
         async with inner.router.lifespan_context(inner):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -27,10 +28,11 @@ def free_port() -> int:
 class NocosupServer:
     """One host process. ``url`` is its base URL; ``log`` the file it writes to."""
 
-    def __init__(self, env: dict[str, str], port: int, log: Path) -> None:
+    def __init__(self, env: dict[str, str], port: int, log: Path, replicas: int = 1) -> None:
         self.env = env
         self.port = port
         self.log = log
+        self.replicas = replicas
         self.url = f"http://127.0.0.1:{port}"
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -39,22 +41,28 @@ class NocosupServer:
         return Path(self.env["NOCOSUP_STORAGE_DIR"])
 
     def start(self, timeout: float = 30) -> NocosupServer:
+        if self.replicas == 1:
+            argv = ["-m", "nocosup", "serve", "--port", str(self.port), "--log-level", "info"]
+        else:  # several processes behind one socket: replicas of one environment
+            argv = [
+                "-m",
+                "uvicorn",
+                "nocosup.host:create_host",
+                "--factory",
+                "--port",
+                str(self.port),
+                "--workers",
+                str(self.replicas),
+                "--no-access-log",
+            ]
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "nocosup",
-                    "serve",
-                    "--port",
-                    str(self.port),
-                    "--log-level",
-                    "info",
-                ],
+                [sys.executable, *argv],
                 cwd=ROOT,
                 env=self.env,
                 stdout=out,
                 stderr=subprocess.STDOUT,
+                start_new_session=True,
             )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -72,12 +80,20 @@ class NocosupServer:
         """Stop the process (SIGTERM: clean shutdown; SIGKILL: a crash)."""
         if self.proc is None or self.proc.poll() is not None:
             return self.proc.returncode if self.proc else None
-        self.proc.send_signal(sig)
+        self.signal(sig)
         try:
             return self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
-            self.proc.kill()
+            self.signal(signal.SIGKILL)
             return self.proc.wait(5)
+        finally:
+            self.signal(signal.SIGKILL)  # replicas a dead parent left behind
+
+    def signal(self, sig: int) -> None:
+        """Signal the whole process group (uvicorn's replicas included)."""
+        assert self.proc is not None
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, sig)
 
     def restart(self) -> NocosupServer:
         self.stop()
@@ -124,11 +140,11 @@ class ServerFactory:
         return env
 
     def start(
-        self, storage: Path | None = None, port: int | None = None, **extra: str
+        self, storage: Path | None = None, port: int | None = None, replicas: int = 1, **extra: str
     ) -> NocosupServer:
         port = port or free_port()
         server = NocosupServer(
-            self.env(storage, **extra), port, self.tmp_path / f"server-{port}.log"
+            self.env(storage, **extra), port, self.tmp_path / f"server-{port}.log", replicas
         )
         self.servers.append(server)
         return server.start()

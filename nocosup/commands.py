@@ -1,0 +1,448 @@
+"""Commands from the supervisor to worker environments over Redis streams.
+
+Delivery: one stream per environment (``{p}:env:{env}:cmds``) and one consumer group per
+worker instance, so every live replica of the environment sees every command. A worker
+acknowledges (``XACK``) only after the effect is done and its result written. A worker
+that starts looks for groups of dead instances of its environment and finishes what they
+left unacknowledged ("reclaim"), so a command never dies with the process that took it.
+
+Results: the worker ``XADD``s its reply to the sender's reply stream and records it in
+``{p}:cmd:{id}`` (kept an hour). The sender has one reader task resolving waiters by
+request id; a waiter that missed the stream entry finds the hash. A redelivered command
+whose id the instance already answered is answered again from that hash, not re-run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError, ResponseError
+
+from nocosup.errors import CommandTimeout
+from nocosup.rediskeys import Keys, split_member
+
+log = logging.getLogger("nocosup.commands")
+
+ACTIONS = ("create", "update", "start", "stop", "remove", "ping")
+PROTOCOL = "1"
+STREAM_MAXLEN = 10_000
+REPLY_MAXLEN = 10_000
+RESULT_TTL = 3600
+BLOCK_MS = 2_000
+
+
+class MalformedCommand(ValueError):
+    """A stream entry that is not a command this worker understands."""
+
+
+@dataclass(frozen=True)
+class Command:
+    """One request to an environment; ``id`` makes redelivery idempotent."""
+
+    action: str
+    app: str
+    record: dict[str, Any] | None = None
+    args: dict[str, Any] = field(default_factory=dict)
+    reply_to: str | None = None
+    id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    sent_at: float = field(default_factory=time.time)
+
+    def fields(self) -> dict[str, str]:
+        out = {
+            "v": PROTOCOL,
+            "id": self.id,
+            "action": self.action,
+            "app": self.app,
+            "args": json.dumps(self.args),
+            "sent_at": f"{self.sent_at:.6f}",
+        }
+        if self.record is not None:
+            out["record"] = json.dumps(self.record)
+        if self.reply_to:
+            out["reply_to"] = self.reply_to
+        return out
+
+    @classmethod
+    def parse(cls, fields: dict[str, str]) -> Command:
+        try:
+            if fields.get("v") != PROTOCOL:
+                raise MalformedCommand(f"unknown protocol version {fields.get('v')!r}")
+            action = fields["action"]
+            if action not in ACTIONS:
+                raise MalformedCommand(f"unknown action {action!r}")
+            record = json.loads(fields["record"]) if "record" in fields else None
+            args = json.loads(fields.get("args") or "{}")
+            if not isinstance(args, dict) or (record is not None and not isinstance(record, dict)):
+                raise MalformedCommand("args and record must be JSON objects")
+            if action not in ("ping",) and record is None:
+                raise MalformedCommand(f"action {action!r} needs a record")
+            return cls(
+                action=action,
+                app=fields["app"],
+                record=record,
+                args=args,
+                reply_to=fields.get("reply_to"),
+                id=fields["id"],
+                sent_at=float(fields.get("sent_at") or 0),
+            )
+        except MalformedCommand:
+            raise
+        except (KeyError, ValueError, TypeError) as exc:
+            raise MalformedCommand(f"{type(exc).__name__}: {exc}") from None
+
+
+@dataclass(frozen=True)
+class Reply:
+    """One instance's answer to one command."""
+
+    id: str
+    environment: str
+    instance: str
+    ok: bool
+    status: str
+    error: str | None = None
+
+    def fields(self) -> dict[str, str]:
+        return {
+            "id": self.id,
+            "env": self.environment,
+            "instance": self.instance,
+            "ok": "1" if self.ok else "0",
+            "status": self.status,
+            "error": self.error or "",
+        }
+
+    @classmethod
+    def from_fields(cls, f: dict[str, str]) -> Reply:
+        return cls(
+            f["id"],
+            f["env"],
+            f["instance"],
+            f.get("ok") == "1",
+            f.get("status", ""),
+            f.get("error") or None,
+        )
+
+
+async def live_instances(redis: Redis, keys: Keys, env: str | None, ttl: float) -> set[str]:
+    """``{env}/{instance}`` of the instances whose heartbeat key exists (the truth)."""
+    since = (time.time() - ttl * 2) * 1000
+    members = await redis.zrangebyscore(keys.instances, since, "+inf")
+    if env is not None:
+        members = [m for m in members if split_member(m)[0] == env]
+    if not members:
+        return set()
+    async with redis.pipeline(transaction=False) as pipe:
+        for m in members:
+            pipe.exists(keys.instance(*split_member(m)))
+        flags = await pipe.execute()
+    return {m for m, f in zip(members, flags, strict=True) if f}
+
+
+@dataclass
+class _Waiter:
+    expected: set[str]
+    replies: dict[str, Reply] = field(default_factory=dict)
+    event: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def add(self, reply: Reply) -> None:
+        self.replies[reply.instance] = reply
+        if self.expected <= set(self.replies):
+            self.event.set()
+
+
+class CommandSender:
+    """The supervisor's side: send a command to an environment and await every replica."""
+
+    def __init__(self, redis: Redis, keys: Keys, instance: str, heartbeat_ttl: float) -> None:
+        self.redis = redis
+        self.keys = keys
+        self.reply_stream = keys.replies(instance)
+        self.heartbeat_ttl = heartbeat_ttl
+        self._waiters: dict[str, _Waiter] = {}
+        self._reader: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._reader = asyncio.create_task(self._read_replies(), name="command-replies")
+
+    async def close(self) -> None:
+        if self._reader is not None:
+            self._reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reader
+        with contextlib.suppress(RedisError):
+            await self.redis.delete(self.reply_stream)
+
+    async def send(self, env: str, command: Command, timeout: float) -> list[Reply]:
+        """XADD ``command`` for ``env`` and wait for a reply from each live instance.
+
+        Instances that die while we wait are no longer waited for; a reply from another
+        instance of the environment (one that reclaimed the command) counts. Raises
+        CommandTimeout naming the instances that stayed silent.
+        """
+        expected = {
+            split_member(m)[1]
+            for m in await live_instances(self.redis, self.keys, env, self.heartbeat_ttl)
+        }
+        if not expected:
+            return []
+        command = Command(
+            command.action,
+            command.app,
+            command.record,
+            command.args,
+            self.reply_stream,
+            command.id,
+            command.sent_at,
+        )
+        waiter = self._waiters[command.id] = _Waiter(expected)
+        try:
+            await self.redis.xadd(
+                self.keys.commands(env), command.fields(), maxlen=STREAM_MAXLEN, approximate=True
+            )
+            deadline = time.monotonic() + timeout
+            while not waiter.event.is_set():
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    missing = sorted(waiter.expected - set(waiter.replies))
+                    raise CommandTimeout(
+                        f"environment {env!r} did not answer {command.action} of "
+                        f"{command.app!r} within {timeout:g}s (silent: {', '.join(missing)})",
+                        environment=env,
+                    )
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(waiter.event.wait(), min(left, 0.5))
+                if not waiter.event.is_set():
+                    await self._recheck(env, command.id, waiter)
+            return list(waiter.replies.values())
+        finally:
+            self._waiters.pop(command.id, None)
+
+    async def _recheck(self, env: str, request_id: str, waiter: _Waiter) -> None:
+        """Pick up replies the stream reader missed; stop waiting for dead instances."""
+        stored = await self.redis.hgetall(self.keys.command(request_id))
+        for raw in stored.values():
+            with contextlib.suppress(ValueError, KeyError, TypeError):
+                waiter.add(Reply.from_fields(json.loads(raw)))
+        live = {
+            split_member(m)[1]
+            for m in await live_instances(self.redis, self.keys, env, self.heartbeat_ttl)
+        }
+        waiter.expected &= live | set(waiter.replies)
+        if waiter.expected <= set(waiter.replies) and (waiter.replies or not waiter.expected):
+            waiter.event.set()
+
+    async def _read_replies(self) -> None:
+        last = "0-0"
+        while True:
+            try:
+                batches = await self.redis.xread(
+                    {self.reply_stream: last}, count=500, block=BLOCK_MS
+                )
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("reading command replies failed, retrying: %r", exc)
+                await asyncio.sleep(0.5)
+                continue
+            for _stream, entries in batches or []:
+                for entry_id, fields in entries:
+                    last = entry_id
+                    try:
+                        reply = Reply.from_fields(fields)
+                    except KeyError:
+                        log.warning("ignoring malformed reply %s: %r", entry_id, fields)
+                        continue
+                    waiter = self._waiters.get(reply.id)
+                    if waiter is not None:
+                        waiter.add(reply)
+
+
+Handler = Callable[[Command], Awaitable[Reply]]
+
+
+class CommandConsumer:
+    """The worker's side: read its environment's stream, run commands, reply, then ack."""
+
+    def __init__(
+        self,
+        redis: Redis,
+        keys: Keys,
+        env: str,
+        instance: str,
+        handler: Handler,
+        heartbeat_ttl: float,
+        concurrency: int = 32,
+    ) -> None:
+        self.redis = redis
+        self.keys = keys
+        self.env = env
+        self.instance = instance
+        self.stream = keys.commands(env)
+        self.group = instance
+        self.handler = handler
+        self.heartbeat_ttl = heartbeat_ttl
+        self._slots = asyncio.Semaphore(concurrency)
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def run(self) -> None:
+        """Consume until cancelled; survives Redis restarts (the group is re-created)."""
+        await self._ensure_group()
+        await self._drain_own_pending()
+        await self.reclaim_dead()
+        while True:
+            try:
+                batches = await self.redis.xreadgroup(
+                    self.group, self.instance, {self.stream: ">"}, count=100, block=BLOCK_MS
+                )
+            except asyncio.CancelledError:
+                raise
+            except ResponseError as exc:
+                if "NOGROUP" in str(exc):
+                    log.warning("command group vanished (Redis restarted?); re-creating it")
+                    await self._ensure_group()
+                    continue
+                log.warning("reading commands failed, retrying: %r", exc)
+                await asyncio.sleep(0.5)
+                continue
+            except Exception as exc:
+                log.warning("reading commands failed, retrying: %r", exc)
+                await asyncio.sleep(0.5)
+                continue
+            for _stream, entries in batches or []:
+                for entry_id, fields in entries:
+                    await self._spawn(self.group, entry_id, fields)
+
+    async def close(self) -> None:
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=10)
+
+    async def _ensure_group(self) -> None:
+        while True:
+            try:
+                await self.redis.xgroup_create(self.stream, self.group, id="$", mkstream=True)
+                return
+            except ResponseError as exc:
+                if "BUSYGROUP" in str(exc):
+                    return
+                raise
+            except (RedisError, OSError) as exc:
+                log.warning("cannot create the command group yet: %r", exc)
+                await asyncio.sleep(0.5)
+
+    async def _drain_own_pending(self) -> None:
+        """Entries this instance (same NOCOSUP_INSTANCE_ID) took but never acknowledged."""
+        result = await self.redis.xreadgroup(
+            self.group, self.instance, {self.stream: "0"}, count=1000
+        )
+        for _stream, entries in result or []:
+            for entry_id, fields in entries:
+                if fields:
+                    await self._spawn(self.group, entry_id, fields)
+
+    async def reclaim_dead(self) -> None:
+        """Finish what dead instances of this environment left unacknowledged."""
+        try:
+            groups = await self.redis.xinfo_groups(self.stream)
+        except ResponseError:
+            return
+        live = {
+            split_member(m)[1]
+            for m in await live_instances(self.redis, self.keys, self.env, self.heartbeat_ttl)
+        }
+        for info in groups:
+            group = info["name"]
+            if group == self.group or group in live:
+                continue
+            claim = f"{self.keys.prefix}:reclaim:{self.env}:{group}"
+            if not await self.redis.set(claim, self.instance, nx=True, ex=60):
+                continue
+            pending = await self.redis.xpending_range(self.stream, group, "-", "+", 1000)
+            for item in pending:
+                entries = await self.redis.xrange(
+                    self.stream, item["message_id"], item["message_id"]
+                )
+                for entry_id, fields in entries:
+                    log.info("reclaiming %s left by dead instance %s", entry_id, group)
+                    await self._process(group, entry_id, fields)
+            with contextlib.suppress(ResponseError):
+                await self.redis.xgroup_destroy(self.stream, group)
+
+    async def _spawn(self, group: str, entry_id: str, fields: dict[str, str]) -> None:
+        await self._slots.acquire()
+        task = asyncio.create_task(self._run_one(group, entry_id, fields))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _run_one(self, group: str, entry_id: str, fields: dict[str, str]) -> None:
+        try:
+            await self._process(group, entry_id, fields)
+        finally:
+            self._slots.release()
+
+    async def _process(self, group: str, entry_id: str, fields: dict[str, str]) -> None:
+        try:
+            command = Command.parse(fields)
+        except MalformedCommand as exc:
+            log.error(
+                "malformed command %s on %s acknowledged and dropped: %s (%r)",
+                entry_id,
+                self.stream,
+                exc,
+                fields,
+            )
+            await self._reply_to_malformed(fields, str(exc))
+            await self._ack(group, entry_id)
+            return
+        try:
+            reply = await self._answer(command)
+        except Exception as exc:  # the handler reports failures; this is a bug guard
+            log.exception("command %s (%s %s) crashed", command.id, command.action, command.app)
+            reply = Reply(
+                command.id, self.env, self.instance, False, "error", f"{type(exc).__name__}: {exc}"
+            )
+            await self._publish(command, reply)
+        await self._ack(group, entry_id)
+
+    async def _answer(self, command: Command) -> Reply:
+        done = await self.redis.hget(self.keys.command(command.id), self.instance)
+        if done is not None:
+            reply = Reply.from_fields(json.loads(done))
+        else:
+            reply = await self.handler(command)
+        await self._publish(command, reply)
+        return reply
+
+    async def _publish(self, command: Command, reply: Reply) -> None:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hset(self.keys.command(command.id), self.instance, json.dumps(reply.fields()))
+            pipe.expire(self.keys.command(command.id), RESULT_TTL)
+            if command.reply_to:
+                pipe.xadd(command.reply_to, reply.fields(), maxlen=REPLY_MAXLEN, approximate=True)
+            await pipe.execute()
+
+    async def _reply_to_malformed(self, fields: dict[str, str], error: str) -> None:
+        request_id, reply_to = fields.get("id"), fields.get("reply_to")
+        if request_id and reply_to:
+            reply = Reply(
+                request_id, self.env, self.instance, False, "error", f"malformed command: {error}"
+            )
+            with contextlib.suppress(RedisError):
+                await self.redis.xadd(
+                    reply_to, reply.fields(), maxlen=REPLY_MAXLEN, approximate=True
+                )
+
+    async def _ack(self, group: str, entry_id: str) -> None:
+        try:
+            await self.redis.xack(self.stream, group, entry_id)
+        except RedisError as exc:
+            log.warning("could not acknowledge %s: %r", entry_id, exc)

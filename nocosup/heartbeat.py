@@ -1,0 +1,197 @@
+"""A worker's presence in Redis: registration, heartbeats and status reports.
+
+The heartbeat is a key per worker instance with a TTL of three intervals, renewed every
+interval (so two beats can be missed before the supervisor sees the instance go); a
+clean shutdown deletes it, so the supervisor sees that at once. A sorted set of
+last-seen times lists instances without SCAN. When a beat finds its key gone (Redis
+restarted, or the worker stalled past the TTL) it re-registers and republishes the
+status of every app it runs, so nothing the supervisor shows is lost with Redis.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import socket
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from redis.asyncio import Redis
+
+from nocosup import __version__
+from nocosup.config import Settings
+from nocosup.rediskeys import Keys, member
+from nocosup.registry import now_iso
+
+log = logging.getLogger("nocosup.heartbeat")
+
+
+def heartbeat_ttl(settings: Settings) -> float:
+    return settings.heartbeat_interval * 3
+
+
+class Heartbeat:
+    def __init__(
+        self, redis: Redis, keys: Keys, settings: Settings, on_reset: Callable[[], Awaitable[None]]
+    ) -> None:
+        self.redis = redis
+        self.keys = keys
+        self.settings = settings
+        self.env = settings.environment_name
+        self.instance = settings.instance_id
+        self.on_reset = on_reset
+        self.ttl_ms = int(heartbeat_ttl(settings) * 1000)
+        self.started_at = now_iso()
+        self._task: asyncio.Task[None] | None = None
+
+    def env_info(self) -> dict[str, str]:
+        s = self.settings
+        return {
+            "name": self.env,
+            "url": s.environment_url or "",
+            "proxy_url": s.proxy_url or "",
+            "version": __version__,
+        }
+
+    def instance_info(self) -> dict[str, Any]:
+        return {
+            "instance": self.instance,
+            "environment": self.env,
+            "pid": os.getpid(),
+            "hostname": socket.gethostname(),
+            "version": __version__,
+            "url": self.settings.environment_url,
+            "proxy_url": self.settings.proxy_url,
+            "started_at": self.started_at,
+            "heartbeat_at": now_iso(),
+        }
+
+    async def beat(self) -> bool:
+        """Renew the instance key; True when it had vanished (first beat, Redis reset)."""
+        key = self.keys.instance(self.env, self.instance)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.set(key, json.dumps(self.instance_info()), px=self.ttl_ms, get=True)
+            pipe.zadd(self.keys.instances, {member(self.env, self.instance): time.time() * 1000})
+            pipe.hsetnx(self.keys.env(self.env), "registered_at", now_iso())
+            pipe.hset(self.keys.env(self.env), mapping=self.env_info())
+            pipe.sadd(self.keys.envs, self.env)
+            previous, *_ = await pipe.execute()
+        if previous is None:
+            await self.redis.publish(
+                self.keys.events,
+                json.dumps(
+                    {"type": "environment", "environment": self.env, "instance": self.instance}
+                ),
+            )
+            return True
+        return False
+
+    async def start(self) -> None:
+        await self.beat()
+        self._task = asyncio.create_task(self._run(), name="heartbeat")
+
+    async def _run(self) -> None:
+        interval = self.settings.heartbeat_interval
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                if await self.beat():
+                    log.warning("heartbeat key was gone (Redis restarted?): re-registered")
+                    await self.on_reset()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("heartbeat failed, retrying: %r", exc)
+                await asyncio.sleep(min(interval / 4, 1))
+
+    async def stop(self) -> None:
+        """Stop beating and vanish at once, so the supervisor needs no TTL to notice."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        try:
+            async with self.redis.pipeline(transaction=True) as pipe:
+                pipe.delete(self.keys.instance(self.env, self.instance))
+                pipe.zrem(self.keys.instances, member(self.env, self.instance))
+                await pipe.execute()
+            await self.redis.publish(
+                self.keys.events,
+                json.dumps(
+                    {"type": "environment", "environment": self.env, "instance": self.instance}
+                ),
+            )
+        except Exception as exc:
+            log.warning("could not unregister (the TTL will): %r", exc)
+
+
+class StatusReporter:
+    """Writes this instance's app statuses to Redis in order, from one task."""
+
+    def __init__(self, redis: Redis, keys: Keys, env: str, instance: str) -> None:
+        self.redis = redis
+        self.keys = keys
+        self.env = env
+        self.instance = instance
+        self.field = member(env, instance)
+        self._queue: asyncio.Queue[tuple[str, str | None, str | None]] = asyncio.Queue()
+        self._task: asyncio.Task[None] | None = None
+
+    def report(self, app: str, status: str | None, error: str | None) -> None:
+        """Queue a status (None: the app left this instance). Never blocks."""
+        self._queue.put_nowait((app, status, error))
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="status-reporter")
+
+    async def _run(self) -> None:
+        while True:
+            app, status, error = await self._queue.get()
+            while True:
+                try:
+                    await self._write(app, status, error)
+                    break
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    log.warning("could not report %s status, retrying: %r", app, exc)
+                    await asyncio.sleep(0.5)
+            self._queue.task_done()
+
+    async def _write(self, app: str, status: str | None, error: str | None) -> None:
+        key = self.keys.status(app)
+        if status is None:
+            await self.redis.hdel(key, self.field)
+            return
+        value = {"status": status, "error": error, "at": now_iso()}
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hset(key, self.field, json.dumps(value))
+            pipe.publish(
+                self.keys.events,
+                json.dumps(
+                    {
+                        "type": "app_status",
+                        "app": app,
+                        "environment": self.env,
+                        "instance": self.instance,
+                        "status": status,
+                        "error": error,
+                    }
+                ),
+            )
+            await pipe.execute()
+
+    async def flush(self, timeout: float = 5) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._queue.join(), timeout)
+
+    async def stop(self) -> None:
+        await self.flush()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task

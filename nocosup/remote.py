@@ -1,0 +1,497 @@
+"""The supervisor's side of multi-environment mode: environments, commands, proxying.
+
+``RedisEnvironments`` reads the workers' heartbeats; ``RemoteProcess`` turns app
+operations into commands awaited per environment; ``ProxyGateway`` sends ``/apps/...``
+to the environment that runs the app; ``Watcher`` keeps the environment snapshot fresh,
+relays workers' status reports to plugins and live listeners, rebuilds the config cache
+when Redis lost it, and sweeps what long-dead instances left behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qsl
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+from starlette.types import Receive, Scope, Send
+
+from nocosup.appcache import AppCache
+from nocosup.commands import Command, CommandSender, Reply, live_instances
+from nocosup.environments import EnvironmentDirectory
+from nocosup.errors import (
+    AppNotFound,
+    AppStopped,
+    BackendUnavailable,
+    CommandFailed,
+    CommandTimeout,
+    EnvironmentNotFound,
+    EnvironmentUnavailable,
+    NocosupError,
+)
+from nocosup.process import EnvResult, ProcessAdapter
+from nocosup.rediskeys import Keys, split_member
+from nocosup.registry import AppRecord, EnvironmentStore, Registry
+from nocosup.responses import send_error
+from nocosup.status import BOOTING, AppStatus
+
+if TYPE_CHECKING:
+    from nocosup.host import Host
+
+log = logging.getLogger("nocosup.remote")
+
+#: Which status wins when the replicas of one environment disagree.
+_PRIORITY = [
+    AppStatus.ERROR,
+    *sorted(BOOTING),
+    AppStatus.STOPPING,
+    AppStatus.COMMANDING,
+    AppStatus.RUNNING,
+    AppStatus.STOPPED,
+    AppStatus.NOT_FOUND,
+]
+_RANK = {s.value: i for i, s in enumerate(_PRIORITY)}
+
+
+def aggregate(statuses: list[str]) -> str:
+    """One status for an environment from its replicas' statuses."""
+    if not statuses:
+        return AppStatus.STOPPED.value
+    return min(statuses, key=lambda s: _RANK.get(s, len(_RANK)))
+
+
+def _iso_ms(ms: float | None) -> str | None:
+    if not ms:
+        return None
+    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+class RedisEnvironments(EnvironmentDirectory):
+    """Environments as the workers' heartbeats describe them."""
+
+    def __init__(
+        self, host: Host, redis: Redis, keys: Keys, store: EnvironmentStore, ttl: float
+    ) -> None:
+        self.host = host
+        self.redis = redis
+        self.keys = keys
+        self.store = store
+        self.ttl = ttl
+        #: Last computed view, used on the proxy's hot path (refreshed by the Watcher).
+        self.snapshot: dict[str, dict[str, Any]] = {}
+
+    async def list(self) -> list[dict[str, Any]]:
+        return sorted((await self.refresh()).values(), key=lambda e: e["name"])
+
+    def is_online(self, name: str) -> bool:
+        env = self.snapshot.get(name)
+        return env is not None and env["status"] == "online"
+
+    async def refresh(self) -> dict[str, dict[str, Any]]:
+        """Read every environment from Redis (and the store), notice changes."""
+        try:
+            envs = await self._read()
+        except RedisError as exc:
+            raise BackendUnavailable(f"Redis did not answer: {exc}") from exc
+        previous, self.snapshot = self.snapshot, envs
+        for name, env in envs.items():
+            old = previous.get(name)
+            if (
+                old is None
+                or old["status"] != env["status"]
+                or old["instances"] != env["instances"]
+            ):
+                self._changed(env, old)
+        return envs
+
+    async def _read(self) -> dict[str, dict[str, Any]]:
+        stored = await self.store.list()
+        names = set(await self.redis.smembers(self.keys.envs)) | set(stored)
+        ordered = sorted(names)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for name in ordered:
+                pipe.hgetall(self.keys.env(name))
+            pipe.zrange(self.keys.instances, 0, -1, withscores=True)
+            *infos, scored = await pipe.execute()
+        live = await live_instances(self.redis, self.keys, None, self.ttl)
+        last_seen: dict[str, float] = {}
+        for m, score in scored:
+            env, _ = split_member(m)
+            last_seen[env] = max(last_seen.get(env, 0), score)
+        out = {}
+        for name, info in zip(ordered, infos, strict=True):
+            row = stored.get(name, {})
+            instances = sorted(split_member(m)[1] for m in live if split_member(m)[0] == name)
+            out[name] = {
+                "name": name,
+                "url": info.get("url") or row.get("url") or None,
+                "proxy_url": info.get("proxy_url") or row.get("proxy_url") or None,
+                "version": info.get("version") or row.get("version") or None,
+                "status": "online" if instances else "offline",
+                "instances": instances,
+                "last_heartbeat_at": _iso_ms(last_seen.get(name)) or row.get("last_seen_at"),
+                "registered_at": info.get("registered_at") or row.get("registered_at"),
+            }
+        return out
+
+    def _changed(self, env: dict[str, Any], old: dict[str, Any] | None) -> None:
+        if env["status"] == "online":
+            self.host.spawn(self.store.upsert(env))
+        if old is not None or env["status"] == "online":
+            log.info(
+                "environment %s is %s (%d instances)",
+                env["name"],
+                env["status"],
+                len(env["instances"]),
+            )
+            self.host.events.publish({"type": "environment", "environment": env})
+            self.host.hooks.environment_status_changed(environment=env, host=self.host)
+
+
+class RemoteProcess(ProcessAdapter):
+    """Apps run on worker environments; every operation is a command awaited per env."""
+
+    def __init__(
+        self,
+        host: Host,
+        redis: Redis,
+        keys: Keys,
+        cache: AppCache,
+        sender: CommandSender,
+        environments: RedisEnvironments,
+    ) -> None:
+        self.host = host
+        self.settings = host.settings
+        self.redis = redis
+        self.keys = keys
+        self.cache = cache
+        self.sender = sender
+        self.environments = environments
+        #: Every registered app, for the proxy's hot path.
+        self.records: dict[str, AppRecord] = {}
+
+    async def restore(self, records: list[AppRecord]) -> None:
+        self.records = {r.name: r for r in records}
+        await self.cache.rebuild(records)
+
+    async def create(self, record: AppRecord) -> None:
+        self.records[record.name] = record
+        await self.cache.put(record)
+        for env in record.environments:
+            result = await self._command(env, "create", record)
+            if not result.ok:
+                error = (
+                    CommandTimeout
+                    if result.timed_out
+                    else (
+                        EnvironmentUnavailable
+                        if result.status == AppStatus.UNAVAILABLE.value
+                        else CommandFailed
+                    )
+                )
+                raise error(
+                    f"environment {env!r} could not create {record.name!r}: "
+                    f"{result.error or result.status}",
+                    environment=env,
+                )
+
+    async def update(self, record: AppRecord) -> None:
+        self.records[record.name] = record
+        await self.cache.put(record)
+        results = await asyncio.gather(
+            *(
+                self._command(env, "update", record, timeout=min(self.settings.command_timeout, 10))
+                for env in record.environments
+            )
+        )
+        for r in results:
+            if not r.ok and r.status != AppStatus.UNAVAILABLE.value:
+                log.warning(
+                    "environment %s did not take the new config of %s: %s",
+                    r.environment,
+                    record.name,
+                    r.error,
+                )
+
+    async def start(self, record: AppRecord) -> list[EnvResult]:
+        """One environment after another: boots may write initial data to a shared DB."""
+        self.records[record.name] = record
+        await self.cache.put(record)
+        return [await self._command(env, "start", record) for env in record.environments]
+
+    async def stop(self, record: AppRecord) -> list[EnvResult]:
+        self.records[record.name] = record
+        await self.cache.put(record)
+        return list(
+            await asyncio.gather(
+                *(self._command(env, "stop", record) for env in record.environments)
+            )
+        )
+
+    async def remove(self, record: AppRecord, drop_database: bool) -> list[EnvResult]:
+        results = list(
+            await asyncio.gather(
+                *(
+                    self._command(env, "remove", record, {"drop_database": drop_database})
+                    for env in record.environments
+                )
+            )
+        )
+        if all(r.ok for r in results):
+            self.records.pop(record.name, None)
+            await self.cache.remove(record.name)
+            await self.redis.delete(self.keys.status(record.name))
+        return results
+
+    async def _command(
+        self,
+        env: str,
+        action: str,
+        record: AppRecord,
+        args: dict[str, Any] | None = None,
+        timeout: float | None = None,
+    ) -> EnvResult:
+        command = Command(action, record.name, record.to_json(), args or {})
+        wait = self.settings.command_timeout if timeout is None else timeout
+        try:
+            replies = await self.sender.send(env, command, wait)
+        except CommandTimeout as exc:
+            return EnvResult(env, False, "timeout", exc.message, timed_out=True)
+        except RedisError as exc:
+            raise BackendUnavailable(f"Redis did not answer: {exc}") from exc
+        if not replies:
+            return EnvResult(
+                env, False, AppStatus.UNAVAILABLE.value, f"environment {env!r} is offline"
+            )
+        return _combine(env, replies)
+
+    async def statuses(self, records: list[AppRecord]) -> dict[str, dict[str, dict[str, Any]]]:
+        if not records:
+            return {}
+        try:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for r in records:
+                    pipe.hgetall(self.keys.status(r.name))
+                raw = await pipe.execute()
+            live = await live_instances(self.redis, self.keys, None, self.environments.ttl)
+        except RedisError as exc:
+            raise BackendUnavailable(f"Redis did not answer: {exc}") from exc
+        online = {split_member(m)[0] for m in live}
+        out: dict[str, dict[str, dict[str, Any]]] = {}
+        for record, fields in zip(records, raw, strict=True):
+            per_env: dict[str, list[dict[str, Any]]] = {}
+            for field, value in fields.items():
+                if field in live:
+                    per_env.setdefault(split_member(field)[0], []).append(json.loads(value))
+            out[record.name] = {}
+            for env in record.environments:
+                if env not in online:
+                    out[record.name][env] = {
+                        "status": AppStatus.UNAVAILABLE.value,
+                        "error": f"environment {env!r} is offline",
+                    }
+                    continue
+                reports = per_env.get(env, [])
+                errors = sorted({r["error"] for r in reports if r.get("error")})
+                out[record.name][env] = {
+                    "status": aggregate([r["status"] for r in reports]),
+                    "error": "; ".join(errors) or None,
+                }
+        return out
+
+
+def _combine(env: str, replies: list[Reply]) -> EnvResult:
+    ok = all(r.ok for r in replies)
+    errors = [f"{r.instance}: {r.error}" for r in replies if r.error]
+    return EnvResult(env, ok, aggregate([r.status for r in replies]), "; ".join(errors) or None)
+
+
+class ProxyGateway:
+    """Serves ``/apps/{name}/...`` on the supervisor by proxying to the app's environment.
+
+    The target is always the ``proxy_url`` an environment registered, never anything
+    taken from the request. A caller may pick one of the app's environments with the
+    ``X-Nocosup-Environment`` header or the ``__env`` query parameter; otherwise the
+    first online one (or a ``select_environment`` plugin's choice) serves.
+    """
+
+    def __init__(
+        self, host: Host, process: RemoteProcess, environments: RedisEnvironments, proxy: Any
+    ) -> None:
+        self.host = host
+        self.process = process
+        self.environments = environments
+        self.proxy = proxy
+
+    async def handle(self, name: str, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            record = self.process.records.get(name)
+            if record is None:
+                raise AppNotFound(name)
+            if record.desired_state == "stopped":
+                raise AppStopped(name)
+            env = self._choose(record, scope)
+            info = self.environments.snapshot[env]
+            upstream = info["proxy_url"] or info["url"]
+            if not upstream:
+                raise EnvironmentUnavailable(f"environment {env!r} registered no URL")
+        except NocosupError as exc:
+            await send_error(scope, receive, send, exc)
+            return
+        await self.proxy.forward(upstream, scope, receive, send)
+
+    def _choose(self, record: AppRecord, scope: Scope) -> str:
+        wanted = _requested_environment(scope)
+        if wanted is not None:
+            if wanted not in record.environments:
+                raise EnvironmentNotFound(
+                    f"application {record.name!r} is not deployed to environment {wanted!r}; "
+                    f"it runs on {', '.join(record.environments)}"
+                )
+            if not self.environments.is_online(wanted):
+                raise EnvironmentUnavailable(
+                    f"deployment environment {wanted!r} of application {record.name!r} "
+                    "is unavailable"
+                )
+            return wanted
+        online = [e for e in record.environments if self.environments.is_online(e)]
+        if not online:
+            raise EnvironmentUnavailable(
+                f"deployment environment for application {record.name!r} is unavailable "
+                f"({', '.join(record.environments)} offline)"
+            )
+        if len(online) > 1 and self.host.hooks.has_select_environment:
+            picked = self.host.hooks.select_environment(
+                app=record.to_json(),
+                environments=[self.environments.snapshot[e] for e in online],
+                scope=scope,
+            )
+            if picked in online:
+                return picked
+        return online[0]
+
+
+def _requested_environment(scope: Scope) -> str | None:
+    for key, value in scope["headers"]:
+        if key == b"x-nocosup-environment":
+            return value.decode("latin-1").strip()
+    qs: bytes = scope.get("query_string", b"")
+    if b"__env=" in qs:
+        for key, value in parse_qsl(qs.decode("latin-1")):
+            if key == "__env":
+                return value
+    return None
+
+
+class Watcher:
+    """Background upkeep of a supervisor in multi-environment mode."""
+
+    def __init__(
+        self,
+        host: Host,
+        redis: Redis,
+        keys: Keys,
+        registry: Registry,
+        environments: RedisEnvironments,
+        process: RemoteProcess,
+    ) -> None:
+        self.host = host
+        self.redis = redis
+        self.keys = keys
+        self.registry = registry
+        self.environments = environments
+        self.process = process
+        self.period = min(1.0, host.settings.heartbeat_interval / 2)
+        self._wake = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def start(self) -> None:
+        await self.environments.refresh()
+        self._tasks = [
+            asyncio.create_task(self._loop(), name="watcher"),
+            asyncio.create_task(self._listen(), name="watcher-events"),
+        ]
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _loop(self) -> None:
+        last_sweep = time.monotonic()
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.period)
+            self._wake.clear()
+            try:
+                await self.environments.refresh()
+                if not await self.process.cache.is_built():
+                    log.warning("config cache missing in Redis: rebuilding from the registry")
+                    records = await self.registry.list()
+                    await self.process.cache.rebuild(records)
+                if time.monotonic() - last_sweep > 60:
+                    last_sweep = time.monotonic()
+                    await self.sweep()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("watcher round failed, retrying: %r", exc)
+
+    async def _listen(self) -> None:
+        """Relay workers' hints: status reports to hooks and SSE, environment changes."""
+        while True:
+            pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(self.keys.events)
+                async for message in pubsub.listen():
+                    self._relay(message.get("data"))
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("event subscription dropped, re-subscribing: %r", exc)
+                await asyncio.sleep(0.5)
+            finally:
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()
+
+    def _relay(self, data: Any) -> None:
+        try:
+            event = json.loads(data)
+        except (TypeError, ValueError):
+            return
+        if event.get("type") == "environment":
+            self._wake.set()
+        elif event.get("type") == "app_status" and event.get("app") in self.process.records:
+            self.host.status_changed(
+                event["app"],
+                event.get("environment", "?"),
+                event.get("status", "?"),
+                event.get("error"),
+            )
+
+    async def sweep(self, older_than: float | None = None) -> None:
+        """Forget instances silent for long: their zset entry, status fields, group."""
+        ttl = self.environments.ttl
+        cutoff = (time.time() - (older_than or max(10 * ttl, 300))) * 1000
+        stale = await self.redis.zrangebyscore(self.keys.instances, "-inf", cutoff)
+        if not stale:
+            return
+        names = list(self.process.records)
+        for m in stale:
+            env, instance = split_member(m)
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for name in names:
+                    pipe.hdel(self.keys.status(name), m)
+                pipe.zrem(self.keys.instances, m)
+                await pipe.execute()
+            with contextlib.suppress(RedisError):
+                pending = await self.redis.xpending(self.keys.commands(env), instance)
+                if not pending or not pending.get("pending"):
+                    await self.redis.xgroup_destroy(self.keys.commands(env), instance)
+            log.info("swept instance %s of %s (silent since before the cutoff)", instance, env)

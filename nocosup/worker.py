@@ -1,0 +1,121 @@
+"""A worker environment: runs the commands it is sent and serves its apps.
+
+The worker has no registry of its own: commands carry the app record, and an app it
+was not told about (a first request after a restart) is looked up in the config cache.
+It only ever runs apps whose ``environments`` include its ``ENVIRONMENT_NAME``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from starlette.types import Receive, Scope, Send
+
+from nocosup.appcache import AppCache
+from nocosup.commands import Command, Reply
+from nocosup.errors import AppNotFound, NocosupError
+from nocosup.rediskeys import Keys, split_member
+from nocosup.registry import AppRecord
+from nocosup.responses import send_error
+from nocosup.runtime import LocalRuntime
+from nocosup.status import AppStatus
+
+log = logging.getLogger("nocosup.worker")
+
+
+class Worker:
+    def __init__(self, runtime: LocalRuntime, cache: AppCache, keys: Keys) -> None:
+        self.runtime = runtime
+        self.cache = cache
+        self.keys = keys
+        self.env = runtime.environment
+        self.instance = runtime.settings.instance_id
+
+    def runs_here(self, record: AppRecord) -> bool:
+        return self.env in record.environments
+
+    # --- commands ----------------------------------------------------------------------
+
+    async def handle_command(self, command: Command) -> Reply:
+        """Carry out one command; failures become a reply, never an exception."""
+        try:
+            status, error, ok = await self._execute(command)
+        except NocosupError as exc:
+            status, error, ok = AppStatus.ERROR.value, exc.message, False
+        except Exception as exc:
+            log.exception("command %s %s failed", command.action, command.app)
+            status, error, ok = AppStatus.ERROR.value, f"{type(exc).__name__}: {exc}", False
+        log.info(
+            "command %s %s -> %s%s",
+            command.action,
+            command.app,
+            status,
+            f" ({error})" if error else "",
+        )
+        return Reply(command.id, self.env, self.instance, ok, status, error)
+
+    async def _execute(self, command: Command) -> tuple[str, str | None, bool]:
+        if command.action == "ping":
+            return "pong", None, True
+        assert command.record is not None
+        record = AppRecord.from_json(command.record)
+        if not self.runs_here(record) and command.action != "remove":
+            return AppStatus.NOT_FOUND.value, f"not deployed to environment {self.env!r}", False
+        if command.action == "create":
+            tenant = await self.runtime.create(record)
+            return tenant.status.value, None, True
+        if command.action == "remove":
+            await self.runtime.remove(record.name, bool(command.args.get("drop_database")))
+            return AppStatus.NOT_FOUND.value, None, True
+        self.runtime.load(record)
+        if command.action == "update":
+            snap = self.runtime.snapshot(record.name)
+            return snap["status"], snap["error"], True
+        if command.action == "start":
+            tenant = await self.runtime.start(record.name)
+            return tenant.status.value, tenant.error, tenant.status is AppStatus.RUNNING
+        tenant = await self.runtime.stop(record.name)
+        return tenant.status.value, tenant.error, tenant.status is AppStatus.STOPPED
+
+    # --- start-up ----------------------------------------------------------------------
+
+    async def restore(self) -> list[str]:
+        """Learn this environment's apps from the cache; boot those that should run now:
+        ``with_supervisor`` apps, and apps this environment last reported running."""
+        records = [r for r in await self.cache.all() if self.runs_here(r)]
+        eager = []
+        for record in records:
+            self.runtime.load(record)
+            if record.desired_state != "running":
+                continue
+            if record.start_mode == "with_supervisor" or await self._was_running(record.name):
+                eager.append(record.name)
+        return eager
+
+    async def _was_running(self, app: str) -> bool:
+        for field, raw in (await self.cache.redis.hgetall(self.keys.status(app))).items():
+            env, _ = split_member(field)
+            if env == self.env and json.loads(raw).get("status") == AppStatus.RUNNING.value:
+                return True
+        return False
+
+    # --- serving -----------------------------------------------------------------------
+
+    async def handle(self, name: str, scope: Scope, receive: Receive, send: Send) -> None:
+        """Serve ``/apps/{name}/...``; learn the app from the cache on first sight."""
+        if name not in self.runtime.tenants:
+            try:
+                record = await self.cache.get(name)
+            except Exception as exc:
+                log.warning("config cache unreachable looking up %s: %r", name, exc)
+                record = None
+            if record is None or not self.runs_here(record):
+                await send_error(scope, receive, send, AppNotFound(name))
+                return
+            self.runtime.load(record)
+        await self.runtime.handle(name, scope, receive, send)
+
+    def status_of(self, name: str) -> dict[str, Any]:
+        return self.runtime.snapshot(name)
