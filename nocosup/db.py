@@ -206,8 +206,8 @@ async def _create_pg_database(settings: Settings, name: str, maintenance: str) -
             return
         await conn.execute(f"CREATE DATABASE {quote_ident(name)} TEMPLATE template0")
         log.info("created database %s", name)
-    except asyncpg.DuplicateDatabaseError:
-        return
+    except (asyncpg.DuplicateDatabaseError, asyncpg.UniqueViolationError):
+        return  # another process (a replica) created it at the same moment
     except asyncpg.PostgresError as exc:
         raise DatabaseError(f"could not create database {name!r}: {exc}") from exc
     finally:
