@@ -1,0 +1,218 @@
+"""A small synchronous client of the admin API, used by the ``nocosup apps|envs`` commands.
+
+It turns every way a call can fail into one of three exceptions the CLI prints without a
+traceback: :class:`ApiError` (the server answered with an error body, or with something
+that is not the admin API), :class:`ConnectionFailed` (nothing answered at the URL) and
+:class:`RequestTimedOut`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+
+from nocosup.config import VARIABLES
+from nocosup.errors import ConfigError
+
+URL_VARIABLE = "NOCOSUP_URL"
+TOKEN_VARIABLE = "NOCOSUP_ADMIN_TOKEN"
+#: Seconds any call that does not wait for a start or stop may take.
+DEFAULT_TIMEOUT = 60.0
+CONNECT_TIMEOUT = 10.0
+
+
+class ApiError(Exception):
+    """The server answered with an error: ``code`` and ``message`` come from its JSON body."""
+
+    def __init__(
+        self, status: int, code: str, message: str, body: dict[str, Any] | None = None
+    ) -> None:
+        super().__init__(f"{message} ({code})")
+        self.status = status
+        self.code = code
+        self.message = message
+        #: The whole JSON answer, when there was one (``{"error": {...}}``).
+        self.body = body
+
+    @property
+    def details(self) -> dict[str, Any]:
+        """The error object with its extra fields (``results``, ``app``, ``field``...)."""
+        if self.body and isinstance(self.body.get("error"), dict):
+            return self.body["error"]
+        return {}
+
+
+class ConnectionFailed(Exception):
+    """Nothing answered at the URL (refused, unknown host, TLS failure...)."""
+
+    def __init__(self, url: str, reason: str) -> None:
+        super().__init__(f"cannot connect to {url}: {reason}")
+        self.url = url
+        self.reason = reason
+
+
+class RequestTimedOut(Exception):
+    """The server accepted the call but did not answer in time."""
+
+    def __init__(self, url: str, timeout: float) -> None:
+        super().__init__(f"{url} did not answer within {timeout:g} s")
+        self.url = url
+        self.timeout = timeout
+
+
+@dataclass(frozen=True)
+class ClientConfig:
+    """Where the admin API is and the token it wants."""
+
+    url: str
+    token: str
+
+    @classmethod
+    def resolve(
+        cls, url: str | None, token: str | None, environ: Mapping[str, str]
+    ) -> ClientConfig:
+        """Flags win over the environment; a missing token or a bad URL is a ConfigError."""
+        raw_url = (url or "").strip() or (environ.get(URL_VARIABLE) or "").strip()
+        if not raw_url:
+            raw_url = _default(URL_VARIABLE)
+        if not _is_http_url(raw_url):
+            source = "--url" if (url or "").strip() else URL_VARIABLE
+            raise ConfigError(
+                f"{source} must be an http:// or https:// URL such as "
+                f"http://127.0.0.1:8000; got {raw_url!r}"
+            )
+        raw_token = (token or "").strip() or (environ.get(TOKEN_VARIABLE) or "").strip()
+        if not raw_token:
+            raise ConfigError(
+                f"no admin token: set {TOKEN_VARIABLE} or pass --token. A server started "
+                f"without {TOKEN_VARIABLE} keeps the token it generated in its storage dir: "
+                f"export {TOKEN_VARIABLE}=$(cat storage/admin_token)"
+            )
+        # A trailing slash would make every path start with '//'.
+        return cls(url=raw_url.rstrip("/"), token=raw_token)
+
+
+def _is_http_url(text: str) -> bool:
+    try:
+        url = httpx.URL(text)
+    except (httpx.InvalidURL, TypeError, ValueError):
+        return False
+    return url.scheme in ("http", "https") and bool(url.host)
+
+
+def _default(name: str) -> str:
+    for variable in VARIABLES:
+        if variable.name == name and variable.default:
+            return variable.default
+    raise LookupError(name)  # pragma: no cover - VARIABLES declares it
+
+
+class AdminClient:
+    """One connection pool to the admin API; use it as a context manager."""
+
+    def __init__(self, config: ClientConfig, timeout: float = DEFAULT_TIMEOUT) -> None:
+        self.config = config
+        self._http = httpx.Client(
+            base_url=config.url,
+            headers={"Authorization": f"Bearer {config.token}", "Accept": "application/json"},
+            timeout=httpx.Timeout(timeout, connect=min(CONNECT_TIMEOUT, timeout)),
+        )
+        self.timeout = timeout
+
+    def __enter__(self) -> AdminClient:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._http.close()
+
+    # --- the API -----------------------------------------------------------------------
+
+    def list_apps(self) -> dict[str, Any]:
+        return self._call("GET", "/api/apps")
+
+    def get_app(self, name: str, timeout: float | None = None) -> dict[str, Any]:
+        return self._call("GET", _app_path(name), timeout=timeout)
+
+    def create_app(self, body: dict[str, Any]) -> dict[str, Any]:
+        return self._call("POST", "/api/apps", json=body)
+
+    def command(self, name: str, verb: str) -> dict[str, Any]:
+        """POST start or stop and wait for it: the server answers once it is done."""
+        if verb not in ("start", "stop"):
+            raise ValueError(verb)
+        return self._call("POST", f"{_app_path(name)}/{verb}", params={"wait": "true"})
+
+    def delete_app(self, name: str, drop_database: bool) -> dict[str, Any]:
+        params = {"drop_database": "true" if drop_database else "false"}
+        return self._call("DELETE", _app_path(name), params=params)
+
+    def list_environments(self) -> dict[str, Any]:
+        return self._call("GET", "/api/environments")
+
+    # --- plumbing ----------------------------------------------------------------------
+
+    def _call(
+        self, method: str, path: str, timeout: float | None = None, **kwargs: Any
+    ) -> dict[str, Any]:
+        url = self.config.url + path
+        if timeout is not None:
+            kwargs["timeout"] = httpx.Timeout(timeout, connect=min(CONNECT_TIMEOUT, timeout))
+        try:
+            response = self._http.request(method, path, **kwargs)
+        except httpx.TimeoutException as exc:
+            if isinstance(exc, httpx.ConnectTimeout):
+                raise ConnectionFailed(self.config.url, "connection timed out") from None
+            raise RequestTimedOut(url, timeout or self.timeout) from None
+        except httpx.ConnectError as exc:
+            raise ConnectionFailed(self.config.url, _reason(exc)) from None
+        except httpx.TransportError as exc:
+            raise ConnectionFailed(self.config.url, _reason(exc)) from None
+        return _decode(method, url, response)
+
+
+def _app_path(name: str) -> str:
+    # Quoted so that a name with '/' or '?' reaches the server as one (invalid) name.
+    return "/api/apps/" + quote(name, safe="")
+
+
+def _reason(exc: Exception) -> str:
+    text = str(exc).strip()
+    if "Connection refused" in text or "Errno 111" in text:
+        return "connection refused"
+    return text or type(exc).__name__
+
+
+def _decode(method: str, url: str, response: httpx.Response) -> dict[str, Any]:
+    """The JSON object of a 2xx answer; anything else becomes an ApiError."""
+    try:
+        data = response.json()
+    except ValueError:
+        data = None
+    ok = response.is_success
+    if ok and isinstance(data, dict):
+        return data
+    if not ok and isinstance(data, dict) and isinstance(data.get("error"), dict):
+        error = data["error"]
+        code = str(error.get("code") or f"HTTP_{response.status_code}")
+        message = str(error.get("message") or response.reason_phrase)
+        raise ApiError(response.status_code, code, message, data)
+    kind = response.headers.get("content-type", "no content type").split(";")[0]
+    raise ApiError(
+        response.status_code,
+        f"HTTP_{response.status_code}",
+        f"{method} {url} answered HTTP {response.status_code} with {kind}, "
+        "not the nocosup admin API",
+    )

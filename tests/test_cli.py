@@ -1,0 +1,465 @@
+"""The ``nocosup apps|envs`` CLI against real servers, run as a user runs it: a subprocess
+(with a pseudo-terminal where prompts and progress depend on one)."""
+
+from __future__ import annotations
+
+import json
+import os
+import pty
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from nocosup import cli
+from tests.servers import ADMIN_TOKEN, ROOT, NocosupServer, free_port
+
+CLI = [sys.executable, "-m", "nocosup"]
+
+
+def cli_env(url: str | None, token: str | None = ADMIN_TOKEN) -> dict[str, str]:
+    """The caller's environment without NOCOSUP_*, plus the CLI's two variables."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NOCOSUP_")}
+    if url is not None:
+        env["NOCOSUP_URL"] = url
+    if token is not None:
+        env["NOCOSUP_ADMIN_TOKEN"] = token
+    return env
+
+
+def run(
+    server: NocosupServer | None,
+    *args: str,
+    token: str | None = ADMIN_TOKEN,
+    url: str | None = None,
+) -> subprocess.CompletedProcess[str]:
+    """``nocosup ARGS`` with stdin not a terminal; NOCOSUP_URL carries a trailing slash."""
+    if url is None and server is not None:
+        url = server.url + "/"
+    return subprocess.run(
+        [*CLI, *args],
+        env=cli_env(url, token),
+        cwd=ROOT,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def ok(proc: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[str]:
+    assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
+    assert "Traceback" not in proc.stderr
+    return proc
+
+
+def failed(proc: subprocess.CompletedProcess[str], code: int = 1) -> str:
+    """The stderr of a run that must have failed with ``code`` and no traceback."""
+    assert proc.returncode == code, f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
+    assert "Traceback" not in proc.stderr
+    return proc.stderr
+
+
+def rows(table: str) -> list[list[str]]:
+    """A printed table as rows of cells (cells never hold two spaces in these tests)."""
+    return [[c.strip() for c in line.split("  ") if c.strip()] for line in table.splitlines()]
+
+
+def on_terminal(
+    server: NocosupServer, *args: str, stdin_text: str | None = None
+) -> tuple[int, str, str]:
+    """Run with a pseudo-terminal as stdin (fed ``stdin_text``) or, without text, as
+    stderr. Returns (exit code, stdout, stderr or what the terminal showed)."""
+    master, slave = pty.openpty()
+    as_stdin = stdin_text is not None
+    proc = subprocess.Popen(
+        [*CLI, *args],
+        env=cli_env(server.url),
+        cwd=ROOT,
+        stdin=slave if as_stdin else subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE if as_stdin else slave,
+        text=True,
+    )
+    os.close(slave)
+    try:
+        if as_stdin:
+            assert stdin_text is not None
+            os.write(master, stdin_text.encode())
+            stdout, stderr = proc.communicate(timeout=120)
+            return proc.returncode, stdout, stderr
+        shown = bytearray()
+        while True:
+            try:
+                chunk = os.read(master, 4096)
+            except OSError:  # EIO: the child closed the terminal
+                break
+            if not chunk:
+                break
+            shown += chunk
+        stdout, _ = proc.communicate(timeout=120)
+        return proc.returncode, stdout, shown.decode(errors="replace")
+    finally:
+        os.close(master)
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+
+
+def tenant_file(server: NocosupServer, name: str) -> Path:
+    return server.storage / "databases" / f"nocosup_{name}.sqlite"
+
+
+# --- round trips --------------------------------------------------------------------------
+
+
+def test_round_trip_in_tables(sqlite_server: NocosupServer) -> None:
+    s = sqlite_server
+    assert ok(run(s, "apps", "list")).stdout.startswith("no apps")
+
+    created = ok(
+        run(s, "apps", "create", "crm", "--title", "CRM", "--option", 'color="blue"')
+    ).stdout
+    assert created.splitlines()[0] == "created crm"
+    assert "title:          CRM" in created
+
+    table = rows(ok(run(s, "apps", "list")).stdout)
+    assert table == [
+        ["NAME", "TITLE", "ENVIRONMENTS", "STATUS", "DESIRED"],
+        ["crm", "CRM", "local", "local:stopped", "running"],
+    ]
+
+    shown = ok(run(s, "apps", "show", "crm")).stdout
+    fields = dict(line.split(":", 1) for line in shown.splitlines())
+    assert {k: v.strip() for k, v in fields.items() if k not in ("created", "updated")} == {
+        "name": "crm",
+        "title": "CRM",
+        "environments": "local",
+        "status": "local:stopped",
+        "desired state": "running",
+        "start mode": "on_first_request",
+        "db conn type": "new_database",
+        "database": "name=nocosup_crm",
+        "options": '{"color": "blue"}',
+        "version": "1",
+    }
+
+    started = ok(run(s, "apps", "start", "crm"))
+    assert started.stdout == "crm started: local:running\n"
+    # not a terminal: plain lines, the last one the final status
+    progress = started.stderr.splitlines()
+    assert progress[0] == "starting crm"
+    assert progress[-1] == "  local: running"
+    assert all(line.startswith("  local: ") for line in progress[1:])
+    assert rows(ok(run(s, "apps", "list")).stdout)[1][3] == "local:running"
+
+    stopped = ok(run(s, "apps", "stop", "crm"))
+    assert stopped.stdout == "crm stopped: local:stopped\n"
+    assert stopped.stderr.splitlines()[0] == "stopping crm"
+    assert stopped.stderr.splitlines()[-1] == "  local: stopped"
+    assert rows(ok(run(s, "apps", "list")).stdout)[1][3:] == ["local:stopped", "stopped"]
+
+    envs = rows(ok(run(s, "envs", "list")).stdout)
+    assert envs[0] == ["NAME", "STATUS", "VERSION", "URL", "INSTANCES", "LAST HEARTBEAT"]
+    assert envs[1][:5] == ["local", "online", "0.1.0", "-", "1"]
+
+    assert ok(run(s, "apps", "rm", "crm", "--yes")).stdout == "removed crm (database kept)\n"
+    assert tenant_file(s, "crm").exists()
+    assert ok(run(s, "apps", "list")).stdout.startswith("no apps")
+
+
+def test_round_trip_in_json(sqlite_server: NocosupServer) -> None:
+    s = sqlite_server
+
+    def as_json(*args: str) -> Any:
+        proc = ok(run(s, *args, "--json"))
+        assert proc.stderr == ""  # no progress, no tables
+        return json.loads(proc.stdout)
+
+    app = as_json(
+        "apps",
+        "create",
+        "shop",
+        "--env",
+        "local",
+        "--start-mode",
+        "on_first_request",
+        "--db-conn-type",
+        "new_database",
+        "--option",
+        "size=3",
+        "--option",
+        'tags=["a", "b"]',
+    )
+    assert app["name"] == "shop" and app["title"] == "shop"
+    assert app["environments"] == ["local"]
+    assert app["options"] == {
+        "size": 3,
+        "tags": ["a", "b"],
+        "startMode": "on_first_request",
+        "dbConnType": "new_database",
+    }
+    assert app["statuses"] == {"local": "stopped"} and app["errors"] == {}
+
+    assert [a["name"] for a in as_json("apps", "list")["apps"]] == ["shop"]
+    assert as_json("apps", "show", "shop")["options"]["size"] == 3
+
+    started = as_json("apps", "start", "shop")
+    assert started["statuses"] == {"local": "running"}
+    assert started["results"] == {"local": {"ok": True, "status": "running", "error": None}}
+
+    stopped = as_json("apps", "stop", "shop")
+    assert stopped["statuses"] == {"local": "stopped"}
+    assert stopped["desired_state"] == "stopped"
+
+    envs = as_json("envs", "list")["environments"]
+    assert [e["name"] for e in envs] == ["local"] and envs[0]["status"] == "online"
+
+    removed = as_json("apps", "rm", "shop", "--yes", "--drop-database")
+    assert removed["removed"] is True and removed["database_dropped"] is True
+    assert not tenant_file(s, "shop").exists()
+    assert as_json("apps", "list") == {"apps": []}
+
+
+# --- failures the server reports ----------------------------------------------------------
+
+
+def test_failing_start_exits_1_with_the_reason(sqlite_server: NocosupServer) -> None:
+    s = sqlite_server
+    ok(run(s, "apps", "create", "boom", "--option", 'test={"crash": "lifespan"}'))
+
+    stderr = failed(run(s, "apps", "start", "boom"))
+    # The server's message embeds the app's traceback: the CLI prints its gist.
+    assert (
+        "nocosup: application 'boom' did not start: local: LifespanError: "
+        "RuntimeError: lifespan exploded on purpose (COMMAND_FAILED)"
+    ) in stderr
+    assert "  local: error: LifespanError: RuntimeError: lifespan exploded on purpose" in stderr
+
+    proc = run(s, "apps", "start", "boom", "--json")
+    failed(proc)
+    body = json.loads(proc.stdout)["error"]
+    assert body["code"] == "COMMAND_FAILED"
+    assert body["results"]["local"]["ok"] is False
+    assert "lifespan exploded on purpose" in body["results"]["local"]["error"]
+
+    shown = ok(run(s, "apps", "show", "boom")).stdout
+    assert "status:         local:error" in shown
+    assert "RuntimeError: lifespan exploded on purpose" in shown.split("errors:", 1)[1]
+
+
+def test_create_that_fails_to_start_says_the_app_exists(sqlite_server: NocosupServer) -> None:
+    s = sqlite_server
+    stderr = failed(
+        run(
+            s,
+            "apps",
+            "create",
+            "eager",
+            "--start-mode",
+            "with_supervisor",
+            "--option",
+            'test={"crash": "factory"}',
+        )
+    )
+    assert "did not start: local: RuntimeError: factory exploded on purpose" in stderr
+    assert "eager was created but did not start" in stderr
+    assert rows(ok(run(s, "apps", "list")).stdout)[1][:4] == [
+        "eager",
+        "eager",
+        "local",
+        "local:error",
+    ]
+
+
+def test_unknown_app_is_app_not_found(sqlite_server: NocosupServer) -> None:
+    for args in (
+        ["apps", "show", "ghost"],
+        ["apps", "start", "ghost"],
+        ["apps", "stop", "ghost"],
+        ["apps", "rm", "ghost", "--yes"],
+    ):
+        stderr = failed(run(sqlite_server, *args))
+        assert stderr.splitlines()[-1] == (
+            "nocosup: application 'ghost' does not exist (APP_NOT_FOUND)"
+        ), args
+    proc = run(sqlite_server, "apps", "show", "ghost", "--json")
+    failed(proc)
+    assert json.loads(proc.stdout)["error"]["code"] == "APP_NOT_FOUND"
+
+
+def test_invalid_input_shows_the_servers_message(sqlite_server: NocosupServer) -> None:
+    stderr = failed(run(sqlite_server, "apps", "create", "Bad"))
+    assert "name must start with a lowercase letter" in stderr
+    assert stderr.rstrip().endswith("(VALIDATION_ERROR)")
+    stderr = failed(run(sqlite_server, "apps", "create", "x", "--env", "mars"))
+    assert "environment 'mars' is not registered" in stderr
+    ok(run(sqlite_server, "apps", "create", "twice"))
+    assert "(APP_EXISTS)" in failed(run(sqlite_server, "apps", "create", "twice"))
+
+
+def test_wrong_token_prints_the_401_message(sqlite_server: NocosupServer) -> None:
+    stderr = failed(run(sqlite_server, "apps", "list", token="wrong"))
+    assert stderr.splitlines() == [
+        "nocosup: missing or wrong admin token: send 'Authorization: Bearer <token>' "
+        "(UNAUTHORIZED)",
+        "  check NOCOSUP_ADMIN_TOKEN or --token",
+    ]
+
+
+def test_flags_win_over_the_environment(sqlite_server: NocosupServer) -> None:
+    dead = f"http://127.0.0.1:{free_port()}"
+    proc = run(
+        None,
+        "apps",
+        "list",
+        "--url",
+        sqlite_server.url + "/",
+        "--token",
+        ADMIN_TOKEN,
+        url=dead,
+        token="wrong",
+    )
+    assert ok(proc).stdout.startswith("no apps")
+    # and the environment alone is used when no flag is given
+    assert "cannot connect to " + dead in failed(run(None, "apps", "list", url=dead))
+
+
+# --- failures before or without a server --------------------------------------------------
+
+
+def test_server_down_names_the_url() -> None:
+    url = f"http://127.0.0.1:{free_port()}"
+    stderr = failed(run(None, "envs", "list", url=url + "/"))
+    assert stderr == (
+        f"nocosup: cannot connect to {url} (connection refused); is 'nocosup serve' running "
+        "there? set NOCOSUP_URL or pass --url\n"
+    )
+
+
+def test_missing_token_says_how_to_set_it() -> None:
+    stderr = failed(run(None, "apps", "list", url="http://127.0.0.1:1", token=None), code=2)
+    assert "no admin token: set NOCOSUP_ADMIN_TOKEN or pass --token" in stderr
+    assert "storage/admin_token" in stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ([], "the following arguments are required: command"),
+        (["apps"], "the following arguments are required: action"),
+        (["apps", "create"], "the following arguments are required: name"),
+        (["apps", "create", "x", "--start-mode", "never"], "invalid choice: 'never'"),
+        (["apps", "create", "x", "--db-conn-type", "other"], "invalid choice: 'other'"),
+        (["apps", "start", "x", "--timeout", "0"], "must be more than 0"),
+        (["apps", "stop", "x", "--timeout", "soon"], "not a number: 'soon'"),
+        (["apps", "list", "--frobnicate"], "unrecognized arguments: --frobnicate"),
+        (["apps", "create", "x", "--option", "color"], "expected KEY=JSON_VALUE"),
+        (["apps", "create", "x", "--option", "color=blue"], "the value must be JSON"),
+        (["apps", "create", "x", "--option", "a=1", "--option", "a=2"], "given twice"),
+        (
+            ["apps", "create", "x", "--start-mode", "with_supervisor", "--option", 'startMode="x"'],
+            "contradicts --option startMode",
+        ),
+        (["apps", "list", "--url", "localhost:8000"], "--url must be an http:// or https:// URL"),
+    ],
+)
+def test_bad_usage_exits_2(args: list[str], message: str) -> None:
+    # Nothing listens at the URL: each of these must fail before any request.
+    stderr = failed(run(None, *args, url=f"http://127.0.0.1:{free_port()}"), code=2)
+    assert message in stderr
+
+
+def test_bad_url_in_the_environment_names_the_variable() -> None:
+    stderr = failed(run(None, "envs", "list", url="ftp://example.org"), code=2)
+    assert "NOCOSUP_URL must be an http:// or https:// URL" in stderr
+
+
+# --- rm confirmation ----------------------------------------------------------------------
+
+
+def test_rm_without_yes_on_non_interactive_stdin_is_refused(sqlite_server: NocosupServer) -> None:
+    ok(run(sqlite_server, "apps", "create", "keep"))
+    stderr = failed(run(sqlite_server, "apps", "rm", "keep"), code=2)
+    assert "refusing to remove keep without confirmation" in stderr
+    assert "--yes" in stderr
+    assert "keep" in ok(run(sqlite_server, "apps", "show", "keep")).stdout
+
+
+def test_rm_asks_on_a_terminal(sqlite_server: NocosupServer) -> None:
+    s = sqlite_server
+    ok(run(s, "apps", "create", "asked"))
+
+    code, _, stderr = on_terminal(s, "apps", "rm", "asked", stdin_text="n\n")
+    assert code == 1 and "remove asked (its database is kept)? [y/N]" in stderr
+    assert "not removed" in stderr
+    # dropping the database wants the name typed back; a plain "y" is not enough
+    code, _, stderr = on_terminal(s, "apps", "rm", "asked", "--drop-database", stdin_text="y\n")
+    assert code == 1 and "type the app's name" in stderr
+    assert tenant_file(s, "asked").exists()
+
+    code, stdout, _ = on_terminal(s, "apps", "rm", "asked", "--drop-database", stdin_text="asked\n")
+    assert code == 0 and stdout == "removed asked and dropped its database\n"
+    assert not tenant_file(s, "asked").exists()
+
+    # an unknown app fails before the question
+    code, _, stderr = on_terminal(s, "apps", "rm", "ghost", stdin_text="y\n")
+    assert code == 1 and "(APP_NOT_FOUND)" in stderr and "[y/N]" not in stderr
+
+
+# --- progress -----------------------------------------------------------------------------
+
+
+def test_progress_on_a_terminal_redraws_one_line(sqlite_server: NocosupServer) -> None:
+    s = sqlite_server
+    ok(run(s, "apps", "create", "slow", "--option", 'test={"bootDelay": 1}'))
+    code, stdout, shown = on_terminal(s, "apps", "start", "slow")
+    assert code == 0 and stdout == "slow started: local:running\n"
+    # one line rewritten in place ('\r' + erase), cleared at the end: no line per status
+    assert "\r\x1b[K" in shown and "starting slow" in shown
+    assert "\n" not in shown and shown.endswith("\r\x1b[K")
+
+
+def test_start_gives_up_after_the_timeout(sqlite_server: NocosupServer) -> None:
+    s = sqlite_server
+    ok(run(s, "apps", "create", "sleepy", "--option", 'test={"bootDelay": 5}'))
+    stderr = failed(run(s, "apps", "start", "sleepy", "--timeout", "0.3"))
+    assert "nocosup: gave up waiting after 0.3 s for sleepy to start" in stderr
+    assert "the server carries on: see 'nocosup apps show sleepy'" in stderr
+
+
+# --- pieces -------------------------------------------------------------------------------
+
+
+def test_in_process_main_prints_and_returns_the_exit_code(
+    sqlite_server: NocosupServer,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("NOCOSUP_URL", sqlite_server.url)
+    monkeypatch.setenv("NOCOSUP_ADMIN_TOKEN", ADMIN_TOKEN)
+    assert cli.main(["apps", "show", "nope"]) == 1
+    assert capsys.readouterr().err == "nocosup: application 'nope' does not exist (APP_NOT_FOUND)\n"
+    assert cli.main(["envs", "list", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["environments"][0]["name"] == "local"
+
+
+def test_helpers() -> None:
+    from nocosup.db import CONN_TYPES
+    from nocosup.validation import START_MODES
+
+    assert cli.START_MODES == START_MODES and cli.CONN_TYPES == CONN_TYPES
+    app = {"environments": ["env_a", "env_b"], "statuses": {"env_b": "stopped", "env_a": "running"}}
+    assert cli.statuses_text(app) == "env_a:running env_b:stopped"
+    assert cli.table(["A", "LONG"], [["wide cell", "x"], ["y", ""]]) == (
+        "A          LONG\nwide cell  x\ny"
+    )
+    traceback = (
+        'LifespanError: Traceback (most recent call last):\n  File "x.py", line 1, in f\n'
+        "    raise RuntimeError('no')\nRuntimeError: no\n"
+    )
+    assert cli.gist(traceback) == "LifespanError: RuntimeError: no"
+    assert cli.gist("OSError: disk\nfull") == "OSError: disk full"
+    assert cli.gist(None) == ""
