@@ -248,18 +248,24 @@ def _apps_create(api: AdminClient, args: argparse.Namespace) -> int:
         app = api.create_app(body)
     except ApiError as exc:
         print_api_error(exc, args.json)
-        if exc.code == "COMMAND_FAILED" and "app" in exc.details:
-            # startMode=with_supervisor: the create succeeded, the start that follows did not.
-            err(
-                f"  {args.name} was created but did not start: fix it and run "
-                f"'nocosup apps start {args.name}', or remove it with 'nocosup apps rm {args.name}'"
-            )
         return EXIT_FAILED
+    # startMode=with_supervisor: the app is created, then started; the start may fail.
+    failed = {env: r for env, r in (app.get("results") or {}).items() if not r.get("ok")}
     if args.json:
         print_json(app)
-        return 0
-    out(f"created {app['name']}")
-    out(describe(app))
+    else:
+        out(f"created {app['name']}")
+        out(describe(app))
+    if failed:
+        detail = "; ".join(
+            f"{env}: {gist(r.get('error')) or r.get('status')}" for env, r in failed.items()
+        )
+        err(f"nocosup: application {args.name!r} did not start: {detail}")
+        err(
+            f"  {args.name} was created but did not start: fix it and run "
+            f"'nocosup apps start {args.name}', or remove it with 'nocosup apps rm {args.name}'"
+        )
+        return EXIT_FAILED
     return 0
 
 

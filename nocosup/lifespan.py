@@ -44,7 +44,7 @@ class LifespanRunner:
         message = await self._next()
         if message["type"] == "lifespan.startup.failed":
             await self._reap()
-            raise LifespanError(message.get("message") or "lifespan startup failed")
+            raise LifespanError(_last_line(message.get("message")) or "lifespan startup failed")
 
     async def shutdown(self) -> None:
         if not self.supported or self._task is None or self._task.done():
@@ -53,7 +53,7 @@ class LifespanRunner:
         message = await self._next()
         await self._reap()
         if message["type"] == "lifespan.shutdown.failed":
-            raise LifespanError(message.get("message") or "lifespan shutdown failed")
+            raise LifespanError(_last_line(message.get("message")) or "lifespan shutdown failed")
 
     async def _reap(self) -> None:
         """Let the lifespan task end and consume its exception (it was reported already)."""
@@ -86,3 +86,9 @@ class LifespanRunner:
 
     async def _run(self, scope: dict[str, Any]) -> None:
         await self.app(scope, self._inbox.get, self._outbox.put)
+
+
+def _last_line(message: str | None) -> str:
+    """Starlette puts a whole traceback in the failure message; its last line says what."""
+    lines = [line.strip() for line in (message or "").splitlines() if line.strip()]
+    return lines[-1] if lines else ""

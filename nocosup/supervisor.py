@@ -124,9 +124,13 @@ class Supervisor:
                 await self._undo_create(record, exc)
                 raise
         self._changed(name, "created")
+        app = await self._describe(record)
         if record.start_mode == "with_supervisor":
-            await self._start(record)
-        return await self._describe(record)
+            # created either way: a failed first start shows in statuses and results
+            results = await self.process.start(record)
+            app = await self._describe(record)
+            app["results"] = _results_json(results)
+        return app
 
     async def _undo_create(self, record: AppRecord, exc: BaseException) -> None:
         log.warning("creating %s failed, removing it again: %r", record.name, exc)

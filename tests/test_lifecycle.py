@@ -48,6 +48,7 @@ async def test_a_crashing_app_leaves_the_others_serving(sqlite_server: NocosupSe
         r = await c.get("/apps/badlifespan/api/info")
         assert_error(r, 503, "APP_ERROR")
         assert "lifespan exploded on purpose" in r.json()["error"]["message"]
+        assert "Traceback" not in r.json()["error"]["message"]
         assert (await c.get("/apps/good/api/info")).status_code == 200
         app = (await c.get("/api/apps/badfactory")).json()
         assert app["statuses"] == {"local": "error"}
@@ -118,3 +119,22 @@ async def test_stop_lets_inflight_requests_finish(sqlite_server: NocosupServer) 
                 got += len(chunk)
         assert got == size
         assert (await stop).json()["statuses"] == {"local": "stopped"}
+
+
+async def test_with_supervisor_create_that_fails_to_start_is_still_created(
+    sqlite_server: NocosupServer,
+) -> None:
+    async with sqlite_server.admin() as c:
+        r = await c.post(
+            "/api/apps",
+            json={
+                "name": "eagerbad",
+                "options": {"startMode": "with_supervisor", "test": {"crash": "factory"}},
+            },
+        )
+        assert r.status_code == 201, r.text
+        app = r.json()
+        assert app["statuses"] == {"local": "error"}
+        assert app["results"]["local"]["ok"] is False
+        assert "factory exploded" in app["results"]["local"]["error"]
+        assert (await c.get("/api/apps/eagerbad")).status_code == 200
