@@ -26,7 +26,7 @@ T = TypeVar("T")
 
 #: Plugins every process of a role loads, in order; the first is the role itself.
 ROLE_PLUGINS: dict[str, tuple[str, ...]] = {
-    "supervisor": ("plugins.supervisor", "plugins.starter"),
+    "supervisor": ("plugins.supervisor", "plugins.starter", "plugins.webui"),
     "worker": ("plugins.worker", "plugins.starter"),
 }
 ENTRY_POINT_GROUP = "nocosup"

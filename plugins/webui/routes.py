@@ -1,0 +1,120 @@
+"""The page's routes: ``/`` and ``/ui/*``, cookie login and logout, and ``/api/events``.
+
+The login cookie holds the admin token itself (``auth.check_admin`` reads it), HttpOnly
+so scripts cannot read it, SameSite=Strict so other sites cannot ride on it, and scoped to
+``/api`` so it never travels to the tenant apps under ``/apps/...``.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import html
+from importlib import resources
+
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.routing import BaseRoute, Mount, Route
+from starlette.staticfiles import StaticFiles
+from starlette.types import Receive, Scope, Send
+
+from nocosup import validation as v
+from nocosup.auth import COOKIE_NAME, check_admin, token_matches
+from nocosup.errors import NocosupError, Unauthorized, error_body
+from nocosup.responses import error_response
+from plugins.webui.stream import SERVICE, EventStreams
+
+STATIC = ("plugins.webui", "static")
+ASSETS = ("app.js", "style.css")
+
+#: The page runs only its own files: no inline script, nothing from other origins.
+PAGE_HEADERS = {
+    "content-security-policy": (
+        "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+        "connect-src 'self'; base-uri 'self'; form-action 'self'; frame-ancestors 'none'"
+    ),
+    "x-content-type-options": "nosniff",
+    "referrer-policy": "same-origin",
+    "cache-control": "no-cache",
+}
+
+
+@functools.cache
+def _page_template() -> str:
+    """index.html with asset links carrying a content hash, so a new release is refetched."""
+    folder = resources.files(STATIC[0]).joinpath(STATIC[1])
+    page = folder.joinpath("index.html").read_text(encoding="utf-8")
+    for asset in ASSETS:
+        digest = hashlib.sha256(folder.joinpath(asset).read_bytes()).hexdigest()[:12]
+        page = page.replace(f'"ui/{asset}"', f'"ui/{asset}?v={digest}"')
+    return page
+
+
+async def index(request: Request) -> Response:
+    # <base> makes every link of the page relative to where the host is mounted.
+    root = html.escape(request.scope.get("root_path", "").rstrip("/") + "/", quote=True)
+    page = _page_template().replace('<base href="/">', f'<base href="{root}">')
+    return HTMLResponse(page, headers=PAGE_HEADERS)
+
+
+def _cookie_path(request: Request) -> str:
+    return request.scope.get("root_path", "").rstrip("/") + "/api"
+
+
+async def login(request: Request) -> Response:
+    data = v.parse_json_object(await request.body())
+    v.check_fields(data, ("token",))
+    token = data.get("token")
+    if not isinstance(token, str) or not token_matches(request.app.state.admin_token, token):
+        raise Unauthorized("wrong admin token")
+    response = Response(status_code=204, headers={"cache-control": "no-store"})
+    response.set_cookie(
+        COOKIE_NAME,
+        token,
+        path=_cookie_path(request),
+        httponly=True,
+        samesite="strict",
+        secure=request.url.scheme == "https",
+    )
+    return response
+
+
+async def logout(request: Request) -> Response:
+    response = Response(status_code=204, headers={"cache-control": "no-store"})
+    response.delete_cookie(
+        COOKIE_NAME,
+        path=_cookie_path(request),
+        httponly=True,
+        samesite="strict",
+        secure=request.url.scheme == "https",
+    )
+    return response
+
+
+class EventsEndpoint:
+    """``GET /api/events``: the host's events as ``text/event-stream`` (admin only)."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        request = Request(scope, receive)
+        try:
+            check_admin(request)
+        except NocosupError as exc:
+            await error_response(exc)(scope, receive, send)
+            return
+        host = request.app
+        streams: EventStreams | None = host.services.get(SERVICE)
+        if streams is None or streams.closing.is_set():
+            body = error_body("SHUTTING_DOWN", "the supervisor is shutting down; retry shortly")
+            await JSONResponse(body, 503, {"retry-after": "2"})(scope, receive, send)
+            return
+        await streams.serve(host.events, scope, receive, send)
+
+
+def routes() -> list[BaseRoute]:
+    return [
+        Route("/", index, methods=["GET"]),
+        Route("/api/login", login, methods=["POST"]),
+        Route("/api/logout", logout, methods=["POST"]),
+        Route("/api/events", EventsEndpoint(), methods=["GET"]),
+        Mount("/ui", StaticFiles(packages=[STATIC]), name="webui"),
+    ]
