@@ -16,6 +16,7 @@ from starlette.types import Receive, Scope, Send
 from nocosup.appcache import AppCache
 from nocosup.commands import Command, Reply
 from nocosup.errors import AppNotFound, NocosupError
+from nocosup.heartbeat import StatusReporter
 from nocosup.rediskeys import Keys, split_member
 from nocosup.registry import AppRecord
 from nocosup.responses import send_error
@@ -26,10 +27,13 @@ log = logging.getLogger("nocosup.worker")
 
 
 class Worker:
-    def __init__(self, runtime: LocalRuntime, cache: AppCache, keys: Keys) -> None:
+    def __init__(
+        self, runtime: LocalRuntime, cache: AppCache, keys: Keys, reporter: StatusReporter
+    ) -> None:
         self.runtime = runtime
         self.cache = cache
         self.keys = keys
+        self.reporter = reporter
         self.env = runtime.environment
         self.instance = runtime.settings.instance_id
 
@@ -54,6 +58,8 @@ class Worker:
             status,
             f" ({error})" if error else "",
         )
+        # statuses reach Redis before the reply: whoever reads after the reply sees them
+        await self.reporter.flush()
         return Reply(command.id, self.env, self.instance, ok, status, error)
 
     async def _execute(self, command: Command) -> tuple[str, str | None, bool]:

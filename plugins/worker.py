@@ -46,11 +46,11 @@ async def _startup(host: Host) -> None:
         redis, keys.lock(name), ttl=settings.lock_ttl, wait=settings.command_timeout
     )
     host.services["runtime"] = runtime
-    worker = Worker(runtime, AppCache(redis, keys), keys)
-    host.services["worker"] = worker
     reporter = StatusReporter(redis, keys, settings.environment_name, settings.instance_id)
     reporter.start()
     host.services["status_reporter"] = reporter
+    worker = Worker(runtime, AppCache(redis, keys), keys, reporter)
+    host.services["worker"] = worker
 
     async def republish() -> None:
         for name, tenant in runtime.tenants.items():
