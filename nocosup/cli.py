@@ -67,18 +67,31 @@ def _serve(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"nocosup: configuration error: {exc}", file=sys.stderr)
         return 2
-    config = uvicorn.Config(
-        host,
-        host=args.host,
-        port=args.port,
-        lifespan="on",
-        access_log=args.access_log,
-        log_level=args.log_level,
-        proxy_headers=True,
-        forwarded_allow_ips=args.forwarded_allow_ips,
-        timeout_graceful_shutdown=settings.stop_grace + 5,
-    )
-    server = uvicorn.Server(config)
+    if args.workers < 1:
+        print("nocosup: --workers must be at least 1", file=sys.stderr)
+        return 2
+    if args.workers > 1 and settings.mode != "worker":
+        # replicas share nothing but Redis: only workers are built for that
+        print(
+            "nocosup: --workers > 1 needs APP_MODE=worker (replicas of one environment)",
+            file=sys.stderr,
+        )
+        return 2
+    options: dict[str, Any] = {
+        "host": args.host,
+        "port": args.port,
+        "lifespan": "on",
+        "access_log": args.access_log,
+        "log_level": args.log_level,
+        "proxy_headers": True,
+        "forwarded_allow_ips": args.forwarded_allow_ips,
+        "timeout_graceful_shutdown": settings.stop_grace + 5,
+    }
+    if args.workers > 1:
+        # each process builds its own host (own instance id) on one shared socket
+        uvicorn.run("nocosup.host:create_host", factory=True, workers=args.workers, **options)
+        return 0
+    server = uvicorn.Server(uvicorn.Config(host, **options))
     server.run()
     return 0 if server.started else 1
 
@@ -594,6 +607,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"]
     )
     serve.add_argument("--access-log", action="store_true", help="log every request")
+    serve.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="processes sharing the port: replicas of one environment (APP_MODE=worker only)",
+    )
     serve.add_argument(
         "--forwarded-allow-ips",
         default="127.0.0.1",

@@ -41,20 +41,18 @@ class NocosupServer:
         return Path(self.env["NOCOSUP_STORAGE_DIR"])
 
     def start(self, timeout: float = 30) -> NocosupServer:
-        if self.replicas == 1:
-            argv = ["-m", "nocosup", "serve", "--port", str(self.port), "--log-level", "info"]
-        else:  # several processes behind one socket: replicas of one environment
-            argv = [
-                "-m",
-                "uvicorn",
-                "nocosup.host:create_host",
-                "--factory",
-                "--port",
-                str(self.port),
-                "--workers",
-                str(self.replicas),
-                "--no-access-log",
-            ]
+        # replicas > 1: several processes on one socket, replicas of one environment
+        argv = [
+            "-m",
+            "nocosup",
+            "serve",
+            "--port",
+            str(self.port),
+            "--log-level",
+            "info",
+            "--workers",
+            str(self.replicas),
+        ]
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(
                 [sys.executable, *argv],
