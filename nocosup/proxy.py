@@ -1,0 +1,549 @@
+"""A pure ASGI reverse proxy from the supervisor to the worker environment running an app.
+
+Create one :class:`Proxy` in a lifespan, share it, call :meth:`Proxy.forward` with the
+environment's base URL, and :meth:`Proxy.aclose` on shutdown. It is plain ASGI on
+purpose: Starlette's ``StreamingResponse`` skips its background task when the client
+disconnects, so a proxy built on it leaks pooled connections until the pool times out.
+Here the proxy owns the upstream response and closes it in ``finally``.
+
+What it does to a request: streams bodies both ways (a request body is forwarded only
+when the client announced one with Content-Length or Transfer-Encoding), strips the
+RFC 9110 hop-by-hop headers both ways (``Connection`` and what it names, Keep-Alive,
+Proxy-Authenticate, Proxy-Authorization, TE, Trailer, Transfer-Encoding, Upgrade), adds
+``X-Forwarded-For/-Proto/-Host/-Prefix``, drops the upstream's ``Date``/``Server`` (the
+front server adds its own) and keeps no cookies. WebSockets go through the ``websockets``
+client. It only ever connects to the ``upstream`` it is given, never to a host named by
+the request.
+
+Failures answer JSON through :func:`nocosup.responses.send_error`: no connection
+-> 502 ``UPSTREAM_CONNECT_ERROR``, a timeout -> 504 ``UPSTREAM_TIMEOUT``. A client that
+goes away is not an error: the upstream exchange is dropped quietly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncGenerator
+from types import TracebackType
+from typing import Any
+from urllib.parse import quote, unquote
+
+from starlette.types import Message, Receive, Scope, Send
+from websockets.asyncio.client import ClientConnection
+from websockets.asyncio.client import connect as ws_connect
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
+
+from nocosup.errors import NocosupError, UpstreamTimeout, UpstreamUnreachable
+from nocosup.proxy_client import (
+    Body,
+    Headers,
+    LeanClient,
+    ProxyClient,
+    Upstream,
+    UpstreamConnectError,
+    UpstreamError,
+    UpstreamResponse,
+    UpstreamTimeoutError,
+)
+from nocosup.responses import send_error, ws_close_code
+
+__all__ = ["Proxy"]
+
+log = logging.getLogger("nocosup.proxy")
+
+#: RFC 9110 section 7.6.1 hop-by-hop headers (plus the non-standard Proxy-Connection).
+HOP_BY_HOP = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+    }
+)
+# Request headers the proxy drops or sets itself.
+_REQUEST_DROP = HOP_BY_HOP | {
+    b"host",
+    b"content-length",
+    b"expect",
+    b"x-forwarded-for",
+    b"x-forwarded-host",
+    b"x-forwarded-prefix",
+    b"x-forwarded-proto",
+}
+_WS_HANDSHAKE = frozenset(
+    {
+        b"sec-websocket-accept",
+        b"sec-websocket-extensions",
+        b"sec-websocket-key",
+        b"sec-websocket-protocol",
+        b"sec-websocket-version",
+    }
+)
+_RESPONSE_DROP = HOP_BY_HOP | {b"date", b"server"}
+_WS_RESPONSE_DROP = _RESPONSE_DROP | _WS_HANDSHAKE | {b"content-length"}
+
+_NO_BODY, _LENGTH, _CHUNKED = 0, 1, 2
+_PATH_SAFE = "/:@!$&'()*+,;=-._~"
+
+
+class _ClientGone(Exception):
+    """The downstream client disconnected while its request body was being forwarded."""
+
+
+class Proxy:
+    """Forwards HTTP and WebSocket scopes to an upstream base URL.
+
+    :param client: the HTTP client (default: a :class:`~nocosup.proxy_client.LeanClient`
+        built from the arguments below, which are then ignored if a client is given).
+    :param connect_timeout: seconds to open an upstream connection (also the WebSocket
+        handshake timeout).
+    :param read_timeout: seconds to wait for the response head and between body chunks;
+        ``None`` for endless streams.
+    :param write_timeout: seconds a request-body write may wait for the upstream.
+    :param pool_timeout: seconds to wait for a free connection to a busy upstream.
+    :param max_connections: connections per upstream.
+    :param keepalive_expiry: seconds an idle upstream connection may be reused.
+    :param ws_max_size: largest WebSocket message accepted from the upstream.
+    """
+
+    def __init__(
+        self,
+        client: ProxyClient | None = None,
+        *,
+        connect_timeout: float | None = 5.0,
+        read_timeout: float | None = 60.0,
+        write_timeout: float | None = 60.0,
+        pool_timeout: float | None = 10.0,
+        max_connections: int = 100,
+        keepalive_expiry: float = 4.0,
+        ws_max_size: int | None = 16 * 1024 * 1024,
+    ) -> None:
+        self.client: ProxyClient = client or LeanClient(
+            connect_timeout=connect_timeout,
+            read_timeout=read_timeout,
+            write_timeout=write_timeout,
+            pool_timeout=pool_timeout,
+            max_connections=max_connections,
+            keepalive_expiry=keepalive_expiry,
+        )
+        self.connect_timeout = connect_timeout
+        self.ws_max_size = ws_max_size
+        self._upstreams: dict[str, Upstream] = {}
+
+    async def __aenter__(self) -> Proxy:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the pooled upstream connections."""
+        await self.client.aclose()
+
+    async def forward(self, upstream: str, scope: Scope, receive: Receive, send: Send) -> None:
+        """Answer ``scope`` with what ``upstream`` + ``scope["path"]`` (+ query) answers.
+
+        ``upstream`` is a base URL such as ``http://127.0.0.1:9001``; the caller vouches
+        for it. ``scope["root_path"]`` becomes ``X-Forwarded-Prefix``.
+        """
+        target = self._upstream(upstream)
+        if scope["type"] == "websocket":
+            await self._websocket(target, scope, receive, send)
+        else:
+            await self._http(target, scope, receive, send)
+
+    def _upstream(self, url: str) -> Upstream:
+        upstream = self._upstreams.get(url)
+        if upstream is None:
+            if len(self._upstreams) >= 1024:
+                self._upstreams.clear()
+            upstream = self._upstreams[url] = Upstream.parse(url)
+        return upstream
+
+    # ---------------------------------------------------------------------- HTTP
+
+    async def _http(self, upstream: Upstream, scope: Scope, receive: Receive, send: Send) -> None:
+        headers, mode = request_headers(scope, upstream)
+        body: Body = None
+        stream: AsyncGenerator[bytes, None] | None = None
+        if mode != _NO_BODY:
+            message = await receive()
+            if message["type"] != "http.request":
+                return  # gone before sending its body
+            chunk: bytes = message.get("body", b"")
+            if message.get("more_body", False):
+                body = stream = _request_body(chunk, receive)
+                if mode == _CHUNKED:
+                    headers.append((b"transfer-encoding", b"chunked"))
+                else:
+                    headers.append((b"content-length", _content_length(scope)))
+            else:
+                body = chunk
+                headers.append((b"content-length", str(len(chunk)).encode()))
+        try:
+            response = await self.client.request(
+                scope["method"], upstream, path_target(scope), headers, body
+            )
+        except _ClientGone:
+            return
+        except UpstreamError as exc:
+            await _answer_error(scope, receive, send, _error(upstream, exc))
+            return
+        finally:
+            if stream is not None:
+                await stream.aclose()
+        try:
+            await self._respond(response, scope, receive, send)
+        finally:
+            await response.aclose()
+
+    async def _respond(
+        self, response: UpstreamResponse, scope: Scope, receive: Receive, send: Send
+    ) -> None:
+        start = {
+            "type": "http.response.start",
+            "status": response.status,
+            "headers": response_headers(response.headers),
+        }
+        first = response.take()
+        if response.at_eof:  # the usual small answer: complete already
+            try:
+                await send(start)
+                await send({"type": "http.response.body", "body": first})
+            except OSError:
+                pass  # the client went away (servers on ASGI spec 2.4 raise)
+            return
+        # The body is still arriving: watch for the client leaving, which stops the copy
+        # (uvicorn's send() just returns once the client is gone).
+        watcher = asyncio.ensure_future(_abort_on_disconnect(receive, response))
+        try:
+            await send(start)
+            if first:
+                await send({"type": "http.response.body", "body": first, "more_body": True})
+            while True:
+                chunk = await response.read()
+                if not chunk:
+                    await send({"type": "http.response.body", "body": b""})
+                    return
+                if response.at_eof:
+                    await send({"type": "http.response.body", "body": chunk})
+                    return
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        except OSError:
+            return
+        except UpstreamError as exc:
+            if not (watcher.done() and not watcher.cancelled()):
+                # Too late for an error answer: leave the response incomplete so the
+                # server drops the connection and the client sees a truncated body.
+                log.warning("upstream failed mid-response for %s: %s", scope["path"], exc)
+            return
+        finally:
+            watcher.cancel()
+
+    # ----------------------------------------------------------------- WebSocket
+
+    async def _websocket(
+        self, upstream: Upstream, scope: Scope, receive: Receive, send: Send
+    ) -> None:
+        message = await receive()
+        if message["type"] != "websocket.connect":
+            return
+        scheme = "wss" if upstream.scheme == "https" else "ws"
+        url = (
+            f"{scheme}://{upstream.host_header.decode()}{upstream.base_path.decode()}"
+            f"{path_target(scope).decode('latin-1')}"
+        )
+        headers, _ = request_headers(scope, upstream)
+        extra = [
+            (name.decode("latin-1"), value.decode("latin-1"))
+            for name, value in headers
+            if name not in _WS_HANDSHAKE and name != b"host"
+        ]
+        try:
+            ws = await ws_connect(
+                url,
+                subprotocols=scope.get("subprotocols") or None,
+                additional_headers=extra,
+                user_agent_header=None,
+                compression=None,
+                proxy=None,
+                open_timeout=self.connect_timeout,
+                close_timeout=5,
+                max_size=self.ws_max_size,
+            )
+        except InvalidStatus as exc:
+            await _relay_ws_denial(exc, scope, receive, send)
+            return
+        except TimeoutError:
+            await _answer_error(
+                scope, receive, send, UpstreamTimeout(f"WebSocket handshake with {url} timed out")
+            )
+            return
+        except (OSError, InvalidHandshake) as exc:
+            await _answer_error(
+                scope, receive, send, UpstreamUnreachable(f"WebSocket to {url} failed: {exc}")
+            )
+            return
+        try:
+            handshake = ws.response
+            assert handshake is not None  # set once connect() returned
+            accept_headers = [
+                (name.lower().encode("latin-1"), value.encode("latin-1"))
+                for name, value in handshake.headers.raw_items()
+                if name.lower().encode("latin-1") not in _WS_RESPONSE_DROP
+            ]
+            await send(
+                {
+                    "type": "websocket.accept",
+                    "subprotocol": ws.subprotocol,
+                    "headers": accept_headers,
+                }
+            )
+            await _pump(ws, receive, send)
+        except OSError:
+            pass  # the client left during the handshake
+        finally:
+            if ws.transport is not None and not ws.transport.is_closing():
+                ws.transport.abort()
+
+
+def request_headers(scope: Scope, upstream: Upstream) -> tuple[Headers, int]:
+    """The headers to send upstream (without the body framing) and how the body comes."""
+    out: Headers = []
+    host = b""
+    forwarded_for = b""
+    connection = b""
+    mode = _NO_BODY
+    for name, value in scope["headers"]:
+        if name in _REQUEST_DROP:
+            if name == b"host":
+                host = value
+            elif name == b"content-length":
+                if mode == _NO_BODY:
+                    mode = _LENGTH
+            elif name == b"transfer-encoding":
+                mode = _CHUNKED  # it wins over Content-Length; never send both
+            elif name == b"x-forwarded-for":
+                forwarded_for = forwarded_for + b", " + value if forwarded_for else value
+            elif name == b"connection":
+                connection = connection + b"," + value if connection else value
+            continue
+        out.append((name, value))
+    if connection:
+        named = {token.strip().lower() for token in connection.split(b",")}
+        out = [item for item in out if item[0] not in named]
+    out.append((b"host", upstream.host_header))
+    client = scope.get("client")
+    if client:
+        ip = client[0].encode("latin-1")
+        if not forwarded_for:
+            forwarded_for = ip
+        elif forwarded_for.rpartition(b",")[2].strip() != ip:
+            # Not already the last hop: the front server resolved ``client`` from a
+            # trusted X-Forwarded-For (uvicorn --proxy-headers) without removing it.
+            forwarded_for += b", " + ip
+    if forwarded_for:
+        out.append((b"x-forwarded-for", forwarded_for))
+    scheme = scope.get("scheme", "http")
+    out.append((b"x-forwarded-proto", b"https" if scheme in ("https", "wss") else b"http"))
+    if host:
+        out.append((b"x-forwarded-host", host))
+    prefix = scope.get("root_path", "")
+    if prefix:
+        out.append((b"x-forwarded-prefix", prefix.encode("utf-8")))
+    return out, mode
+
+
+def response_headers(headers: Headers) -> Headers:
+    """The upstream's response headers minus hop-by-hop ones and ``Date``/``Server``."""
+    out: Headers = []
+    connection = b""
+    chunked = False
+    for name, value in headers:
+        if name in _RESPONSE_DROP:
+            if name == b"connection":
+                connection = connection + b"," + value if connection else value
+            elif name == b"transfer-encoding":
+                chunked = True
+            continue
+        out.append((name, value))
+    if connection or chunked:
+        named = {token.strip().lower() for token in connection.split(b",")} if connection else set()
+        if chunked:
+            named.add(b"content-length")  # the length of a chunked body is not its length
+        out = [item for item in out if item[0] not in named]
+    return out
+
+
+def path_target(scope: Scope) -> bytes:
+    """The request target: the path as received when it matches ``scope["path"]``, else
+    the path re-encoded, plus the query string."""
+    path: str = scope["path"]
+    raw: bytes | None = scope.get("raw_path")
+    target = b""
+    if raw:
+        text = raw.decode("latin-1")
+        if text == path or ("%" in text and unquote(text) == path):
+            target = raw
+    if not target:
+        target = quote(path, safe=_PATH_SAFE).encode("ascii")
+    query: bytes = scope.get("query_string", b"")
+    return target + b"?" + query if query else target
+
+
+def _content_length(scope: Scope) -> bytes:
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            return value
+    raise AssertionError("no content-length")  # pragma: no cover - mode said there was one
+
+
+async def _request_body(first: bytes, receive: Receive) -> AsyncGenerator[bytes, None]:
+    """The client's body as it arrives; raises :class:`_ClientGone` if the client leaves."""
+    if first:
+        yield first
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            raise _ClientGone
+        chunk = message.get("body", b"")
+        if chunk:
+            yield chunk
+        if not message.get("more_body", False):
+            return
+
+
+async def _abort_on_disconnect(receive: Receive, response: UpstreamResponse) -> None:
+    """Drop the upstream exchange as soon as the client disconnects."""
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            response.abort()
+            return
+
+
+def _error(upstream: Upstream, exc: UpstreamError) -> NocosupError:
+    if isinstance(exc, UpstreamTimeoutError):
+        return UpstreamTimeout(f"upstream {upstream.url} timed out: {exc}", phase=exc.phase)
+    if isinstance(exc, UpstreamConnectError):
+        return UpstreamUnreachable(str(exc))
+    return UpstreamUnreachable(f"upstream {upstream.url} failed: {exc}")
+
+
+async def _answer_error(scope: Scope, receive: Receive, send: Send, exc: NocosupError) -> None:
+    log.warning("%s %s: %s", exc.code, scope["path"], exc.message)
+    try:
+        await send_error(scope, receive, send, exc)
+    except OSError:
+        pass
+
+
+async def _relay_ws_denial(exc: InvalidStatus, scope: Scope, receive: Receive, send: Send) -> None:
+    """The upstream refused the WebSocket with an HTTP answer: pass it on when the server
+    can send one, else close with the matching code."""
+    answer = exc.response
+    try:
+        if "websocket.http.response" in scope.get("extensions", {}):
+            body = answer.body or b""
+            headers = [
+                (name.lower().encode("latin-1"), value.encode("latin-1"))
+                for name, value in answer.headers.raw_items()
+                if name.lower().encode("latin-1") not in _WS_RESPONSE_DROP
+            ]
+            headers.append((b"content-length", str(len(body)).encode()))
+            await send(
+                {
+                    "type": "websocket.http.response.start",
+                    "status": answer.status_code,
+                    "headers": headers,
+                }
+            )
+            await send({"type": "websocket.http.response.body", "body": body})
+        else:
+            await send({"type": "websocket.close", "code": ws_close_code(answer.status_code)})
+    except OSError:
+        pass
+
+
+def close_code(code: int | None) -> int:
+    """A close code that may be sent on the wire: 1005/1006/1015 (and anything else not
+    sendable) become 1011."""
+    if code is not None and (1000 <= code <= 1003 or 1007 <= code <= 1014 or 3000 <= code < 5000):
+        return code
+    return 1011
+
+
+def _close_reason(reason: str | None) -> str:
+    data = (reason or "").encode("utf-8")[:123]
+    return data.decode("utf-8", "ignore")
+
+
+async def _pump(ws: ClientConnection, receive: Receive, send: Send) -> None:
+    """Copy messages both ways until one side closes, then close the other with its code."""
+    to_upstream = asyncio.ensure_future(_client_to_upstream(receive, ws))
+    to_client = asyncio.ensure_future(_upstream_to_client(ws, send))
+    try:
+        await asyncio.wait((to_upstream, to_client), return_when=asyncio.FIRST_COMPLETED)
+        if to_upstream.done() and to_upstream.result() is not None:
+            code, reason = to_upstream.result()  # type: ignore[misc]
+            to_client.cancel()
+            await ws.close(close_code(code), _close_reason(reason))
+            return
+        client_there = await to_client
+        to_upstream.cancel()
+        if client_there:
+            await send(
+                {
+                    "type": "websocket.close",
+                    "code": close_code(ws.close_code),
+                    "reason": _close_reason(ws.close_reason),
+                }
+            )
+        else:
+            await ws.close(1011, "client connection lost")
+    finally:
+        for task in (to_upstream, to_client):
+            task.cancel()
+        await asyncio.gather(to_upstream, to_client, return_exceptions=True)
+
+
+async def _client_to_upstream(receive: Receive, ws: ClientConnection) -> tuple[int, str] | None:
+    """Returns the client's close code and reason, or None when the upstream closed first."""
+    while True:
+        message: Message = await receive()
+        kind = message["type"]
+        if kind == "websocket.receive":
+            text = message.get("text")
+            data: Any = text if text is not None else message.get("bytes") or b""
+            try:
+                await ws.send(data)
+            except ConnectionClosed:
+                return None
+        elif kind == "websocket.disconnect":
+            return message.get("code", 1005), message.get("reason") or ""
+
+
+async def _upstream_to_client(ws: ClientConnection, send: Send) -> bool:
+    """Copies until the upstream closes; False if the client went away first."""
+    try:
+        async for data in ws:
+            if isinstance(data, str):
+                await send({"type": "websocket.send", "text": data})
+            else:
+                await send({"type": "websocket.send", "bytes": data})
+    except ConnectionClosed:
+        pass
+    except OSError:
+        return False
+    return True
