@@ -323,7 +323,9 @@ class Admin:
     def close(self) -> None:
         self.http.close()
 
-    def call(self, method: str, path: str, body: Any = None, ok: Iterable[int] = (200, 201)):
+    def call(
+        self, method: str, path: str, body: Any = None, ok: Iterable[int] = (200, 201)
+    ) -> tuple[float, httpx.Response]:
         """(seconds, response) for one request; raises with the body on an unexpected status."""
         began = time.perf_counter()
         response = self.http.request(method, path, json=body)
@@ -490,6 +492,22 @@ def percentile(values: Sequence[float], q: float) -> float:
 def median(values: Iterable[float | None]) -> float:
     present = [v for v in values if v is not None]
     return statistics.median(present) if present else float("nan")
+
+
+def stalled(runs: Sequence[LoadResult], factor: float = 0.25) -> set[int]:
+    """Indexes of runs below ``factor`` x the median req/s: the shared machine froze (it
+    happens here for seconds at a time); medians absorb them, ranges should leave them out."""
+    mid = median(x.rps for x in runs)
+    return {i for i, x in enumerate(runs) if x.rps < factor * mid}
+
+
+def paired_ratios(a: Sequence[LoadResult], b: Sequence[LoadResult]) -> tuple[list[float], int]:
+    """req/s of a[i] / b[i] per round, leaving out rounds where either side stalled;
+    returns (ratios, rounds left out)."""
+    bad = stalled(a) | stalled(b)
+    pairs = zip(a, b, strict=True)
+    ratios = [ratio(x.rps, y.rps) for i, (x, y) in enumerate(pairs) if i not in bad]
+    return ratios, len(bad)
 
 
 def ratio(a: float, b: float) -> float:

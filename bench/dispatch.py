@@ -41,13 +41,14 @@ from common import (
     machine_line,
     median,
     nocosup_server,
+    paired_ratios,
     pin_self,
-    ratio,
     require_fast_uvicorn,
     require_wrk,
     rotations,
     run_wrk,
     run_wrk_concurrent,
+    stalled,
     table,
     uvicorn_server,
 )
@@ -55,6 +56,7 @@ from starlette.types import ASGIApp, Message, Scope
 
 APP = "bench"
 GOAL = 0.9
+INPROC_ROUNDS = 15
 
 
 def parse_args() -> argparse.Namespace:
@@ -66,7 +68,12 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--records", type=int, default=20, help="records seeded in each app")
     p.add_argument("--no-records", action="store_true", help="skip the /api/records endpoint")
     p.add_argument(
-        "--inproc-calls", type=int, default=20000, help="calls per in-process round (0: skip)"
+        "--inproc-calls", type=int, default=10000, help="calls per in-process round (0: skip)"
+    )
+    p.add_argument(
+        "--no-control",
+        action="store_true",
+        help="skip the A/A check (a second direct server against the first, together)",
     )
     p.add_argument("--no-pin", action="store_true", help="do not pin wrk and servers to CPUs")
     p.add_argument("--keep", action="store_true", help="keep the temp dir (logs, storage)")
@@ -161,6 +168,19 @@ async def _inproc_rounds(
     return out
 
 
+def _direct_server(workdir: Path, label: str, cpus: str | None) -> ServerProcess:
+    """The starter app alone under uvicorn, with its own SQLite storage."""
+    return uvicorn_server(
+        workdir,
+        "bench.standalone_starter:create_app",
+        label=label,
+        factory=True,
+        cpus=cpus,
+        env={"NOCOSUP_STORAGE_DIR": str(workdir / f"{label}-storage"), "BENCH_APP_NAME": APP},
+        ready_path="/api/info",
+    )
+
+
 def seed(admin: Admin, base: str, count: int) -> None:
     for i in range(count):
         admin.call("POST", f"{base}/api/records", {"title": f"record {i}", "data": {"i": i}})
@@ -180,25 +200,16 @@ def main() -> int:
     with Workspace("dispatch", keep=args.keep) as ws:
         inproc: dict[str, list[float]] = {}
         if args.inproc_calls:
-            inproc = uvloop.run(_inproc(ws.dir, args.inproc_calls, 7))
+            inproc = uvloop.run(_inproc(ws.dir, args.inproc_calls, INPROC_ROUNDS))
             print(
-                f"  in-process /api/info µs/call: host {median(inproc['host']):.2f}, "
-                f"direct {median(inproc['direct']):.2f} (7 alternating rounds)",
+                f"  in-process /api/info µs/call (min of {INPROC_ROUNDS} rounds): "
+                f"host {min(inproc['host']):.2f}, direct {min(inproc['direct']):.2f}",
                 flush=True,
             )
         host = ws.start(nocosup_server(ws.dir, label="host", cpus=cpus))
-        direct = ws.start(
-            uvicorn_server(
-                ws.dir,
-                "bench.standalone_starter:create_app",
-                label="direct",
-                factory=True,
-                cpus=cpus,
-                env={"NOCOSUP_STORAGE_DIR": str(ws.dir / "direct-storage"), "BENCH_APP_NAME": APP},
-                ready_path="/api/info",
-            )
-        )
-        check_fast_loop(host, direct)
+        direct = ws.start(_direct_server(ws.dir, "direct", cpus))
+        control = ws.start(_direct_server(ws.dir, "direct2", cpus)) if not args.no_control else None
+        check_fast_loop(host, direct, *([control] if control else []))
         admin = Admin(host)
         admin.create_app(APP)
         admin.start_app(APP)
@@ -245,8 +256,37 @@ def main() -> int:
                     )
                     alone.setdefault((endpoint, label), []).append(res)
                     _line(endpoint, r, label, "alone", res)
-        report(alone, together, endpoints, servers, inproc)
+        checks = _control(control, direct, args) if control is not None else []
+        report(alone, together, endpoints, servers, inproc, checks)
     return 0
+
+
+def _control(
+    control: ServerProcess, direct: ServerProcess, args: argparse.Namespace
+) -> list[float]:
+    """A/A check: two identical direct servers together; their ratio should be 1.0."""
+    a = Load(control.url + "/api/info", control)
+    b = Load(direct.url + "/api/info", direct)
+    run_wrk_concurrent([a, b], connections=args.connections, duration=args.warmup)
+    runs: dict[str, list[LoadResult]] = {"a": [], "b": []}
+    for r in range(args.rounds):
+        flip = r % 2 == 1
+        both = run_wrk_concurrent(
+            [b, a] if flip else [a, b], connections=args.connections, duration=args.duration
+        )
+        if flip:
+            both.reverse()
+        runs["a"].append(both[0])
+        runs["b"].append(both[1])
+    return paired_ratios(runs["a"], runs["b"])[0]
+
+
+def _range(runs: list[LoadResult]) -> str:
+    """min-max req/s without stalled runs (their count is appended)."""
+    bad = stalled(runs)
+    kept = [x.rps for i, x in enumerate(runs) if i not in bad]
+    text = fmt(min(kept), 0) + "-" + fmt(max(kept), 0)
+    return text + (f" (+{len(bad)} stalled)" if bad else "")
 
 
 def _line(endpoint: str, r: int, label: str, mode: str, res: LoadResult) -> None:
@@ -259,9 +299,12 @@ def _line(endpoint: str, r: int, label: str, mode: str, res: LoadResult) -> None
 
 
 def _paired(runs: dict[tuple[str, str], list[LoadResult]], endpoint: str) -> list[float]:
-    """host/direct req/s of each round (the pair ran together or back to back)."""
-    h, d = runs[(endpoint, "host")], runs[(endpoint, "direct")]
-    return [ratio(a.rps, b.rps) for a, b in zip(h, d, strict=True)]
+    """host/direct req/s of each round (the pair ran together or back to back), leaving
+    out rounds where the machine stalled."""
+    ratios, left_out = paired_ratios(runs[(endpoint, "host")], runs[(endpoint, "direct")])
+    if left_out:
+        print(f"note: {endpoint}: {left_out} round(s) left out of a ratio (a run stalled)")
+    return ratios
 
 
 def report(
@@ -270,6 +313,7 @@ def report(
     endpoints: list[str],
     servers: dict[str, ServerProcess],
     inproc: dict[str, list[float]],
+    checks: list[float],
 ) -> None:
     """Print the tables. Ratios are medians of per-round (paired) ratios, so slow drifts of
     the shared machine cancel out; "together" pairs share the very same instants."""
@@ -283,7 +327,7 @@ def report(
                     endpoint,
                     label,
                     fmt(median(x.rps for x in runs), 0),
-                    fmt(min(x.rps for x in runs), 0) + "-" + fmt(max(x.rps for x in runs), 0),
+                    _range(runs),
                     fmt(median(x.p50_ms for x in runs), 2),
                     fmt(median(x.p99_ms for x in runs), 2),
                     fmt(median(x.server_cpu_us for x in runs), 1),
@@ -332,20 +376,26 @@ def report(
         )
     )
     if inproc:
-        extra = median(inproc["host"]) - median(inproc["direct"])
         print()
         print("## In-process ASGI call of /api/info (no sockets, no uvicorn)")
         print(
             table(
-                ["host µs/call", "direct µs/call", "host extra µs/call"],
+                ["statistic", "host µs/call", "direct µs/call", "host extra µs/call"],
                 [
                     [
-                        fmt(median(inproc["host"]), 2),
-                        fmt(median(inproc["direct"]), 2),
-                        fmt(extra, 2),
+                        f"{name} of {len(inproc['host'])} rounds",
+                        fmt(pick(inproc["host"]), 2),
+                        fmt(pick(inproc["direct"]), 2),
+                        fmt(pick(inproc["host"]) - pick(inproc["direct"]), 2),
                     ]
+                    for name, pick in (("min", min), ("median", median))
                 ],
             )
+        )
+    if checks:
+        print(
+            f"\nA/A control, two identical direct servers together on /api/info: "
+            f"{median(checks):.3f}x ({min(checks):.3f}-{max(checks):.3f}): the method's resolution"
         )
     info = headline["/api/info"]
     verdict = "met" if info >= GOAL else "NOT met"

@@ -34,6 +34,7 @@ from common import (
     machine_line,
     median,
     nocosup_server,
+    paired_ratios,
     percentile,
     pin_self,
     ratio,
@@ -262,7 +263,9 @@ def report_dispatch(out: dict[str, list[LoadResult]], n: int) -> None:
     for other in ("many #1", f"many #{n}"):
         mine = out[f"{other}|together:many"]
         base = out[f"{other}|together:one"]
-        per_round = [ratio(a.rps, b.rps) for a, b in zip(mine, base, strict=True)]
+        per_round, left_out = paired_ratios(mine, base)
+        if left_out:
+            print(f"note: {other}: {left_out} round(s) left out of the ratio (a run stalled)")
         alone = ratio(median(x.rps for x in out[other]), median(x.rps for x in out["one #1"]))
         errors = sum(x.failed for x in mine + base)
         ratios.append(
