@@ -21,6 +21,7 @@ from databases import Database
 
 from nocosup.config import Settings
 from nocosup.errors import DatabaseError, InvalidInput
+from nocosup.sqlite import sqlite_database
 
 log = logging.getLogger("nocosup.db")
 
@@ -69,7 +70,7 @@ def registry_database(settings: Settings) -> Database:
     if settings.db_dialect == "postgres":
         return Database(_pg_url(settings, settings.db_database), min_size=1, max_size=10)
     settings.storage_dir.mkdir(parents=True, exist_ok=True)
-    return Database(f"sqlite+aiosqlite:///{settings.storage_dir / 'nocosup.sqlite'}", timeout=30)
+    return sqlite_database(settings.storage_dir / "nocosup.sqlite")
 
 
 async def connect_registry(settings: Settings) -> Database:
@@ -83,8 +84,6 @@ async def connect_registry(settings: Settings) -> Database:
         await db.connect()
     except (OSError, asyncpg.PostgresError) as exc:
         raise DatabaseError(f"cannot connect to the registry database: {exc}") from exc
-    if settings.db_dialect == "sqlite":
-        await db.execute("PRAGMA journal_mode=WAL")
     return db
 
 
@@ -106,7 +105,7 @@ class TenantDatabases:
     def open(self, spec: TenantDatabase, max_size: int = 5) -> Database:
         """A tenant's ``databases.Database`` (not yet connected; tenant pools stay small)."""
         if self.settings.db_dialect == "sqlite":
-            return Database(f"sqlite+aiosqlite:///{self.sqlite_path(spec)}", timeout=30)
+            return sqlite_database(self.sqlite_path(spec))
         options: dict[str, Any] = {"min_size": 1, "max_size": max_size}
         if spec.schema:
             options["server_settings"] = {"search_path": spec.schema}
@@ -167,10 +166,10 @@ class TenantDatabases:
 
     async def _create_sqlite(self, spec: TenantDatabase) -> None:
         self.files.mkdir(parents=True, exist_ok=True)
-        db = Database(f"sqlite+aiosqlite:///{self.sqlite_path(spec)}", timeout=30)
+        db = sqlite_database(self.sqlite_path(spec))
         try:
             await db.connect()
-            await db.execute("PRAGMA journal_mode=WAL")
+            await db.execute("SELECT 1")  # opens the file; WAL is set on every open
             await db.disconnect()
         except Exception as exc:
             raise DatabaseError(f"could not create SQLite database {spec.name!r}: {exc}") from exc

@@ -34,18 +34,24 @@ async def test_two_apps_are_isolated(dialect_server: NocosupServer, run_id: str)
         await create(c, f"beta{run_id}")
         a, b = f"/apps/alpha{run_id}", f"/apps/beta{run_id}"
         for i in range(3):
-            r = await c.post(f"{a}/api/records", json={"title": f"a{i}", "data": {"n": i}})
+            r = await c.post(
+                f"{a}/api/records", json={"title": f"only-in-alpha-{i}", "data": {"n": i}}
+            )
             assert r.status_code == 201, r.text
         r = await c.post(f"{b}/api/records", json={"title": "only-in-beta"})
         assert r.status_code == 201
         alpha = (await c.get(f"{a}/api/records")).json()["records"]
         beta = (await c.get(f"{b}/api/records")).json()["records"]
-        assert [x["title"] for x in alpha] == ["a0", "a1", "a2"]
+        assert [x["title"] for x in alpha] == [
+            "only-in-alpha-0",
+            "only-in-alpha-1",
+            "only-in-alpha-2",
+        ]
         assert alpha[2]["data"] == {"n": 2}
         assert [x["title"] for x in beta] == ["only-in-beta"]
         assert (await c.get(f"{a}/api/info")).json()["app"] == f"alpha{run_id}"
         page = (await c.get(f"{b}/admin")).text
-        assert f"beta{run_id}" in page and "only-in-beta" in page and "a0" not in page
+        assert f"beta{run_id}" in page and "only-in-beta" in page and "only-in-alpha" not in page
         # two databases, not one
         dbs = {x["database"]["name"] for x in (await c.get("/api/apps")).json()["apps"]}
         assert len(dbs) == 2

@@ -1,0 +1,77 @@
+"""SQLite for ``databases`` with one kept-open connection per database file.
+
+The stock backend opens a new aiosqlite connection (and thread) for every query and
+closes it after, which costs 1-5 ms per statement and forces a WAL checkpoint each time
+the last connection closes: reads measured 25x and inserts 10x slower than on a kept-open
+connection. Here each ``Database`` keeps one connection. A task holds it from acquire to
+release (a query, or a whole transaction), so statements of concurrent tasks never land
+inside each other's transactions; SQLite serialises writers anyway.
+
+Use the URL scheme ``sqlite+nocosup:///path``; :func:`sqlite_database` builds one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+from databases import Database, DatabaseURL
+from databases.backends.sqlite import SQLiteBackend, SQLitePool
+
+SCHEME = "sqlite+nocosup"
+
+
+class SharedSQLitePool(SQLitePool):
+    """Hands out one connection, to one task at a time."""
+
+    def __init__(self, url: DatabaseURL, **options: Any) -> None:
+        super().__init__(url, **options)
+        self._lock = asyncio.Lock()
+        self._connection: aiosqlite.Connection | None = None
+
+    async def acquire(self) -> aiosqlite.Connection:
+        await self._lock.acquire()
+        try:
+            if self._connection is None:
+                connection = aiosqlite.connect(
+                    self._database, isolation_level=None, **self._options
+                )
+                await connection.__aenter__()
+                await connection.execute("PRAGMA journal_mode=WAL")
+                # WAL + NORMAL: durable across application crashes, one fsync per checkpoint
+                await connection.execute("PRAGMA synchronous=NORMAL")
+                self._connection = connection
+        except BaseException:
+            self._lock.release()
+            raise
+        return self._connection
+
+    async def release(self, connection: aiosqlite.Connection) -> None:
+        self._lock.release()
+
+    async def close(self) -> None:
+        async with self._lock:
+            if self._connection is not None:
+                await self._connection.close()
+                self._connection = None
+
+
+class SharedSQLiteBackend(SQLiteBackend):
+    def __init__(self, database_url: DatabaseURL | str, **options: Any) -> None:
+        super().__init__(database_url, **options)
+        self._pool = SharedSQLitePool(self._database_url, **self._options)
+
+    async def disconnect(self) -> None:
+        await super().disconnect()
+        assert isinstance(self._pool, SharedSQLitePool)
+        await self._pool.close()
+
+
+Database.SUPPORTED_BACKENDS[SCHEME] = f"{__name__}:SharedSQLiteBackend"
+
+
+def sqlite_database(path: Path, timeout: float = 30) -> Database:
+    """A ``Database`` on the SQLite file ``path`` (busy timeout ``timeout`` seconds)."""
+    return Database(f"{SCHEME}:///{path}", timeout=timeout)
