@@ -28,7 +28,8 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
 
 from nocosup.errors import CommandTimeout
-from nocosup.rediskeys import Keys, split_member
+from nocosup.heartbeat import Presence
+from nocosup.rediskeys import Keys
 
 log = logging.getLogger("nocosup.commands")
 
@@ -133,21 +134,6 @@ class Reply:
         )
 
 
-async def live_instances(redis: Redis, keys: Keys, env: str | None, ttl: float) -> set[str]:
-    """``{env}/{instance}`` of the instances whose heartbeat key exists (the truth)."""
-    since = (time.time() - ttl * 2) * 1000
-    members = await redis.zrangebyscore(keys.instances, since, "+inf")
-    if env is not None:
-        members = [m for m in members if split_member(m)[0] == env]
-    if not members:
-        return set()
-    async with redis.pipeline(transaction=False) as pipe:
-        for m in members:
-            pipe.exists(keys.instance(*split_member(m)))
-        flags = await pipe.execute()
-    return {m for m, f in zip(members, flags, strict=True) if f}
-
-
 @dataclass
 class _Waiter:
     expected: set[str]
@@ -163,11 +149,11 @@ class _Waiter:
 class CommandSender:
     """The supervisor's side: send a command to an environment and await every replica."""
 
-    def __init__(self, redis: Redis, keys: Keys, instance: str, heartbeat_ttl: float) -> None:
+    def __init__(self, redis: Redis, keys: Keys, instance: str, presence: Presence) -> None:
         self.redis = redis
         self.keys = keys
         self.reply_stream = keys.replies(instance)
-        self.heartbeat_ttl = heartbeat_ttl
+        self.presence = presence
         self._waiters: dict[str, _Waiter] = {}
         self._reader: asyncio.Task[None] | None = None
 
@@ -189,10 +175,7 @@ class CommandSender:
         instance of the environment (one that reclaimed the command) counts. Raises
         CommandTimeout naming the instances that stayed silent.
         """
-        expected = {
-            split_member(m)[1]
-            for m in await live_instances(self.redis, self.keys, env, self.heartbeat_ttl)
-        }
+        expected = await self.presence.instances(env)
         if not expected:
             return []
         command = Command(
@@ -233,10 +216,7 @@ class CommandSender:
         for raw in stored.values():
             with contextlib.suppress(ValueError, KeyError, TypeError):
                 waiter.add(Reply.from_fields(json.loads(raw)))
-        live = {
-            split_member(m)[1]
-            for m in await live_instances(self.redis, self.keys, env, self.heartbeat_ttl)
-        }
+        live = await self.presence.instances(env)
         waiter.expected &= live | set(waiter.replies)
         if waiter.expected <= set(waiter.replies) and (waiter.replies or not waiter.expected):
             waiter.event.set()
@@ -280,7 +260,7 @@ class CommandConsumer:
         env: str,
         instance: str,
         handler: Handler,
-        heartbeat_ttl: float,
+        presence: Presence,
         concurrency: int = 32,
     ) -> None:
         self.redis = redis
@@ -290,7 +270,7 @@ class CommandConsumer:
         self.stream = keys.commands(env)
         self.group = instance
         self.handler = handler
-        self.heartbeat_ttl = heartbeat_ttl
+        self.presence = presence
         self._slots = asyncio.Semaphore(concurrency)
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -355,10 +335,7 @@ class CommandConsumer:
             groups = await self.redis.xinfo_groups(self.stream)
         except ResponseError:
             return
-        live = {
-            split_member(m)[1]
-            for m in await live_instances(self.redis, self.keys, self.env, self.heartbeat_ttl)
-        }
+        live = await self.presence.instances(self.env)
         for info in groups:
             group = info["name"]
             if group == self.group or group in live:

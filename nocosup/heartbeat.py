@@ -24,7 +24,7 @@ from redis.asyncio import Redis
 
 from nocosup import __version__
 from nocosup.config import Settings
-from nocosup.rediskeys import Keys, member
+from nocosup.rediskeys import Keys, member, split_member
 from nocosup.registry import now_iso
 
 log = logging.getLogger("nocosup.heartbeat")
@@ -32,6 +32,38 @@ log = logging.getLogger("nocosup.heartbeat")
 
 def heartbeat_ttl(settings: Settings) -> float:
     return settings.heartbeat_interval * 3
+
+
+async def live_instances(redis: Redis, keys: Keys, env: str | None, ttl: float) -> set[str]:
+    """``{env}/{instance}`` of the instances whose heartbeat key exists (the truth); the
+    zset only narrows the search to those seen in the last two TTLs."""
+    since = (time.time() - ttl * 2) * 1000
+    members = await redis.zrangebyscore(keys.instances, since, "+inf")
+    if env is not None:
+        members = [m for m in members if split_member(m)[0] == env]
+    if not members:
+        return set()
+    async with redis.pipeline(transaction=False) as pipe:
+        for m in members:
+            pipe.exists(keys.instance(*split_member(m)))
+        flags = await pipe.execute()
+    return {m for m, f in zip(members, flags, strict=True) if f}
+
+
+class Presence:
+    """Who is alive, read from the Redis that holds the heartbeats (which may not be the
+    Redis that carries commands)."""
+
+    def __init__(self, redis: Redis, keys: Keys, ttl: float) -> None:
+        self.redis = redis
+        self.keys = keys
+        self.ttl = ttl
+
+    async def instances(self, env: str) -> set[str]:
+        """Instance ids of ``env`` that are alive now."""
+        return {
+            split_member(m)[1] for m in await live_instances(self.redis, self.keys, env, self.ttl)
+        }
 
 
 class Heartbeat:

@@ -23,7 +23,7 @@ from redis.exceptions import RedisError
 from starlette.types import Receive, Scope, Send
 
 from nocosup.appcache import AppCache
-from nocosup.commands import Command, CommandSender, Reply, live_instances
+from nocosup.commands import Command, CommandSender, Reply
 from nocosup.environments import EnvironmentDirectory
 from nocosup.errors import (
     AppNotFound,
@@ -35,6 +35,7 @@ from nocosup.errors import (
     EnvironmentUnavailable,
     NocosupError,
 )
+from nocosup.heartbeat import live_instances
 from nocosup.process import EnvResult, ProcessAdapter
 from nocosup.rediskeys import Keys, split_member
 from nocosup.registry import AppRecord, EnvironmentStore, Registry

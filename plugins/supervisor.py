@@ -13,7 +13,7 @@ from nocosup.auth import resolve_admin_token
 from nocosup.commands import CommandSender
 from nocosup.db import connect_registry
 from nocosup.environments import EnvironmentDirectory, LocalEnvironments
-from nocosup.heartbeat import heartbeat_ttl
+from nocosup.heartbeat import Presence, heartbeat_ttl
 from nocosup.hookspecs import hookimpl
 from nocosup.host import Host
 from nocosup.process import LocalProcess, ProcessAdapter
@@ -79,7 +79,7 @@ async def _remote(
         host.services["command_redis"] = commands
     host.readiness["redis"] = redis.ping
     ttl = heartbeat_ttl(settings)
-    sender = CommandSender(commands, keys, settings.instance_id, ttl)
+    sender = CommandSender(commands, keys, settings.instance_id, Presence(redis, keys, ttl))
     await sender.start()
     host.services["sender"] = sender
     environments = RedisEnvironments(host, redis, keys, EnvironmentStore(db), ttl)

@@ -9,7 +9,7 @@ from typing import Any
 from nocosup.appcache import AppCache
 from nocosup.commands import CommandConsumer
 from nocosup.db import ensure_database
-from nocosup.heartbeat import Heartbeat, StatusReporter, heartbeat_ttl
+from nocosup.heartbeat import Heartbeat, Presence, StatusReporter, heartbeat_ttl
 from nocosup.hookspecs import hookimpl
 from nocosup.host import Host
 from nocosup.redisconn import connect_redis
@@ -68,7 +68,7 @@ async def _startup(host: Host) -> None:
         settings.environment_name,
         settings.instance_id,
         worker.handle_command,
-        heartbeat_ttl(settings),
+        Presence(redis, keys, heartbeat_ttl(settings)),
     )
     host.services["consumer"] = consumer
     host.services["consumer_task"] = asyncio.create_task(consumer.run(), name="commands")

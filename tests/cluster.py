@@ -24,11 +24,13 @@ class Cluster:
         prefix: str,
         redis_url: str,
         interval: float = 0.5,
+        command_redis_url: str | None = None,
     ) -> None:
         self.servers = servers
         self.pg_env = pg_env
         self.prefix = f"{prefix}:{next(_counter)}"
         self.redis_url = redis_url
+        self.command_redis_url = command_redis_url or redis_url
         self.interval = interval
         self.supervisor: NocosupServer | None = None
         self.workers: dict[str, NocosupServer] = {}
@@ -39,7 +41,7 @@ class Cluster:
             "APP_DISCOVERY_ADAPTER": "remote",
             "APP_SUPERVISOR_REDIS_URL": self.redis_url,
             "APP_COMMAND_ADAPTER": "redis",
-            "APP_COMMAND_REDIS_URL": self.redis_url,
+            "APP_COMMAND_REDIS_URL": self.command_redis_url,
             "NOCOSUP_REDIS_PREFIX": self.prefix,
             "NOCOSUP_HEARTBEAT_INTERVAL": str(self.interval),
         }

@@ -13,6 +13,7 @@ import redis.asyncio as aioredis
 
 from nocosup.commands import Command, CommandConsumer, CommandSender, MalformedCommand, Reply
 from nocosup.errors import CommandTimeout
+from nocosup.heartbeat import Presence
 from nocosup.rediskeys import Keys, member
 from nocosup.remote import aggregate
 from tests.conftest import REDIS_URL
@@ -79,9 +80,11 @@ async def test_every_instance_gets_the_command_and_the_sender_waits_for_all(
     consumers = []
     for h in handlers:
         await beat(redis, keys, "e", h.instance)
-        consumers.append(CommandConsumer(redis, keys, "e", h.instance, h, TTL))
+        consumers.append(
+            CommandConsumer(redis, keys, "e", h.instance, h, Presence(redis, keys, TTL))
+        )
     tasks = [asyncio.create_task(c.run()) for c in consumers]
-    sender = CommandSender(redis, keys, "sup", TTL)
+    sender = CommandSender(redis, keys, "sup", Presence(redis, keys, TTL))
     await sender.start()
     try:
         await asyncio.sleep(0.2)  # groups exist
@@ -100,7 +103,7 @@ async def test_silent_instance_times_out_and_dead_one_is_not_waited_for(
     redis: aioredis.Redis, keys: Keys
 ) -> None:
     await beat(redis, keys, "e", "mute")
-    sender = CommandSender(redis, keys, "sup", TTL)
+    sender = CommandSender(redis, keys, "sup", Presence(redis, keys, TTL))
     await sender.start()
     try:
         with pytest.raises(CommandTimeout, match="silent: mute"):
@@ -116,7 +119,7 @@ async def test_silent_instance_times_out_and_dead_one_is_not_waited_for(
 
 async def test_redelivered_command_is_answered_not_rerun(redis: aioredis.Redis, keys: Keys) -> None:
     handler = Recorder("e", "i1")
-    consumer = CommandConsumer(redis, keys, "e", "i1", handler, TTL)
+    consumer = CommandConsumer(redis, keys, "e", "i1", handler, Presence(redis, keys, TTL))
     await beat(redis, keys, "e", "i1")
     command = Command("start", "a", {"name": "a"}, reply_to=keys.replies("sup"))
     await consumer._process("i1", "0-1", command.fields())
@@ -139,7 +142,7 @@ async def test_a_new_instance_reclaims_what_a_dead_one_left(
     assert (await redis.xpending(stream, "dead"))["pending"] == 1
     handler = Recorder("e", "fresh")
     await beat(redis, keys, "e", "fresh")
-    consumer = CommandConsumer(redis, keys, "e", "fresh", handler, TTL)
+    consumer = CommandConsumer(redis, keys, "e", "fresh", handler, Presence(redis, keys, TTL))
     await consumer._ensure_group()
     await consumer.reclaim_dead()
     assert handler.ran == [command.id]
@@ -153,7 +156,7 @@ async def test_malformed_entries_are_acknowledged_and_answered(
 ) -> None:
     handler = Recorder("e", "i1")
     await beat(redis, keys, "e", "i1")
-    consumer = CommandConsumer(redis, keys, "e", "i1", handler, TTL)
+    consumer = CommandConsumer(redis, keys, "e", "i1", handler, Presence(redis, keys, TTL))
     task = asyncio.create_task(consumer.run())
     try:
         await asyncio.sleep(0.2)

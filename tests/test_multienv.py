@@ -282,3 +282,28 @@ async def test_every_replica_takes_the_command(deployed: Cluster) -> None:
             assert {json.loads(v)["status"] for v in fields.values()} == {"stopped"}
     finally:
         await r.aclose()
+
+
+async def test_commands_on_their_own_redis(
+    servers: ServerFactory, pg_env: dict[str, str], redis_prefix: str, tmp_path: Path
+) -> None:
+    """APP_COMMAND_REDIS_URL apart from APP_SUPERVISOR_REDIS_URL: heartbeats on one,
+    command streams on the other."""
+    from tests.redisserver import RedisServer
+
+    with RedisServer(tmp_path) as commands:
+        cluster = Cluster(servers, pg_env, redis_prefix, REDIS_URL, command_redis_url=commands.url)
+        cluster.start_supervisor()
+        cluster.start_worker("env_c", replicas=2)
+        async with sup(cluster).admin() as c:
+            await cluster.wait_environments(c, {"env_c": 2})
+            await create(c, "split", environments=["env_c"])
+            r = await c.post("/api/apps/split/start")
+            assert r.status_code == 200, r.text
+            assert r.json()["statuses"] == {"env_c": "running"}
+        probe = aioredis.from_url(commands.url, decode_responses=True)
+        try:
+            groups = await probe.xinfo_groups(f"{cluster.prefix}:env:env_c:cmds")
+            assert len(groups) == 2  # both replicas consume there, neither was reclaimed
+        finally:
+            await probe.aclose()
