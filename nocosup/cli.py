@@ -88,12 +88,27 @@ def _serve(args: argparse.Namespace) -> int:
         "timeout_graceful_shutdown": settings.stop_grace + 5,
     }
     if args.workers > 1:
-        # each process builds its own host (own instance id) on one shared socket
-        uvicorn.run("nocosup.host:create_host", factory=True, workers=args.workers, **options)
-        return 0
+        return _serve_replicas(args.workers, options)
     server = uvicorn.Server(uvicorn.Config(host, **options))
     server.run()
-    return 0 if server.started else 1
+    return 0 if server.started else STARTUP_FAILED
+
+
+#: uvicorn's exit code for an app that failed to start; ours too.
+STARTUP_FAILED = 3
+
+
+def _serve_replicas(workers: int, options: dict[str, Any]) -> int:
+    """Each process builds its own host (own instance id) on one shared socket; exits 3
+    when a replica failed to start (uvicorn.run would exit 0 there)."""
+    import uvicorn
+    from uvicorn.supervisors import Multiprocess
+
+    config = uvicorn.Config("nocosup.host:create_host", factory=True, workers=workers, **options)
+    supervisor = Multiprocess(config, sockets=[config.bind_socket()])
+    supervisor.run()
+    failed = any(p.exitcode == STARTUP_FAILED for p in supervisor.processes)
+    return STARTUP_FAILED if failed else 0
 
 
 # --- output helpers -----------------------------------------------------------------------

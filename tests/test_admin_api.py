@@ -175,7 +175,10 @@ async def test_malformed_json_and_other_bad_requests(sqlite_server: NocosupServe
             "VALIDATION_ERROR",
             "drop_database",
         )
-        assert_error(await c.put("/api/apps/dup", json={}), 405, "METHOD_NOT_ALLOWED")
+        r = await c.put("/api/apps/dup", json={})
+        assert_error(r, 405, "METHOD_NOT_ALLOWED")
+        assert set(r.headers["allow"].split(", ")) == {"GET", "HEAD", "PATCH", "DELETE"}
+        assert (await c.head("/api/apps/dup")).status_code == 200
         assert_error(await c.get("/api/nothing-here"), 404, "NOT_FOUND")
         # the app that failed to be patched or deleted is untouched
         app = (await c.get("/api/apps/dup")).json()
@@ -207,4 +210,19 @@ def test_bad_configuration_exits_with_a_message(servers: ServerFactory) -> None:
     )
     assert proc.returncode == 2
     assert "APP_MODE must be one of supervisor, worker; got 'boss'" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_start_up_failure_exits_3_with_the_reason(servers: ServerFactory) -> None:
+    env = servers.env(DB_DIALECT="postgres", DB_HOST="127.0.0.1", DB_PORT="1")
+    proc = subprocess.run(
+        [sys.executable, "-m", "nocosup", "serve", "--port", "1"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+    )
+    assert proc.returncode == 3
+    assert "cannot connect to the registry database" in proc.stderr
     assert "Traceback" not in proc.stderr
