@@ -7,7 +7,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from nocosup import validation as v
-from nocosup.auth import admin_only
+from nocosup.auth import Endpoint, admin_only
 from nocosup.plugins import plugin_list
 from nocosup.supervisor import Supervisor
 
@@ -45,7 +45,8 @@ async def patch_app(request: Request) -> Response:
 @admin_only
 async def delete_app(request: Request) -> Response:
     drop = v.flag(request.query_params.get("drop_database"), "drop_database", False)
-    result = await _supervisor(request).delete_app(request.path_params["name"], drop)
+    force = v.flag(request.query_params.get("force"), "force", False)
+    result = await _supervisor(request).delete_app(request.path_params["name"], drop, force)
     return JSONResponse(result)
 
 
@@ -74,13 +75,24 @@ async def list_plugins(request: Request) -> Response:
     return JSONResponse({"plugins": plugin_list(request.app.pm)})
 
 
+def _by_method(**endpoints: Endpoint) -> Endpoint:
+    """One endpoint per path, so a 405 lists every method the path takes in Allow."""
+
+    async def endpoint(request: Request) -> Response:
+        method = request.method.lower()
+        return await endpoints["get" if method == "head" else method](request)
+
+    return endpoint
+
+
 def routes() -> list[BaseRoute]:
     return [
-        Route("/api/apps", list_apps, methods=["GET"]),
-        Route("/api/apps", create_app, methods=["POST"]),
-        Route("/api/apps/{name}", get_app, methods=["GET"]),
-        Route("/api/apps/{name}", patch_app, methods=["PATCH"]),
-        Route("/api/apps/{name}", delete_app, methods=["DELETE"]),
+        Route("/api/apps", _by_method(get=list_apps, post=create_app), methods=["GET", "POST"]),
+        Route(
+            "/api/apps/{name}",
+            _by_method(get=get_app, patch=patch_app, delete=delete_app),
+            methods=["GET", "PATCH", "DELETE"],
+        ),
         Route("/api/apps/{name}/start", start_app, methods=["POST"]),
         Route("/api/apps/{name}/stop", stop_app, methods=["POST"]),
         Route("/api/environments", list_environments, methods=["GET"]),

@@ -340,7 +340,7 @@ class CommandConsumer:
             group = info["name"]
             if group == self.group or group in live:
                 continue
-            claim = f"{self.keys.prefix}:reclaim:{self.env}:{group}"
+            claim = self.keys.reclaim(self.env, group)
             if not await self.redis.set(claim, self.instance, nx=True, ex=60):
                 continue
             pending = await self.redis.xpending_range(self.stream, group, "-", "+", 1000)

@@ -142,7 +142,8 @@ VARIABLES: tuple[Variable, ...] = (
     Variable(
         "NOCOSUP_PROXY_TIMEOUT",
         "300",
-        "Seconds the proxy waits for a worker's response to start (504 UPSTREAM_TIMEOUT).",
+        "Seconds the proxy waits for a worker's answer to start, and between its body chunks "
+        "(504 UPSTREAM_TIMEOUT); a stream silent longer is cut.",
     ),
     Variable(
         "NOCOSUP_INSTANCE_ID",

@@ -19,6 +19,8 @@
     ├── CommandTimeout              504 COMMAND_TIMEOUT
     ├── CommandFailed               502 COMMAND_FAILED
     ├── UpstreamUnreachable         502 UPSTREAM_CONNECT_ERROR
+    ├── UpstreamInvalidResponse     502 UPSTREAM_PROTOCOL_ERROR (a garbled or cut-short answer)
+    ├── ShuttingDown                503 SHUTTING_DOWN
     └── UpstreamTimeout             504 UPSTREAM_TIMEOUT
 
 :func:`error_body` renders any of them as ``{"error": {"code": ..., "message": ...}}``.
@@ -164,6 +166,19 @@ class CommandFailed(NocosupError):
 class UpstreamUnreachable(NocosupError):
     status = 502
     code = "UPSTREAM_CONNECT_ERROR"
+
+
+class UpstreamInvalidResponse(NocosupError):
+    status = 502
+    code = "UPSTREAM_PROTOCOL_ERROR"
+
+
+class ShuttingDown(NocosupError):
+    status = 503
+    code = "SHUTTING_DOWN"
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": "2"}
 
 
 class UpstreamTimeout(NocosupError):

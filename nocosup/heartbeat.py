@@ -147,10 +147,8 @@ class Heartbeat:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         try:
-            async with self.redis.pipeline(transaction=True) as pipe:
-                pipe.delete(self.keys.instance(self.env, self.instance))
-                pipe.zrem(self.keys.instances, member(self.env, self.instance))
-                await pipe.execute()
+            # the zset entry stays: it tells when the environment was last seen
+            await self.redis.delete(self.keys.instance(self.env, self.instance))
             await self.redis.publish(
                 self.keys.events,
                 json.dumps(

@@ -128,8 +128,16 @@ def make_plugin_manager(settings: Settings) -> pluggy.PluginManager:
         pm.register(importlib.import_module(dotted), name=dotted)
     if settings.app_factory:
         pm.register(_FactoryPlugin(load_callable(settings.app_factory)), name="app_factory")
-    _load_entry_points(pm, settings.load_plugins)
-    pm.check_pending()
+    try:
+        _load_entry_points(pm, settings.load_plugins)
+        pm.check_pending()
+    except pluggy.PluginValidationError as exc:
+        # a misspelt hook or argument in a plugin: say which, no traceback
+        raise ConfigError(f"plugin {exc.plugin!r} is invalid: {exc}") from exc
+    except ImportError as exc:
+        raise ConfigError(
+            f"a plugin of the {ENTRY_POINT_GROUP!r} entry-point group cannot be imported: {exc}"
+        ) from exc
     if settings.trace_hooks:
         pm.add_hookcall_monitoring(_trace_before, _trace_after)
     return pm

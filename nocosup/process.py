@@ -58,6 +58,10 @@ class ProcessAdapter(ABC):
     async def remove(self, record: AppRecord, drop_database: bool) -> list[EnvResult]:
         """Stop and forget the app everywhere; drop its database only if asked."""
 
+    async def forget(self, record: AppRecord) -> None:
+        """Drop what the adapter keeps of an app removed without every environment's
+        consent (a forced delete)."""
+
     @abstractmethod
     def statuses(self, records: list[AppRecord]) -> Any:
         """``{app: {env: {"status", "error"}}}`` for ``records`` (a value or an awaitable)."""
@@ -94,7 +98,7 @@ class LocalProcess(ProcessAdapter):
         return [self._result(tenant.status, tenant.error, AppStatus.STOPPED)]
 
     async def remove(self, record: AppRecord, drop_database: bool) -> list[EnvResult]:
-        await self.runtime.remove(record.name, drop_database)
+        await self.runtime.remove(record, drop_database)
         return [EnvResult(self.environment, True, AppStatus.NOT_FOUND.value)]
 
     def statuses(self, records: list[AppRecord]) -> dict[str, dict[str, dict[str, Any]]]:

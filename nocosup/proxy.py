@@ -34,7 +34,12 @@ from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
-from nocosup.errors import NocosupError, UpstreamTimeout, UpstreamUnreachable
+from nocosup.errors import (
+    NocosupError,
+    UpstreamInvalidResponse,
+    UpstreamTimeout,
+    UpstreamUnreachable,
+)
 from nocosup.proxy_client import (
     Body,
     Headers,
@@ -438,7 +443,7 @@ def _error(upstream: Upstream, exc: UpstreamError) -> NocosupError:
         return UpstreamTimeout(f"upstream {upstream.url} timed out: {exc}", phase=exc.phase)
     if isinstance(exc, UpstreamConnectError):
         return UpstreamUnreachable(str(exc))
-    return UpstreamUnreachable(f"upstream {upstream.url} failed: {exc}")
+    return UpstreamInvalidResponse(f"upstream {upstream.url} answered badly: {exc}")
 
 
 async def _answer_error(scope: Scope, receive: Receive, send: Send, exc: NocosupError) -> None:

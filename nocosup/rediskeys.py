@@ -24,6 +24,8 @@ key                                      type    what
                                                  lets a late waiter find its answer and makes
                                                  redelivered commands idempotent
 ``{p}:lock:app:{app}``                   string  startup lock (token, PX TTL, renewed)
+``{p}:reclaim:{env}:{group}``            string  who finishes a dead instance's commands
+                                                 (SET NX, 60 s)
 ``{p}:events``                           pubsub  wake-up hints (status and environment
                                                  changes); never the source of truth
 =======================================  ======  ===========================================
@@ -73,6 +75,9 @@ class Keys:
 
     def command(self, request_id: str) -> str:
         return f"{self.prefix}:cmd:{request_id}"
+
+    def reclaim(self, env: str, group: str) -> str:
+        return f"{self.prefix}:reclaim:{env}:{group}"
 
     def lock(self, app: str) -> str:
         return f"{self.prefix}:lock:app:{app}"

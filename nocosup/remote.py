@@ -245,10 +245,13 @@ class RemoteProcess(ProcessAdapter):
             )
         )
         if all(r.ok for r in results):
-            self.records.pop(record.name, None)
-            await self.cache.remove(record.name)
-            await self.redis.delete(self.keys.status(record.name))
+            await self.forget(record)
         return results
+
+    async def forget(self, record: AppRecord) -> None:
+        self.records.pop(record.name, None)
+        await self.cache.remove(record.name)
+        await self.redis.delete(self.keys.status(record.name))
 
     async def _command(
         self,

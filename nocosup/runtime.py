@@ -201,19 +201,22 @@ class LocalRuntime:
         finally:
             tenant.drained = None
 
-    async def remove(self, name: str, drop_database: bool) -> None:
-        """Stop the app, forget it, and drop its database only if asked."""
-        tenant = self.tenants.get(name)
-        if tenant is not None:
-            await self.stop(name)
-            record = tenant.record
-        else:
-            return
+    async def remove(self, record: AppRecord, drop_database: bool) -> None:
+        """Stop the app, forget it, and drop its database only if asked.
+
+        Works for an app this process does not know too (a retried delete, a replica that
+        never served it): the database to drop is named by ``record``.
+        """
+        if record.name in self.tenants:
+            await self.stop(record.name)
         if drop_database:
             await self.databases.drop(TenantDatabase.from_json(record.database))
-        self.tenants.pop(name, None)
+        self.tenants.pop(record.name, None)
         await self.host.hooks.app_removed(
-            name=name, environment=self.environment, database_dropped=drop_database, host=self.host
+            name=record.name,
+            environment=self.environment,
+            database_dropped=drop_database,
+            host=self.host,
         )
 
     async def stop_all(self) -> None:

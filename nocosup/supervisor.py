@@ -19,6 +19,7 @@ from nocosup.errors import (
     CommandFailed,
     CommandTimeout,
     DatabaseError,
+    EnvironmentUnavailable,
     InvalidInput,
     NocosupError,
 )
@@ -196,25 +197,33 @@ class Supervisor:
                 self._changed(name, "updated")
         return await self._describe(record)
 
-    async def delete_app(self, name: str, drop_database: bool) -> dict[str, Any]:
+    async def delete_app(
+        self, name: str, drop_database: bool, force: bool = False
+    ) -> dict[str, Any]:
+        """Remove the app everywhere; keep it registered if an environment could not
+        remove it, unless ``force`` (an environment gone for good keeps its data)."""
         async with self._locked(name):
             record = await self.registry.get(v.app_name(name))
             stopped = record.changed(desired_state="stopped")
             await self.registry.update(stopped)
             results = await self.process.remove(stopped, drop_database)
             failed = [r for r in results if not r.ok]
-            if failed:
-                raise CommandFailed(
-                    f"application {name!r} could not be removed everywhere; it is kept",
+            if failed and not force:
+                detail = "; ".join(f"{r.environment}: {r.error or r.status}" for r in failed)
+                raise _failure(failed)(
+                    f"application {name!r} could not be removed everywhere, so it is kept "
+                    f"({detail}); retry, or pass force=true to forget it anyway",
                     results=_results_json(results),
                 )
             await self.registry.delete(name)
+            if failed:
+                await self.process.forget(stopped)
         self._locks.pop(name, None)
         self._changed(name, "removed")
         return {
             "name": name,
             "removed": True,
-            "database_dropped": drop_database,
+            "database_dropped": drop_database and not failed,
             "results": _results_json(results),
         }
 
@@ -252,17 +261,25 @@ class Supervisor:
         self, record: AppRecord, results: list[EnvResult], verb: str
     ) -> dict[str, Any]:
         app = await self._describe(record)
-        app["results"] = _results_json(results)
         failed = [r for r in results if not r.ok]
         if failed:
             detail = "; ".join(f"{r.environment}: {r.error or r.status}" for r in failed)
-            error = CommandTimeout if any(r.timed_out for r in failed) else CommandFailed
-            raise error(
+            raise _failure(failed)(
                 f"application {record.name!r} did not {verb}: {detail}",
                 app=app,
-                results=app["results"],
+                results=_results_json(results),
             )
+        app["results"] = _results_json(results)
         return app
+
+
+def _failure(failed: list[EnvResult]) -> type[NocosupError]:
+    """504 when an environment stayed silent, 503 when all were offline, else 502."""
+    if any(r.timed_out for r in failed):
+        return CommandTimeout
+    if all(r.status == AppStatus.UNAVAILABLE.value for r in failed):
+        return EnvironmentUnavailable
+    return CommandFailed
 
 
 def _results_json(results: list[EnvResult]) -> dict[str, Any]:

@@ -73,7 +73,7 @@ class Worker:
             tenant = await self.runtime.create(record)
             return tenant.status.value, None, True
         if command.action == "remove":
-            await self.runtime.remove(record.name, bool(command.args.get("drop_database")))
+            await self.runtime.remove(record, bool(command.args.get("drop_database")))
             return AppStatus.NOT_FOUND.value, None, True
         self.runtime.load(record)
         if command.action == "update":

@@ -155,6 +155,12 @@ async def test_killed_worker_goes_offline_and_its_apps_come_back(deployed: Clust
         app = (await c.get("/api/apps/onb")).json()
         assert app["statuses"] == {"env_b": "unavailable"}
         assert_error(await c.get("/apps/onb/api/info"), 503, "APP_ENVIRONMENT_UNAVAILABLE")
+        assert_error(await c.post("/api/apps/onb/start"), 503, "APP_ENVIRONMENT_UNAVAILABLE")
+        # its data lives there: a delete is refused while the environment is away...
+        r = await c.delete("/api/apps/onb")
+        assert_error(r, 503, "APP_ENVIRONMENT_UNAVAILABLE")
+        assert r.json()["error"]["results"]["env_b"]["status"] == "unavailable"
+        assert (await c.get("/api/apps/onb")).status_code == 200
         worker.start()
         await deployed.wait_environments(c, {"env_b": 1})
 
@@ -307,3 +313,15 @@ async def test_commands_on_their_own_redis(
             assert len(groups) == 2  # both replicas consume there, neither was reclaimed
         finally:
             await probe.aclose()
+
+
+async def test_forced_delete_forgets_an_app_of_a_dead_environment(deployed: Cluster) -> None:
+    async with sup(deployed).admin() as c:
+        await create(c, "orphan", environments=["env_b"])
+        deployed.workers["env_b"].stop(signal.SIGKILL)
+        await deployed.wait_environments(c, {"env_b": 0}, timeout=10)
+        r = await c.delete("/api/apps/orphan", params={"force": "true"})
+        assert r.status_code == 200, r.text
+        assert r.json()["results"]["env_b"]["ok"] is False
+        assert_error(await c.get("/api/apps/orphan"), 404, "APP_NOT_FOUND")
+        assert_error(await c.get("/apps/orphan/api/info"), 404, "APP_NOT_FOUND")

@@ -534,7 +534,7 @@ async def test_content_length_with_transfer_encoding_is_rejected() -> None:
 
     async with raw_upstream(handler) as url, proxy_server(url) as proxied:
         async with proxied.http() as c:
-            assert_json_error(await c.get(PREFIX + "/x"), 502, "UPSTREAM_CONNECT_ERROR")
+            assert_json_error(await c.get(PREFIX + "/x"), 502, "UPSTREAM_PROTOCOL_ERROR")
 
 
 async def test_garbage_answer_is_502() -> None:
@@ -545,7 +545,7 @@ async def test_garbage_answer_is_502() -> None:
 
     async with raw_upstream(handler) as url, proxy_server(url) as proxied:
         async with proxied.http() as c:
-            assert_json_error(await c.get(PREFIX + "/x"), 502, "UPSTREAM_CONNECT_ERROR")
+            assert_json_error(await c.get(PREFIX + "/x"), 502, "UPSTREAM_PROTOCOL_ERROR")
         assert proxied.pool()["active"] == 0
 
 
@@ -555,7 +555,7 @@ async def test_closed_without_answer_is_502() -> None:
 
     async with raw_upstream(handler) as url, proxy_server(url) as proxied:
         async with proxied.http() as c:
-            assert_json_error(await c.get(PREFIX + "/x"), 502, "UPSTREAM_CONNECT_ERROR")
+            assert_json_error(await c.get(PREFIX + "/x"), 502, "UPSTREAM_PROTOCOL_ERROR")
 
 
 async def test_body_cut_short_truncates_the_answer() -> None:
@@ -616,7 +616,7 @@ async def test_kept_alive_connection_closed_by_upstream_is_retried_when_safe() -
             assert (await c.get(PREFIX + "/2")).content == b"ok"
             assert connections == 2
             assert_json_error(
-                await c.post(PREFIX + "/3", content=b"once"), 502, "UPSTREAM_CONNECT_ERROR"
+                await c.post(PREFIX + "/3", content=b"once"), 502, "UPSTREAM_PROTOCOL_ERROR"
             )
             assert connections == 2
 

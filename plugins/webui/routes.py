@@ -13,14 +13,14 @@ import html
 from importlib import resources
 
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.responses import HTMLResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import Receive, Scope, Send
 
 from nocosup import validation as v
 from nocosup.auth import COOKIE_NAME, check_admin, token_matches
-from nocosup.errors import NocosupError, Unauthorized, error_body
+from nocosup.errors import NocosupError, ShuttingDown, Unauthorized
 from nocosup.responses import error_response
 from plugins.webui.stream import SERVICE, EventStreams
 
@@ -104,8 +104,8 @@ class EventsEndpoint:
         host = request.app
         streams: EventStreams | None = host.services.get(SERVICE)
         if streams is None or streams.closing.is_set():
-            body = error_body("SHUTTING_DOWN", "the supervisor is shutting down; retry shortly")
-            await JSONResponse(body, 503, {"retry-after": "2"})(scope, receive, send)
+            exc = ShuttingDown("the supervisor is shutting down; retry shortly")
+            await error_response(exc)(scope, receive, send)
             return
         await streams.serve(host.events, scope, receive, send)
 
