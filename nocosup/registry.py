@@ -112,19 +112,29 @@ class AppRecord:
         return replace(self, **changes, version=self.version + 1, updated_at=now_iso())
 
 
-def _row_to_record(row: Any) -> AppRecord:
-    m = row._mapping
-    return AppRecord(
-        name=m["name"],
-        title=m["title"],
-        environments=json.loads(m["environments"]),
-        options=json.loads(m["options"]),
-        database=json.loads(m["database"]),
-        desired_state=m["desired_state"],
-        version=m["version"],
-        created_at=m["created_at"],
-        updated_at=m["updated_at"],
+def _row_to_record(row: Any, parsed: dict[str, AppRecord]) -> AppRecord:
+    """The record of ``row``; parsing its three JSON columns is most of the cost of a
+    1000-app list, so records already parsed at the same version are reused."""
+    name, title, envs, options, database, desired, version, created, updated = row._mapping
+    known = parsed.get(name)
+    if known is not None and (known.version, known.created_at, known.updated_at) == (
+        version,
+        created,
+        updated,
+    ):
+        return known
+    record = parsed[name] = AppRecord(
+        name=name,
+        title=title,
+        environments=json.loads(envs),
+        options=json.loads(options),
+        database=json.loads(database),
+        desired_state=desired,
+        version=version,
+        created_at=created,
+        updated_at=updated,
     )
+    return record
 
 
 def _record_values(rec: AppRecord) -> dict[str, Any]:
@@ -146,6 +156,7 @@ class Registry:
 
     def __init__(self, db: Database) -> None:
         self.db = db
+        self._parsed: dict[str, AppRecord] = {}
 
     async def migrate(self) -> None:
         await self.db.execute(_CREATE_APPS)
@@ -155,13 +166,13 @@ class Registry:
         rows = await self.db.fetch_all(
             apps_table.select().order_by(apps_table.c.created_at, apps_table.c.name)
         )
-        return [_row_to_record(r) for r in rows]
+        return [_row_to_record(r, self._parsed) for r in rows]
 
     async def get(self, name: str) -> AppRecord:
         row = await self.db.fetch_one(apps_table.select().where(apps_table.c.name == name))
         if row is None:
             raise AppNotFound(name)
-        return _row_to_record(row)
+        return _row_to_record(row, self._parsed)
 
     async def insert(self, rec: AppRecord) -> AppRecord:
         """Claim the name: the primary key makes concurrent creates of one name race-safe."""
@@ -189,6 +200,7 @@ class Registry:
 
     async def delete(self, name: str) -> None:
         await self.db.execute(apps_table.delete().where(apps_table.c.name == name))
+        self._parsed.pop(name, None)
 
 
 def _is_unique_violation(exc: Exception) -> bool:
