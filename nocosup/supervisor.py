@@ -237,6 +237,8 @@ class Supervisor:
                 self._changed(record.name, "updated")
         if not wait:
             self.host.spawn(self._start_logged(record))
+            # let it take its first step, so the 202 shows the start under way (locally)
+            await asyncio.sleep(0)
             return await self._describe(record), False
         return await self._start(record), True
 
@@ -253,6 +255,7 @@ class Supervisor:
                 self._changed(record.name, "updated")
         if not wait:
             self.host.spawn(self.process.stop(record))
+            await asyncio.sleep(0)
             return await self._describe(record), False
         results = await self.process.stop(record)
         return await self._checked(record, results, "stop"), True

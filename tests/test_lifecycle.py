@@ -100,6 +100,7 @@ async def test_with_supervisor_apps_start_on_create_and_stop_means_stopped(
         assert builds(sqlite_server, "eager") == 1
         r = await c.post("/api/apps/eager/start", params={"wait": "false"})
         assert r.status_code == 202
+        assert r.json()["statuses"]["local"] in ("preparing", "initializing", "running")
         for _ in range(100):
             if (await c.get("/apps/eager/api/info")).status_code == 200:
                 break
