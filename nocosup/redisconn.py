@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from nocosup.errors import ConfigError
+
+if TYPE_CHECKING:
+    from nocosup.host import Host
 
 
 async def connect_redis(url: str, variable: str) -> aioredis.Redis:
@@ -27,3 +32,28 @@ async def connect_redis(url: str, variable: str) -> aioredis.Redis:
         await client.aclose()
         raise ConfigError(f"{variable}: cannot reach Redis at {url}: {exc}") from exc
     return client
+
+
+async def connect_role_redis(host: Host) -> tuple[aioredis.Redis, aioredis.Redis]:
+    """(config cache and heartbeats, command streams): one client when both URLs agree.
+
+    Kept in ``host.services`` (``redis``, ``command_redis``) for :func:`close_role_redis`;
+    /readyz pings the first.
+    """
+    settings = host.settings
+    assert settings.supervisor_redis_url and settings.redis_command_url
+    redis = await connect_redis(settings.supervisor_redis_url, "APP_SUPERVISOR_REDIS_URL")
+    host.services["redis"] = redis
+    host.readiness["redis"] = redis.ping
+    if settings.redis_command_url == settings.supervisor_redis_url:
+        return redis, redis
+    commands = await connect_redis(settings.redis_command_url, "APP_COMMAND_REDIS_URL")
+    host.services["command_redis"] = commands
+    return redis, commands
+
+
+async def close_role_redis(host: Host) -> None:
+    for name in ("command_redis", "redis"):
+        client = host.services.pop(name, None)
+        if client is not None:
+            await client.aclose()

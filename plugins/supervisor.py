@@ -17,7 +17,7 @@ from nocosup.heartbeat import Presence, heartbeat_ttl
 from nocosup.hookspecs import hookimpl
 from nocosup.host import Host
 from nocosup.process import LocalProcess, ProcessAdapter
-from nocosup.redisconn import connect_redis
+from nocosup.redisconn import close_role_redis, connect_role_redis
 from nocosup.rediskeys import Keys
 from nocosup.registry import EnvironmentStore, Registry
 from nocosup.remote import ProxyGateway, RedisEnvironments, RemoteProcess, Watcher
@@ -70,14 +70,7 @@ async def _remote(
 
     settings = host.settings
     keys = Keys(settings.redis_prefix)
-    assert settings.supervisor_redis_url and settings.redis_command_url
-    redis = await connect_redis(settings.supervisor_redis_url, "APP_SUPERVISOR_REDIS_URL")
-    host.services["redis"] = redis
-    commands = redis
-    if settings.redis_command_url != settings.supervisor_redis_url:
-        commands = await connect_redis(settings.redis_command_url, "APP_COMMAND_REDIS_URL")
-        host.services["command_redis"] = commands
-    host.readiness["redis"] = redis.ping
+    redis, commands = await connect_role_redis(host)
     ttl = heartbeat_ttl(settings)
     sender = CommandSender(commands, keys, settings.instance_id, Presence(redis, keys, ttl))
     await sender.start()
@@ -106,9 +99,7 @@ async def _shutdown(host: Host) -> None:
         await services.pop("sender").close()
     if "proxy" in services:
         await services.pop("proxy").aclose()
-    for name in ("command_redis", "redis"):
-        if name in services:
-            await services.pop(name).aclose()
+    await close_role_redis(host)
     if "registry_db" in services:
         await services.pop("registry_db").disconnect()
 

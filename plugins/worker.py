@@ -12,7 +12,7 @@ from nocosup.db import ensure_database
 from nocosup.heartbeat import Heartbeat, Presence, StatusReporter, heartbeat_ttl
 from nocosup.hookspecs import hookimpl
 from nocosup.host import Host
-from nocosup.redisconn import connect_redis
+from nocosup.redisconn import close_role_redis, connect_role_redis
 from nocosup.rediskeys import Keys
 from nocosup.redislock import redis_lock
 from nocosup.runtime import LocalRuntime
@@ -29,17 +29,10 @@ def startup(host: Host) -> Any:
 async def _startup(host: Host) -> None:
     settings = host.settings
     keys = Keys(settings.redis_prefix)
-    assert settings.supervisor_redis_url and settings.redis_command_url
     if settings.db_dialect == "postgres":
         # tenant databases are created from this one: it must exist
         await ensure_database(settings)
-    redis = await connect_redis(settings.supervisor_redis_url, "APP_SUPERVISOR_REDIS_URL")
-    host.services["redis"] = redis
-    commands = redis
-    if settings.redis_command_url != settings.supervisor_redis_url:
-        commands = await connect_redis(settings.redis_command_url, "APP_COMMAND_REDIS_URL")
-        host.services["command_redis"] = commands
-    host.readiness["redis"] = redis.ping
+    redis, commands = await connect_role_redis(host)
 
     runtime = LocalRuntime(host)
     runtime.boot_guard = lambda name: redis_lock(
@@ -121,9 +114,7 @@ async def _shutdown(host: Host) -> None:
         await services.pop("runtime").stop_all()
     if "status_reporter" in services:
         await services.pop("status_reporter").stop()
-    for name in ("command_redis", "redis"):
-        if name in services:
-            await services.pop(name).aclose()
+    await close_role_redis(host)
 
 
 @hookimpl
