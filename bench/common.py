@@ -141,6 +141,9 @@ class ServerProcess:
     log_path: Path
     ready_path: str = "/"
     proc: subprocess.Popen[bytes] | None = None
+    #: Start in a session (process group) of its own, so signal_group() reaches every
+    #: process it spawned (uvicorn replicas); the default leaves it in ours.
+    new_session: bool = False
 
     @property
     def url(self) -> str:
@@ -154,7 +157,12 @@ class ServerProcess:
     def start(self, timeout: float = 60) -> ServerProcess:
         with self.log_path.open("ab") as out:
             self.proc = subprocess.Popen(
-                self.argv, cwd=ROOT, env=self.env, stdout=out, stderr=subprocess.STDOUT
+                self.argv,
+                cwd=ROOT,
+                env=self.env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=self.new_session,
             )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -178,6 +186,15 @@ class ServerProcess:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait(10)
+
+    def signal_group(self, sig: int) -> None:
+        """Send ``sig`` to the process group (``new_session=True``), else to the PID only."""
+        assert self.proc is not None, "server not started"
+        with contextlib.suppress(ProcessLookupError):
+            if self.new_session:
+                os.killpg(self.proc.pid, sig)
+            else:
+                self.proc.send_signal(sig)
 
     def _status(self, key: str) -> int:
         for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
@@ -305,6 +322,115 @@ class Workspace(contextlib.ExitStack):
             shutil.rmtree(self.dir, ignore_errors=True)
 
 
+# --- multi-environment deployments (Redis) ---------------------------------------------
+
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+
+
+def require_redis(url: str) -> None:
+    """Exit 2 with a message unless the Redis at ``url`` answers PING."""
+    import redis
+
+    client = redis.Redis.from_url(url, socket_connect_timeout=3)
+    try:
+        client.ping()
+    except (redis.RedisError, OSError) as exc:
+        print(f"bench: Redis at {url} does not answer ({exc}); pass --redis-url", file=sys.stderr)
+        sys.exit(2)
+    finally:
+        client.close()
+
+
+def redis_prefix(name: str) -> str:
+    """A NOCOSUP_REDIS_PREFIX no other run shares; remove its keys with :func:`purge_redis`."""
+    return f"nocosup-bench-{name}-{secrets.token_hex(4)}"
+
+
+def purge_redis(url: str, prefix: str) -> int:
+    """UNLINK every ``{prefix}:*`` key (SCAN, never FLUSH*); returns how many went."""
+    import redis
+
+    client = redis.Redis.from_url(url)
+    removed = 0
+    try:
+        batch: list[bytes] = []
+        for key in client.scan_iter(match=f"{prefix}:*", count=1000):
+            batch.append(key)
+            if len(batch) >= 500:
+                removed += client.unlink(*batch)
+                batch.clear()
+        if batch:
+            removed += client.unlink(*batch)
+    finally:
+        client.close()
+    return removed
+
+
+def cluster_env(redis_url: str, prefix: str, interval: float | None = None) -> dict[str, str]:
+    """Variables a supervisor and its workers share (one Redis for cache and commands);
+    ``interval``: NOCOSUP_HEARTBEAT_INTERVAL in seconds, None for nocosup's default."""
+    env = {
+        "APP_DISCOVERY_ADAPTER": "remote",
+        "APP_COMMAND_ADAPTER": "redis",
+        "APP_SUPERVISOR_REDIS_URL": redis_url,
+        "APP_COMMAND_REDIS_URL": redis_url,
+        "NOCOSUP_REDIS_PREFIX": prefix,
+    }
+    if interval is not None:
+        env["NOCOSUP_HEARTBEAT_INTERVAL"] = f"{interval:g}"
+    return env
+
+
+def supervisor_server(
+    workdir: Path,
+    redis_url: str,
+    prefix: str,
+    *,
+    label: str = "supervisor",
+    interval: float | None = None,
+    cpus: str | None = None,
+    env: dict[str, str] | None = None,
+    log_level: str = "warning",
+) -> ServerProcess:
+    """A ``nocosup serve`` supervisor (not started) whose apps run on Redis workers."""
+    full = {
+        **cluster_env(redis_url, prefix, interval),
+        "APP_MODE": "supervisor",
+        "APP_PROCESS_ADAPTER": "remote",
+        **(env or {}),
+    }
+    return nocosup_server(workdir, label=label, cpus=cpus, env=full, log_level=log_level)
+
+
+def worker_server(
+    workdir: Path,
+    redis_url: str,
+    prefix: str,
+    environment: str,
+    *,
+    label: str | None = None,
+    interval: float | None = None,
+    cpus: str | None = None,
+    env: dict[str, str] | None = None,
+    new_session: bool = False,
+    log_level: str = "warning",
+) -> ServerProcess:
+    """A ``nocosup serve`` worker (not started) of ``environment``, reachable on its port."""
+    full = {
+        **cluster_env(redis_url, prefix, interval),
+        "APP_MODE": "worker",
+        "APP_PROCESS_ADAPTER": "local",
+        "ENVIRONMENT_NAME": environment,
+        **(env or {}),
+    }
+    server = nocosup_server(
+        workdir, label=label or f"worker-{environment}", cpus=cpus, env=full, log_level=log_level
+    )
+    server.env.setdefault("ENVIRONMENT_URL", server.url)
+    server.new_session = new_session
+    return server
+
+
 # --- admin API client -------------------------------------------------------------------
 
 
@@ -339,6 +465,24 @@ class Admin:
 
     def start_app(self, name: str) -> float:
         return self.call("POST", f"/api/apps/{name}/start")[0]
+
+    def environments(self) -> dict[str, dict[str, Any]]:
+        """``GET /api/environments`` by name."""
+        _, response = self.call("GET", "/api/environments")
+        return {e["name"]: e for e in response.json()["environments"]}
+
+    def wait_environments(
+        self, instances: dict[str, int], timeout: float = 30
+    ) -> dict[str, dict[str, Any]]:
+        """Poll until each named environment lists that many live instances (0: offline)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            envs = self.environments()
+            if all(len(envs.get(n, {}).get("instances", [])) == k for n, k in instances.items()):
+                return envs
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"environments never reached {instances}: {envs}")
+            time.sleep(0.05)
 
 
 # --- load generation --------------------------------------------------------------------
