@@ -37,7 +37,8 @@ ACTIONS = ("create", "update", "start", "stop", "remove", "ping")
 PROTOCOL = "1"
 STREAM_MAXLEN = 10_000
 REPLY_MAXLEN = 10_000
-RESULT_TTL = 3600
+#: Long enough for late waiters and for redeliveries after a worker restart.
+RESULT_TTL = 600
 BLOCK_MS = 2_000
 
 
@@ -203,7 +204,8 @@ class CommandSender:
                         environment=env,
                     )
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(waiter.event.wait(), min(left, 0.5))
+                    async with asyncio.timeout(min(left, 0.5)):
+                        await waiter.event.wait()
                 if not waiter.event.is_set():
                     await self._recheck(env, command.id, waiter)
             return list(waiter.replies.values())
@@ -300,7 +302,7 @@ class CommandConsumer:
                 continue
             for _stream, entries in batches or []:
                 for entry_id, fields in entries:
-                    await self._spawn(self.group, entry_id, fields)
+                    await self._spawn(self.group, entry_id, fields, redelivered=False)
 
     async def close(self) -> None:
         if self._tasks:
@@ -327,7 +329,7 @@ class CommandConsumer:
         for _stream, entries in result or []:
             for entry_id, fields in entries:
                 if fields:
-                    await self._spawn(self.group, entry_id, fields)
+                    await self._spawn(self.group, entry_id, fields, redelivered=True)
 
     async def reclaim_dead(self) -> None:
         """Finish what dead instances of this environment left unacknowledged."""
@@ -354,19 +356,28 @@ class CommandConsumer:
             with contextlib.suppress(ResponseError):
                 await self.redis.xgroup_destroy(self.stream, group)
 
-    async def _spawn(self, group: str, entry_id: str, fields: dict[str, str]) -> None:
+    async def _spawn(
+        self, group: str, entry_id: str, fields: dict[str, str], redelivered: bool
+    ) -> None:
         await self._slots.acquire()
-        task = asyncio.create_task(self._run_one(group, entry_id, fields))
+        task = asyncio.create_task(self._run_one(group, entry_id, fields, redelivered))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _run_one(self, group: str, entry_id: str, fields: dict[str, str]) -> None:
+    async def _run_one(
+        self, group: str, entry_id: str, fields: dict[str, str], redelivered: bool
+    ) -> None:
         try:
-            await self._process(group, entry_id, fields)
+            await self._process(group, entry_id, fields, redelivered)
         finally:
             self._slots.release()
 
-    async def _process(self, group: str, entry_id: str, fields: dict[str, str]) -> None:
+    async def _process(
+        self, group: str, entry_id: str, fields: dict[str, str], redelivered: bool = True
+    ) -> None:
+        """Run one entry, reply, then acknowledge. A ``redelivered`` entry (this instance's
+        pending list after a restart, or a dead instance's) may have been answered before:
+        its stored answer is sent again instead of running it twice."""
         try:
             command = Command.parse(fields)
         except MalformedCommand as exc:
@@ -381,7 +392,7 @@ class CommandConsumer:
             await self._ack(group, entry_id)
             return
         try:
-            reply = await self._answer(command)
+            reply = await self._answer(command, redelivered)
         except Exception as exc:  # the handler reports failures; this is a bug guard
             log.exception("command %s (%s %s) crashed", command.id, command.action, command.app)
             reply = Reply(
@@ -390,8 +401,10 @@ class CommandConsumer:
             await self._publish(command, reply)
         await self._ack(group, entry_id)
 
-    async def _answer(self, command: Command) -> Reply:
-        done = await self.redis.hget(self.keys.command(command.id), self.instance)
+    async def _answer(self, command: Command, redelivered: bool) -> Reply:
+        done = None
+        if redelivered:
+            done = await self.redis.hget(self.keys.command(command.id), self.instance)
         if done is not None:
             reply = Reply.from_fields(json.loads(done))
         else:

@@ -34,20 +34,26 @@ def heartbeat_ttl(settings: Settings) -> float:
     return settings.heartbeat_interval * 3
 
 
+_LIVE = """
+local out = {}
+for _, m in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], ARGV[1], '+inf')) do
+  local env, instance = string.match(m, '^(.-)/(.*)$')
+  if env and (ARGV[3] == '' or env == ARGV[3]) and
+     redis.call('EXISTS', ARGV[2] .. env .. ':inst:' .. instance) == 1 then
+    table.insert(out, m)
+  end
+end
+return out
+"""
+
+
 async def live_instances(redis: Redis, keys: Keys, env: str | None, ttl: float) -> set[str]:
     """``{env}/{instance}`` of the instances whose heartbeat key exists (the truth); the
-    zset only narrows the search to those seen in the last two TTLs."""
+    zset only narrows the search to those seen in the last two TTLs. One round trip: it
+    runs before every command."""
     since = (time.time() - ttl * 2) * 1000
-    members = await redis.zrangebyscore(keys.instances, since, "+inf")
-    if env is not None:
-        members = [m for m in members if split_member(m)[0] == env]
-    if not members:
-        return set()
-    async with redis.pipeline(transaction=False) as pipe:
-        for m in members:
-            pipe.exists(keys.instance(*split_member(m)))
-        flags = await pipe.execute()
-    return {m for m, f in zip(members, flags, strict=True) if f}
+    members = await redis.eval(_LIVE, 1, keys.instances, since, f"{keys.prefix}:env:", env or "")
+    return set(members)
 
 
 class Presence:
@@ -169,10 +175,12 @@ class StatusReporter:
         self.instance = instance
         self.field = member(env, instance)
         self._queue: asyncio.Queue[tuple[str, str | None, str | None]] = asyncio.Queue()
+        self._pending = 0
         self._task: asyncio.Task[None] | None = None
 
     def report(self, app: str, status: str | None, error: str | None) -> None:
         """Queue a status (None: the app left this instance). Never blocks."""
+        self._pending += 1
         self._queue.put_nowait((app, status, error))
 
     def start(self) -> None:
@@ -190,6 +198,7 @@ class StatusReporter:
                 except Exception as exc:
                     log.warning("could not report %s status, retrying: %r", app, exc)
                     await asyncio.sleep(0.5)
+            self._pending -= 1
             self._queue.task_done()
 
     async def _write(self, app: str, status: str | None, error: str | None) -> None:
@@ -216,8 +225,12 @@ class StatusReporter:
             await pipe.execute()
 
     async def flush(self, timeout: float = 5) -> None:
+        """Wait until every queued status is written (at once when none is queued)."""
+        if self._pending == 0:
+            return
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._queue.join(), timeout)
+            async with asyncio.timeout(timeout):
+                await self._queue.join()
 
     async def stop(self) -> None:
         await self.flush()

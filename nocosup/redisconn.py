@@ -16,14 +16,16 @@ if TYPE_CHECKING:
 async def connect_redis(url: str, variable: str) -> aioredis.Redis:
     """A client for ``url`` that has answered a PING (else ConfigError naming ``variable``).
 
-    Strings come back decoded. ``socket_timeout`` stays unset: command streams block in
-    XREAD for seconds; health checks catch dead connections instead.
+    Strings come back decoded. ``socket_timeout`` is None (redis-py 8 defaults to 5 s,
+    which wraps every call in a timeout task): command streams block in XREAD for seconds,
+    and health checks catch dead connections instead.
     """
     client = aioredis.from_url(
         url,
         decode_responses=True,
         health_check_interval=15,
         socket_connect_timeout=5,
+        socket_timeout=None,
         retry_on_timeout=True,
     )
     try:

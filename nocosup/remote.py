@@ -181,9 +181,18 @@ class RemoteProcess(ProcessAdapter):
         self.records = {r.name: r for r in records}
         await self.cache.rebuild(records)
 
-    async def create(self, record: AppRecord) -> None:
+    async def _learn(self, record: AppRecord) -> None:
+        """Keep ``record`` for the proxy and in the Redis cache (written only if changed)."""
+        known = self.records.get(record.name)
         self.records[record.name] = record
-        await self.cache.put(record)
+        if known is None or (known.version, known.created_at) != (
+            record.version,
+            record.created_at,
+        ):
+            await self.cache.put(record)
+
+    async def create(self, record: AppRecord) -> None:
+        await self._learn(record)
         for env in record.environments:
             result = await self._command(env, "create", record)
             if not result.ok:
@@ -203,8 +212,7 @@ class RemoteProcess(ProcessAdapter):
                 )
 
     async def update(self, record: AppRecord) -> None:
-        self.records[record.name] = record
-        await self.cache.put(record)
+        await self._learn(record)
         results = await asyncio.gather(
             *(
                 self._command(env, "update", record, timeout=min(self.settings.command_timeout, 10))
@@ -222,13 +230,11 @@ class RemoteProcess(ProcessAdapter):
 
     async def start(self, record: AppRecord) -> list[EnvResult]:
         """One environment after another: boots may write initial data to a shared DB."""
-        self.records[record.name] = record
-        await self.cache.put(record)
+        await self._learn(record)
         return [await self._command(env, "start", record) for env in record.environments]
 
     async def stop(self, record: AppRecord) -> list[EnvResult]:
-        self.records[record.name] = record
-        await self.cache.put(record)
+        await self._learn(record)
         return list(
             await asyncio.gather(
                 *(self._command(env, "stop", record) for env in record.environments)
