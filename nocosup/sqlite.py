@@ -24,12 +24,21 @@ SCHEME = "sqlite+nocosup"
 
 
 class SharedSQLitePool(SQLitePool):
-    """Hands out one connection, to one task at a time."""
+    """Hands out one connection, to one task at a time, and closes it when idle.
+
+    aiosqlite gives every open connection a thread: a thousand apps at rest should not
+    keep a thousand threads, so a connection unused for ``IDLE_CLOSE`` seconds closes
+    and the next query opens it again (about a millisecond).
+    """
+
+    IDLE_CLOSE = 10.0
 
     def __init__(self, url: DatabaseURL, **options: Any) -> None:
         super().__init__(url, **options)
         self._lock = asyncio.Lock()
         self._connection: aiosqlite.Connection | None = None
+        self._last_used = 0.0
+        self._reaper: asyncio.Task[None] | None = None
 
     async def acquire(self) -> aiosqlite.Connection:
         await self._lock.acquire()
@@ -43,19 +52,38 @@ class SharedSQLitePool(SQLitePool):
                 # WAL + NORMAL: durable across application crashes, one fsync per checkpoint
                 await connection.execute("PRAGMA synchronous=NORMAL")
                 self._connection = connection
+                self._reaper = asyncio.create_task(self._close_when_idle())
         except BaseException:
             self._lock.release()
             raise
         return self._connection
 
     async def release(self, connection: aiosqlite.Connection) -> None:
+        self._last_used = asyncio.get_running_loop().time()
         self._lock.release()
 
+    async def _close_when_idle(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            idle = loop.time() - self._last_used
+            if idle >= self.IDLE_CLOSE and not self._lock.locked():
+                async with self._lock:
+                    await self._close_connection()
+                return
+            await asyncio.sleep(max(self.IDLE_CLOSE - idle, 0.5))
+
+    async def _close_connection(self) -> None:
+        if self._connection is not None:
+            connection, self._connection = self._connection, None
+            await connection.close()
+
     async def close(self) -> None:
+        reaper, self._reaper = self._reaper, None
+        if reaper is not None and reaper is not asyncio.current_task():
+            reaper.cancel()
+            await asyncio.gather(reaper, return_exceptions=True)
         async with self._lock:
-            if self._connection is not None:
-                await self._connection.close()
-                self._connection = None
+            await self._close_connection()
 
 
 class SharedSQLiteBackend(SQLiteBackend):

@@ -1,0 +1,58 @@
+"""The kept-open SQLite backend: transactions of concurrent tasks stay apart, idle
+connections close (and their threads end) and reopen on the next query."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from pathlib import Path
+
+import pytest
+
+from nocosup.sqlite import SharedSQLitePool, sqlite_database
+
+
+async def test_concurrent_transactions_do_not_mix(tmp_path: Path) -> None:
+    db = sqlite_database(tmp_path / "t.sqlite")
+    await db.connect()
+    try:
+        await db.execute("CREATE TABLE t (who TEXT, n INT)")
+
+        async def writer(who: str, fail: bool) -> None:
+            try:
+                async with db.transaction():
+                    for n in range(5):
+                        await db.execute(f"INSERT INTO t VALUES ('{who}', {n})")
+                        await asyncio.sleep(0)
+                    if fail:
+                        raise RuntimeError("roll back")
+            except RuntimeError:
+                pass
+
+        await asyncio.gather(writer("kept", False), writer("rolled", True), writer("also", False))
+        rows = await db.fetch_all("SELECT who, count(*) FROM t GROUP BY who ORDER BY who")
+        assert [tuple(r._mapping.values()) for r in rows] == [("also", 5), ("kept", 5)]
+    finally:
+        await db.disconnect()
+
+
+async def test_idle_connection_closes_and_reopens(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(SharedSQLitePool, "IDLE_CLOSE", 0.3)
+    before = threading.active_count()
+    db = sqlite_database(tmp_path / "t.sqlite")
+    await db.connect()
+    try:
+        await db.execute("CREATE TABLE t (a INT)")
+        await db.execute("INSERT INTO t VALUES (1)")
+        assert threading.active_count() == before + 1
+        for _ in range(50):
+            await asyncio.sleep(0.05)
+            if threading.active_count() == before:
+                break
+        assert threading.active_count() == before
+        assert await db.fetch_val("SELECT count(*) FROM t") == 1
+    finally:
+        await db.disconnect()
+    assert threading.active_count() == before
