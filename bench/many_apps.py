@@ -53,6 +53,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--duration", type=float, default=3, help="seconds per wrk run (default 3)")
     p.add_argument("--connections", type=int, default=32, help="wrk connections (default 32)")
     p.add_argument("--list-samples", type=int, default=30, help="GET /api/apps per server")
+    p.add_argument(
+        "--idle", type=float, default=12, help="seconds idle before the last RSS reading (12)"
+    )
     p.add_argument("--no-pin", action="store_true", help="do not pin clients and servers")
     p.add_argument("--keep", action="store_true", help="keep the temp dir (logs, storage)")
     return p.parse_args()
@@ -116,6 +119,10 @@ def main() -> int:
         first_t, rss["N served 1 request"] = timed_phase(
             "first request", n, lambda i: admin.call("GET", info_path(i))[0], many
         )
+        busy_threads = many.threads()
+        # tenants' SQLite connections (a thread each) close after 10 s without a query
+        time.sleep(args.idle)
+        rss[f"N running, idle {args.idle:g} s"] = many.rss_kib()
         _, listing = admin.call("GET", "/api/apps")
         apps = listing.json()["apps"]
         running = sum(1 for a in apps if "running" in a["statuses"].values())
@@ -139,7 +146,7 @@ def main() -> int:
 
         dispatch = measure_dispatch(one, many, n, args)
         print()
-        report_memory(rss, n, base_threads, base_fds, many)
+        report_memory(rss, n, base_threads, base_fds, many, busy_threads)
         report_times(n, create_t, start_t, first_t, list_t, get_t, sizes)
         report_dispatch(dispatch, n)
     return 0
@@ -191,7 +198,12 @@ def measure_dispatch(
 
 
 def report_memory(
-    rss: dict[str, int], n: int, base_threads: int, base_fds: int, many: ServerProcess
+    rss: dict[str, int],
+    n: int,
+    base_threads: int,
+    base_fds: int,
+    many: ServerProcess,
+    busy_threads: int,
 ) -> None:
     base = rss["app #1 running"]
     rows = []
@@ -201,7 +213,8 @@ def report_memory(
     print("## Memory of the many-apps host (VmRSS)")
     print(table(["after", "RSS MiB", f"KiB per app (vs app #1 running, /{n - 1})"], rows))
     print(
-        f"threads {base_threads} -> {many.threads()}, open fds {base_fds} -> {many.open_fds()} "
+        f"threads {base_threads} -> {busy_threads} just after the requests -> "
+        f"{many.threads()} idle; open fds {base_fds} -> {many.open_fds()} idle "
         f"(1 app -> {n} apps)"
     )
 

@@ -13,6 +13,8 @@ Use the URL scheme ``sqlite+nocosup:///path``; :func:`sqlite_database` builds on
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import ctypes.util
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +23,33 @@ from databases import Database, DatabaseURL
 from databases.backends.sqlite import SQLiteBackend, SQLitePool
 
 SCHEME = "sqlite+nocosup"
+
+
+def _find_malloc_trim() -> ctypes._CFuncPtr | None:
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # not glibc
+        return None
+
+
+_malloc_trim = _find_malloc_trim()
+_trim_scheduled = False
+
+
+def _trim_soon() -> None:
+    """Give freed heap back to the OS, at most once per 2 s: a closed connection's thread
+    leaves ~70 KiB in glibc's arenas, ~20 KiB after a trim (measured, 300 databases)."""
+    global _trim_scheduled
+    if _malloc_trim is None or _trim_scheduled:
+        return
+    _trim_scheduled = True
+
+    def trim() -> None:
+        global _trim_scheduled
+        _trim_scheduled = False
+        _malloc_trim(0)
+
+    asyncio.get_running_loop().call_later(2.0, trim)
 
 
 class SharedSQLitePool(SQLitePool):
@@ -76,6 +105,7 @@ class SharedSQLitePool(SQLitePool):
         if self._connection is not None:
             connection, self._connection = self._connection, None
             await connection.close()
+            _trim_soon()
 
     async def close(self) -> None:
         reaper, self._reaper = self._reaper, None
