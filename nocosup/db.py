@@ -148,22 +148,6 @@ class TenantDatabases:
                 f"could not drop database {spec.name!r}",
             )
 
-    async def exists(self, spec: TenantDatabase) -> bool:
-        """Whether the tenant's database (or schema) is there."""
-        if self.settings.db_dialect == "sqlite":
-            return self.sqlite_path(spec).exists()
-        if spec.conn_type == "new_schema":
-            database, arg = spec.name, spec.schema
-            sql = "SELECT 1 FROM pg_namespace WHERE nspname=$1"
-        else:
-            database, arg = self.settings.db_database, spec.name
-            sql = "SELECT 1 FROM pg_database WHERE datname=$1"
-        conn = await _pg_connect(self.settings, database)
-        try:
-            return await conn.fetchval(sql, arg) is not None
-        finally:
-            await conn.close()
-
     async def _create_sqlite(self, spec: TenantDatabase) -> None:
         self.files.mkdir(parents=True, exist_ok=True)
         db = sqlite_database(self.sqlite_path(spec))

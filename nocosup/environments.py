@@ -20,18 +20,6 @@ class EnvironmentDirectory(ABC):
         """Every known environment: name, url, proxy_url, version, status, instances,
         last_heartbeat_at."""
 
-    async def get(self, name: str) -> dict[str, Any] | None:
-        for env in await self.list():
-            if env["name"] == name:
-                return env
-        return None
-
-    async def online_names(self) -> list[str]:
-        return [e["name"] for e in await self.list() if e["status"] == "online"]
-
-    async def close(self) -> None:
-        """Release what the directory holds."""
-
 
 class LocalEnvironments(EnvironmentDirectory):
     """The single environment this process is: always online while it runs."""

@@ -66,9 +66,6 @@ class ProcessAdapter(ABC):
     def statuses(self, records: list[AppRecord]) -> Any:
         """``{app: {env: {"status", "error"}}}`` for ``records`` (a value or an awaitable)."""
 
-    async def close(self) -> None:
-        """Release what the adapter holds (tasks, connections)."""
-
 
 class LocalProcess(ProcessAdapter):
     """Apps run in this process, in the one environment this host is."""

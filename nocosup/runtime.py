@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
@@ -52,8 +51,6 @@ class Tenant:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     inflight: int = 0
     drained: asyncio.Event | None = None
-    started_at: float | None = None
-    boot_seconds: float | None = None
 
     @property
     def name(self) -> str:
@@ -128,7 +125,6 @@ class LocalRuntime:
                 return
             if tenant.status is not AppStatus.PREPARING:
                 self._set_status(tenant, AppStatus.PREPARING)
-            began = time.perf_counter()
             ctx = self.context(tenant)
             try:
                 async with self.boot_guard(tenant.name):
@@ -147,8 +143,6 @@ class LocalRuntime:
                 tenant.lifespan = None
                 self._set_status(tenant, AppStatus.ERROR, f"{type(exc).__name__}: {exc}")
                 return
-            tenant.boot_seconds = time.perf_counter() - began
-            tenant.started_at = time.time()
             self._set_status(tenant, AppStatus.RUNNING)
         try:
             await self.host.hooks.after_app_start(ctx)
@@ -180,7 +174,6 @@ class LocalRuntime:
                 error = f"{type(exc).__name__}: {exc}"
             tenant.app = None
             tenant.lifespan = None
-            tenant.started_at = None
             self._set_status(tenant, AppStatus.STOPPED, error)
         try:
             await self.host.hooks.after_app_stop(ctx)
