@@ -275,6 +275,8 @@ class CommandConsumer:
         self.presence = presence
         self._slots = asyncio.Semaphore(concurrency)
         self._tasks: set[asyncio.Task[None]] = set()
+        #: Id of the last entry read: where a re-created group resumes.
+        self._last_read: str | None = None
 
     async def run(self) -> None:
         """Consume until cancelled; survives Redis restarts (the group is re-created)."""
@@ -290,8 +292,13 @@ class CommandConsumer:
                 raise
             except ResponseError as exc:
                 if "NOGROUP" in str(exc):
-                    log.warning("command group vanished (Redis restarted?); re-creating it")
-                    await self._ensure_group()
+                    # Redis lost the stream (restart) or the group: resume after the last
+                    # entry read, so commands sent before the group is back are not skipped
+                    resume = self._last_read or "0"
+                    log.warning(
+                        "command group vanished (Redis restarted?); re-creating it from %s", resume
+                    )
+                    await self._ensure_group(resume)
                     continue
                 log.warning("reading commands failed, retrying: %r", exc)
                 await asyncio.sleep(0.5)
@@ -302,16 +309,18 @@ class CommandConsumer:
                 continue
             for _stream, entries in batches or []:
                 for entry_id, fields in entries:
+                    self._last_read = entry_id
                     await self._spawn(self.group, entry_id, fields, redelivered=False)
 
     async def close(self) -> None:
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=10)
 
-    async def _ensure_group(self) -> None:
+    async def _ensure_group(self, start: str = "$") -> None:
+        """Create this instance's group (new entries only, unless ``start`` says where)."""
         while True:
             try:
-                await self.redis.xgroup_create(self.stream, self.group, id="$", mkstream=True)
+                await self.redis.xgroup_create(self.stream, self.group, id=start, mkstream=True)
                 return
             except ResponseError as exc:
                 if "BUSYGROUP" in str(exc):

@@ -178,3 +178,33 @@ async def test_malformed_entries_are_acknowledged_and_answered(
         assert not task.done()
     finally:
         task.cancel()
+
+
+async def test_commands_sent_while_redis_lost_the_group_are_not_skipped(
+    redis: aioredis.Redis, keys: Keys
+) -> None:
+    handler = Recorder("e", "i1")
+    await beat(redis, keys, "e", "i1")
+    consumer = CommandConsumer(redis, keys, "e", "i1", handler, Presence(redis, keys, TTL))
+    task = asyncio.create_task(consumer.run())
+    try:
+        stream = keys.commands("e")
+        await asyncio.sleep(0.2)
+        first = Command("ping", "a")
+        await redis.xadd(stream, first.fields())
+        for _ in range(50):
+            if handler.ran:
+                break
+            await asyncio.sleep(0.05)
+        # as after a Redis restart: the stream and its groups are gone, and a command
+        # arrives before the consumer noticed
+        await redis.delete(stream)
+        second = Command("ping", "a")
+        await redis.xadd(stream, second.fields())
+        for _ in range(100):
+            if second.id in handler.ran:
+                break
+            await asyncio.sleep(0.05)
+        assert handler.ran == [first.id, second.id]
+    finally:
+        task.cancel()
