@@ -233,7 +233,6 @@ class Supervisor:
             record = await self.registry.get(v.app_name(name))
             if record.desired_state != "running":
                 record = await self.registry.update(record.changed(desired_state="running"))
-                await self.process.update(record)
                 self._changed(record.name, "updated")
         if not wait:
             self.host.spawn(self._start_logged(record))
@@ -251,7 +250,6 @@ class Supervisor:
             record = await self.registry.get(v.app_name(name))
             if record.desired_state != "stopped":
                 record = await self.registry.update(record.changed(desired_state="stopped"))
-                await self.process.update(record)
                 self._changed(record.name, "updated")
         if not wait:
             self.host.spawn(self.process.stop(record))
