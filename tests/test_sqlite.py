@@ -40,24 +40,28 @@ async def test_idle_connection_closes_and_reopens(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(SharedSQLitePool, "IDLE_CLOSE", 0.3)
-    before = threading.active_count()
     db = sqlite_database(tmp_path / "t.sqlite")
+    pool = db._backend._pool  # type: ignore[attr-defined]
     await db.connect()
     try:
         await db.execute("CREATE TABLE t (a INT)")
         await db.execute("INSERT INTO t VALUES (1)")
-        assert threading.active_count() == before + 1
-        await threads_back_to(before)
+        first = pool._connection
+        thread = first._thread
+        assert thread.is_alive()
+        await closed(pool, thread)
         assert await db.fetch_val("SELECT count(*) FROM t") == 1
+        assert pool._connection is not None and pool._connection is not first
+        thread = pool._connection._thread
     finally:
         await db.disconnect()
-    await threads_back_to(before)
+    await closed(pool, thread)
 
 
-async def threads_back_to(count: int) -> None:
-    """aiosqlite's thread ends a moment after its connection closes."""
+async def closed(pool: SharedSQLitePool, thread: threading.Thread) -> None:
+    """The pool dropped its connection, whose thread ends a moment later."""
     for _ in range(100):
-        if threading.active_count() == count:
+        if pool._connection is None and not thread.is_alive():
             return
         await asyncio.sleep(0.05)
-    assert threading.active_count() == count
+    assert pool._connection is None and not thread.is_alive()
