@@ -99,6 +99,15 @@ def pin_self(cpu: int | None) -> None:
         os.sched_setaffinity(0, {cpu})
 
 
+def start_run(title: str, no_pin: bool, placement: str, load: str | None = None) -> str | None:
+    """Pin this process to CPU 0 (unless ``no_pin``), print the run's header lines, and
+    return the CPU list for servers (``"1"``, or None when unpinned)."""
+    pin_self(None if no_pin else 0)
+    print(f"# {title} ({machine_line()})")
+    print("# " + (f"{load}, " if load else "") + ("unpinned" if no_pin else placement))
+    return None if no_pin else "1"
+
+
 def _taskset(cpus: str | None) -> list[str]:
     if cpus is None:
         return []

@@ -41,12 +41,11 @@ from common import (
     ServerProcess,
     Workspace,
     fmt,
-    machine_line,
     median,
-    pin_self,
     purge_redis,
     redis_prefix,
     require_redis,
+    start_run,
     supervisor_server,
     table,
     worker_server,
@@ -326,9 +325,11 @@ def main() -> int:
     args = parse_args()
     intervals = [float(x) for x in args.intervals.split(",") if x.strip()]
     require_redis(args.redis_url)
-    pin_self(None if args.no_pin else 0)
-    print(f"# detection: intervals {args.intervals} s ({machine_line()})")
-    print("# " + ("unpinned" if args.no_pin else "this script on CPU 0, all servers on CPU 1"))
+    start_run(
+        f"detection: intervals {args.intervals} s",
+        args.no_pin,
+        "this script on CPU 0, all servers on CPU 1",
+    )
     prefixes: list[str] = []
     samples: list[Sample] = []
     client = redis.Redis.from_url(args.redis_url)

@@ -38,17 +38,16 @@ from common import (
     Workspace,
     check_fast_loop,
     fmt,
-    machine_line,
     median,
     nocosup_server,
     paired_ratios,
-    pin_self,
     require_fast_uvicorn,
     require_wrk,
     rotations,
     run_wrk,
     run_wrk_concurrent,
     stalled,
+    start_run,
     table,
     uvicorn_server,
 )
@@ -190,12 +189,11 @@ def main() -> int:
     args = parse_args()
     require_wrk()
     require_fast_uvicorn()
-    pin_self(None if args.no_pin else 0)
-    cpus = None if args.no_pin else "1"
-    print(f"# dispatch: host vs direct ({machine_line()})")
-    print(
-        f"# wrk -t1 -c{args.connections} -d{args.duration:g}s, {args.rounds} rounds, "
-        + ("unpinned" if args.no_pin else "wrk on CPU 0, both servers on CPU 1")
+    cpus = start_run(
+        "dispatch: host vs direct",
+        args.no_pin,
+        "wrk on CPU 0, both servers on CPU 1",
+        f"wrk -t1 -c{args.connections} -d{args.duration:g}s, {args.rounds} rounds",
     )
     with Workspace("dispatch", keep=args.keep) as ws:
         inproc: dict[str, list[float]] = {}

@@ -31,17 +31,16 @@ from common import (
     Workspace,
     check_fast_loop,
     fmt,
-    machine_line,
     median,
     nocosup_server,
     paired_ratios,
     percentile,
-    pin_self,
     ratio,
     require_fast_uvicorn,
     require_wrk,
     run_wrk,
     run_wrk_concurrent,
+    start_run,
     table,
 )
 
@@ -90,11 +89,10 @@ def main() -> int:
         return 2
     require_wrk()
     require_fast_uvicorn()
-    pin_self(None if args.no_pin else 0)
-    cpus = None if args.no_pin else "1"
     n = args.apps
-    print(f"# many_apps: N={n} ({machine_line()})")
-    print("# " + ("unpinned" if args.no_pin else "clients and wrk on CPU 0, both servers on CPU 1"))
+    cpus = start_run(
+        f"many_apps: N={n}", args.no_pin, "clients and wrk on CPU 0, both servers on CPU 1"
+    )
     with Workspace("many-apps", keep=args.keep) as ws:
         one = ws.start(nocosup_server(ws.dir, label="one", cpus=cpus))
         many = ws.start(nocosup_server(ws.dir, label="many", cpus=cpus))

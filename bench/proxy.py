@@ -32,14 +32,13 @@ from common import (
     Workspace,
     check_fast_loop,
     fmt,
-    machine_line,
     median,
-    pin_self,
     ratio,
     require_fast_uvicorn,
     require_wrk,
     rotations,
     run_wrk,
+    start_run,
     table,
     uvicorn_server,
 )
@@ -86,14 +85,13 @@ def main() -> int:
     args = parse_args()
     require_wrk()
     require_fast_uvicorn()
-    pin_self(None if args.no_pin else 0)
-    cpus = None if args.no_pin else "1"
-    sizes = [s for s in args.sizes.split(",") if s]
-    print(f"# proxy vs direct ({machine_line()})")
-    print(
-        f"# wrk -t1 -c{args.connections} -d{args.duration:g}s, {args.rounds} rounds, "
-        + ("unpinned" if args.no_pin else "wrk on CPU 0, all servers on CPU 1")
+    cpus = start_run(
+        "proxy vs direct",
+        args.no_pin,
+        "wrk on CPU 0, all servers on CPU 1",
+        f"wrk -t1 -c{args.connections} -d{args.duration:g}s, {args.rounds} rounds",
     )
+    sizes = [s for s in args.sizes.split(",") if s]
     app_dir = ["--app-dir", str(BENCH_DIR)]
     with Workspace("proxy", keep=args.keep) as ws:
         direct = ws.start(

@@ -38,14 +38,13 @@ from common import (
     Workspace,
     check_fast_loop,
     fmt,
-    machine_line,
     median,
-    pin_self,
     ratio,
     require_fast_uvicorn,
     require_wrk,
     rotations,
     run_wrk,
+    start_run,
     table,
     uvicorn_server,
 )
@@ -421,12 +420,11 @@ def main() -> int:
         print(f"bench: skipping {missing}: `pip install aiohttp httpx-aiohttp`", file=sys.stderr)
         names = [n for n in names if n not in missing]
     sizes = [s for s in args.sizes.split(",") if s]
-    pin_self(None if args.no_pin else 0)
-    cpus = None if args.no_pin else "1"
-    print(f"# proxy clients side by side ({machine_line()})")
-    print(
-        f"# wrk -t1 -c{args.connections} -d{args.duration:g}s, {args.rounds} rounds, "
-        + ("unpinned" if args.no_pin else "wrk on CPU 0, upstream and proxies on CPU 1")
+    cpus = start_run(
+        "proxy clients side by side",
+        args.no_pin,
+        "wrk on CPU 0, upstream and proxies on CPU 1",
+        f"wrk -t1 -c{args.connections} -d{args.duration:g}s, {args.rounds} rounds",
     )
     with Workspace("proxy-clients", keep=args.keep) as ws:
         servers = start_servers(ws, names, cpus)
