@@ -38,6 +38,13 @@ async def beat(redis: aioredis.Redis, keys: Keys, env: str, instance: str) -> No
     await redis.zadd(keys.instances, {member(env, instance): time.time() * 1000})
 
 
+async def stop(*tasks: asyncio.Task[None]) -> None:
+    """Cancel consumers and wait, so their blocked connection goes back to the pool."""
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
 class Recorder:
     """A handler that records what it ran and answers ok."""
 
@@ -94,8 +101,7 @@ async def test_every_instance_gets_the_command_and_the_sender_waits_for_all(
         # nobody alive in another environment: no wait, no reply
         assert await sender.send("nobody", Command("ping", "a"), timeout=10) == []
     finally:
-        for t in tasks:
-            t.cancel()
+        await stop(*tasks)
         await sender.close()
 
 
@@ -177,7 +183,7 @@ async def test_malformed_entries_are_acknowledged_and_answered(
         assert reply["ok"] == "0" and "malformed" in reply["error"]
         assert not task.done()
     finally:
-        task.cancel()
+        await stop(task)
 
 
 async def test_commands_sent_while_redis_lost_the_group_are_not_skipped(
@@ -207,4 +213,4 @@ async def test_commands_sent_while_redis_lost_the_group_are_not_skipped(
             await asyncio.sleep(0.05)
         assert handler.ran == [first.id, second.id]
     finally:
-        task.cancel()
+        await stop(task)
