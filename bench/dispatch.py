@@ -103,7 +103,7 @@ async def _inproc(workdir: Path, calls: int, rounds: int) -> dict[str, list[floa
     host = Host(settings("inproc-host"))
     await host.start()
     try:
-        supervisor = host.services["supervisor"]
+        supervisor = host.role.supervisor
         await supervisor.create_app({"name": APP})
         await supervisor.start_app(APP)
         direct = create_app(settings("inproc-direct"), APP)

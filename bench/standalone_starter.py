@@ -2,7 +2,7 @@
 
     NOCOSUP_STORAGE_DIR=/tmp/x uvicorn bench.standalone_starter:create_app --factory
 
-It builds the very app a nocosup host runs for a tenant (``plugins.starter.app.build_app``)
+It builds the very app a nocosup host runs for a tenant (``nocosup_starter.app.build_app``)
 from an :class:`~nocosup.appctx.AppContext` made the way ``LocalRuntime.context`` makes
 it, so the only difference from the host path is the host itself. Settings come from the
 environment like the host's (SQLite under NOCOSUP_STORAGE_DIR by default); the app name is
@@ -23,9 +23,9 @@ from starlette.applications import Starlette
 from nocosup import validation as v
 from nocosup.appctx import AppContext
 from nocosup.config import Settings
-from nocosup.db import TenantDatabase, TenantDatabases
+from nocosup.provisioning import BUILTIN_PROVISIONERS, TenantDatabases
 from nocosup.registry import AppRecord
-from plugins.starter.app import build_app
+from nocosup_starter.app import build_app
 
 if TYPE_CHECKING:
     from nocosup.host import Host
@@ -33,28 +33,26 @@ if TYPE_CHECKING:
 
 @dataclass
 class _NoHost:
-    """Stands in for the Host: AppContext reads only ``host.settings`` (for storage_dir)."""
+    """Stands in for the Host: AppContext reads only ``host.settings`` (for storage_dir)
+    and ``host.databases`` (to open the app's database)."""
 
     settings: Settings
+    databases: TenantDatabases
 
 
 def make_context(settings: Settings, name: str) -> AppContext:
     """An AppContext for app ``name`` outside any host, as LocalRuntime.context builds one."""
-    options = v.options({}, settings.db_dialect)
+    databases = TenantDatabases(settings, [kind(settings) for kind in BUILTIN_PROVISIONERS])
+    spec = databases.spec_for(v.app_name(name), None, None)
     record = AppRecord(
-        name=v.app_name(name),
+        name=name,
         title=name,
         environments=[settings.environment_name],
-        options=options,
-        database=TenantDatabase.for_app(settings, name, options["dbConnType"]).to_json(),
+        options={**v.options({}), "dbConnType": spec.conn_type},
+        database=spec.to_json(),
     )
-    return AppContext(
-        record=record,
-        environment=settings.environment_name,
-        instance=settings.instance_id,
-        host=cast("Host", _NoHost(settings)),
-        databases=TenantDatabases(settings),
-    )
+    host = cast("Host", _NoHost(settings, databases))
+    return AppContext(record, settings.environment_name, settings.instance_id, host)
 
 
 def create_app(settings: Settings | None = None, name: str | None = None) -> Starlette:
@@ -70,7 +68,7 @@ def create_app(settings: Settings | None = None, name: str | None = None) -> Sta
 
     @contextlib.asynccontextmanager
     async def lifespan(a: Starlette) -> AsyncIterator[None]:
-        await ctx.databases.create(ctx.database_spec)
+        await ctx.host.databases.create(ctx.database_spec)
         async with inner(a):
             yield
 

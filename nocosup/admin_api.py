@@ -8,12 +8,15 @@ from starlette.routing import BaseRoute, Route
 
 from nocosup import validation as v
 from nocosup.auth import Endpoint, admin_only
-from nocosup.plugins import plugin_list
+from nocosup.errors import ShuttingDown
 from nocosup.supervisor import Supervisor
 
 
 def _supervisor(request: Request) -> Supervisor:
-    return request.app.services["supervisor"]
+    supervisor = getattr(request.app.role, "supervisor", None)
+    if not isinstance(supervisor, Supervisor):
+        raise ShuttingDown("the supervisor is not running; retry shortly")
+    return supervisor
 
 
 async def _body(request: Request) -> dict:
@@ -72,7 +75,7 @@ async def list_environments(request: Request) -> Response:
 
 @admin_only
 async def list_plugins(request: Request) -> Response:
-    return JSONResponse({"plugins": plugin_list(request.app.pm)})
+    return JSONResponse({"plugins": request.app.hooks.describe()})
 
 
 def _by_method(**endpoints: Endpoint) -> Endpoint:

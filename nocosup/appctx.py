@@ -1,4 +1,4 @@
-"""What a tenant app's factory receives: who the app is, where it runs, where its data lives."""
+"""What plugins and factories receive about one app: who it is, where it runs, its data."""
 
 from __future__ import annotations
 
@@ -9,22 +9,27 @@ from typing import TYPE_CHECKING, Any
 
 from databases import Database
 
-from nocosup.db import TenantDatabase, TenantDatabases
+from nocosup.provisioning import TenantDatabase
 
 if TYPE_CHECKING:
     from nocosup.host import Host
     from nocosup.registry import AppRecord
 
 
-@dataclass
+@dataclass(frozen=True)
 class AppContext:
-    """One tenant app as seen by plugins and factories."""
+    """One tenant app as seen by every hook that is about an app.
+
+    ``environment`` is the environment the hook is about: where the app runs for the
+    lifecycle hooks, the reporting environment for ``app_status_changed`` on a
+    supervisor, and ``None`` for registry events and ``select_environment``, which are
+    about the app as a whole.
+    """
 
     record: AppRecord
-    environment: str
+    environment: str | None
     instance: str
     host: Host
-    databases: TenantDatabases
 
     @property
     def name(self) -> str:
@@ -55,4 +60,4 @@ class AppContext:
 
     def open_database(self, max_size: int = 5) -> Database:
         """The app's own database, not yet connected: connect it in the app's lifespan."""
-        return self.databases.open(self.database_spec, max_size=max_size)
+        return self.host.databases.open(self.database_spec, max_size=max_size)

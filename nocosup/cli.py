@@ -38,10 +38,9 @@ or configuration, 130 interrupted."""
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
-#: Copies of validation.START_MODES and db.CONN_TYPES (tests check they agree): importing
-#: those modules pulls in SQLAlchemy and would slow every CLI call down.
+#: A copy of validation.START_MODES (a test checks they agree): importing that module
+#: pulls in SQLAlchemy and would slow every CLI call down.
 START_MODES = ("on_first_request", "with_supervisor")
-CONN_TYPES = ("new_database", "new_schema")
 #: Seconds between two polls of an app's statuses while a start or stop runs.
 POLL_INTERVAL = 0.2
 SPINNER = "|/-\\"
@@ -236,7 +235,8 @@ def _apps_list(api: AdminClient, args: argparse.Namespace) -> int:
 
 
 def parse_options(args: argparse.Namespace) -> dict[str, Any]:
-    """``--option KEY=JSON`` pairs plus ``--start-mode`` / ``--db-conn-type`` as one object."""
+    """``--option KEY=JSON`` pairs plus ``--start-mode``, ``--db-conn-type`` and
+    ``--db-provisioner`` as one object."""
     options: dict[str, Any] = {}
     for item in args.option or []:
         key, sep, raw = item.partition("=")
@@ -254,6 +254,7 @@ def parse_options(args: argparse.Namespace) -> dict[str, Any]:
     for flag, key, value in (
         ("--start-mode", "startMode", args.start_mode),
         ("--db-conn-type", "dbConnType", args.db_conn_type),
+        ("--db-provisioner", "dbProvisioner", args.db_provisioner),
     ):
         if value is None:
             continue
@@ -654,7 +655,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="environment(s) to run it in (default: the least loaded online one)",
     )
     p.add_argument("--start-mode", choices=START_MODES, help="default on_first_request")
-    p.add_argument("--db-conn-type", choices=CONN_TYPES, help="default new_database")
+    # the server checks both against its provisioners (plugins may add kinds)
+    p.add_argument(
+        "--db-conn-type",
+        metavar="TYPE",
+        help="new_database (default) or new_schema (postgres), or a plugin provisioner's",
+    )
+    p.add_argument(
+        "--db-provisioner",
+        metavar="NAME",
+        help="the tenant-database provisioner: sqlite or postgres (default: DB_DIALECT's)",
+    )
     p.add_argument(
         "--option",
         action="append",

@@ -106,7 +106,13 @@ VARIABLES: tuple[Variable, ...] = (
     Variable(
         "NOCOSUP_LOAD_PLUGINS",
         None,
-        "Comma-separated entry-point plugins to load; empty loads none, unset loads all.",
+        "Comma-separated third-party plugins to load; empty loads none, unset loads all "
+        "(built-in plugins load unless disabled).",
+    ),
+    Variable(
+        "NOCOSUP_DISABLE_PLUGINS",
+        None,
+        "Comma-separated plugins not to load, built-in ones included (e.g. nocosup_webui).",
     ),
     Variable(
         "NOCOSUP_TRACE_HOOKS",
@@ -179,6 +185,7 @@ class Settings:
     boot_wait: float = 10.0
     redis_prefix: str = "nocosup"
     load_plugins: tuple[str, ...] | None = None
+    disable_plugins: tuple[str, ...] = ()
     trace_hooks: bool = False
     stop_grace: float = 10.0
     heartbeat_interval: float = 10.0
@@ -355,9 +362,8 @@ def _parse(env: Mapping[str, str]) -> dict[str, Any]:
         "redis_prefix": _pattern(
             env, "NOCOSUP_REDIS_PREFIX", _PREFIX, "1-64 letters, digits or _ . : -"
         ),
-        "load_plugins": None
-        if load is None
-        else tuple(p.strip() for p in load.split(",") if p.strip()),
+        "load_plugins": None if load is None else _names(load),
+        "disable_plugins": _names(env.get("NOCOSUP_DISABLE_PLUGINS")),
         "trace_hooks": _choice(env, "NOCOSUP_TRACE_HOOKS") == "1",
         "stop_grace": _number(env, "NOCOSUP_STOP_GRACE", float, 0, 3600),
         "heartbeat_interval": _number(env, "NOCOSUP_HEARTBEAT_INTERVAL", float, 0.1, 3600),
@@ -366,6 +372,11 @@ def _parse(env: Mapping[str, str]) -> dict[str, Any]:
         "proxy_timeout": _number(env, "NOCOSUP_PROXY_TIMEOUT", float, 0.1, 86400),
         **_instance(env),
     }
+
+
+def _names(value: str | None) -> tuple[str, ...]:
+    """A comma-separated list of names, blanks dropped."""
+    return tuple(p.strip() for p in (value or "").split(",") if p.strip())
 
 
 def _instance(env: Mapping[str, str]) -> dict[str, str]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import traceback
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any
 
 from starlette.applications import Starlette
@@ -22,11 +22,15 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from nocosup import __version__
+from nocosup.appctx import AppContext
 from nocosup.config import Settings
-from nocosup.errors import NocosupError, error_body
+from nocosup.errors import AppNotFound, ConfigError, NocosupError, error_body
 from nocosup.events import EventBus
-from nocosup.plugins import Hooks, make_plugin_manager
-from nocosup.responses import error_response
+from nocosup.plugins import load_plugins
+from nocosup.provisioning import TenantDatabases
+from nocosup.responses import error_response, send_error
+from nocosup.role import Role
+from nocosup.status import AppStatus
 
 log = logging.getLogger("nocosup.host")
 
@@ -34,22 +38,29 @@ ReadinessCheck = Callable[[], Awaitable[None]]
 
 
 class Host(Starlette):
-    """The ASGI app of one nocosup process. Role plugins attach their services to it."""
+    """The ASGI app of one nocosup process: its plugins, its role, its tenant traffic."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, plugins: Sequence[object] = ()) -> None:
         self.settings = settings
-        self.pm = make_plugin_manager(settings)
-        self.hooks = Hooks(self.pm)
+        self.hooks = load_plugins(settings, plugins)
+        self.pm = self.hooks.pm
+        self.databases = TenantDatabases(settings, self.hooks.provisioners(settings))
         self.events = EventBus()
-        #: Named probes run by /readyz; role plugins add theirs at start-up.
+        #: Named probes run by /readyz; the role adds its own when it starts.
         self.readiness: dict[str, ReadinessCheck] = {}
-        #: Services a role plugin may set at start-up (None where the role has none).
-        self.services: dict[str, Any] = {}
-        self.gateway: Any = None
+        self.role: Role = self._make_role()
         self.started = False
         self._background: set[asyncio.Task[Any]] = set()
         self._start_lock = asyncio.Lock()
-        routes = [Route("/healthz", _healthz), Route("/readyz", _readyz), *self.hooks.routes(self)]
+        self._notices: asyncio.Queue[tuple[str, dict[str, Any]]] = asyncio.Queue()
+        self._notifier: asyncio.Task[None] | None = None
+        self._notified = self.hooks.implemented()
+        routes = [
+            Route("/healthz", _healthz),
+            Route("/readyz", _readyz),
+            *self.role.routes(),
+            *self.hooks.routes(self),
+        ]
         super().__init__(
             routes=routes,
             exception_handlers={
@@ -59,13 +70,24 @@ class Host(Starlette):
             },
         )
 
+    def _make_role(self) -> Role:
+        roles = self.hooks.roles()
+        role = roles.get(self.settings.mode)
+        if role is None:
+            raise ConfigError(
+                f"APP_MODE: no loaded plugin provides the {self.settings.mode!r} role "
+                f"(provided: {', '.join(sorted(roles)) or 'none'}); is its plugin disabled "
+                "(NOCOSUP_DISABLE_PLUGINS) or nocosup not installed?"
+            )
+        return role(self)
+
     async def start(self) -> None:
-        """Run the plugins' start-up hooks and take the role's gateway (idempotent)."""
+        """Start the role, then the plugins' ``startup`` hooks (idempotent)."""
         async with self._start_lock:
             if self.started:
                 return
+            await self.role.start()
             await self.hooks.startup(self)
-            self.gateway = self.hooks.app_gateway(self)
             self.started = True
             log.info(
                 "nocosup %s started as %s (environment %s, instance %s)",
@@ -82,7 +104,9 @@ class Host(Starlette):
         for task in list(self._background):
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
-        await self.hooks.shutdown(self)
+        await self.hooks.notify("shutdown", host=self)
+        await self.role.stop()
+        await self._close_notifier()
 
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         """Run ``coro`` in the background; failures are logged, the task ends with the host."""
@@ -96,20 +120,53 @@ class Host(Starlette):
         if not task.cancelled() and task.exception() is not None:
             log.error("background task failed", exc_info=task.exception())
 
-    def status_changed(self, name: str, environment: str, status: str, error: str | None) -> None:
-        """Tell plugins and live listeners that an app changed status somewhere."""
-        self.hooks.app_status_changed(
-            name=name, environment=environment, status=str(status), error=error, host=self
-        )
+    # --- what happened: live listeners at once, plugins in order from one task ----------
+
+    def status_changed(self, app: AppContext, status: AppStatus, error: str | None) -> None:
+        """An app changed status in ``app.environment``: tell live listeners and plugins."""
         self.events.publish(
             {
                 "type": "app_status",
-                "app": name,
-                "environment": environment,
-                "status": str(status),
+                "app": app.name,
+                "environment": app.environment,
+                "status": status.value,
                 "error": error,
             }
         )
+        self.notify_later("app_status_changed", app=app, status=status, error=error)
+
+    def environment_changed(self, environment: dict[str, Any]) -> None:
+        self.events.publish({"type": "environment", "environment": environment})
+        self.notify_later("environment_status_changed", environment=environment, host=self)
+
+    def notify_later(self, hook: str, **kwargs: Any) -> None:
+        """Deliver a notification from a background task, after those queued before it:
+        the caller never waits for a plugin, and plugins see events in order."""
+        if hook not in self._notified:
+            return
+        self._notices.put_nowait((hook, kwargs))
+        if self._notifier is None or self._notifier.done():
+            self._notifier = asyncio.create_task(self._deliver(), name="notifications")
+
+    async def _deliver(self) -> None:
+        while True:
+            hook, kwargs = await self._notices.get()
+            try:
+                await self.hooks.notify(hook, **kwargs)
+            finally:
+                self._notices.task_done()
+
+    async def _close_notifier(self, timeout: float = 5) -> None:
+        """Let queued notifications out (for a while), then end the delivering task."""
+        if self._notifier is None:
+            return
+        try:
+            await asyncio.wait_for(self._notices.join(), timeout)
+        except TimeoutError:
+            log.warning("%d plugin notifications dropped at shutdown", self._notices.qsize())
+        self._notifier.cancel()
+        await asyncio.gather(self._notifier, return_exceptions=True)
+        self._notifier = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -123,10 +180,14 @@ class Host(Starlette):
                 if redirect:
                     await _add_slash(scope, receive, send)
                     return
+                gateway = self.role.gateway
+                if gateway is None:
+                    await send_error(scope, receive, send, AppNotFound(name))
+                    return
                 scope = dict(scope)
                 scope["root_path"] = prefix
                 scope["app"] = self
-                await self.gateway.handle(name, scope, receive, send)
+                await gateway.handle(name, scope, receive, send)
                 return
             if not self.started and scope["type"] == "http":
                 await self.start()
@@ -164,14 +225,20 @@ class Host(Starlette):
     async def _stop_quietly(self) -> None:
         """Release what a failed start-up opened (started is False, so stop() skips)."""
         try:
-            await self.hooks.shutdown(self)
+            await self.hooks.notify("shutdown", host=self)
+            await self.role.stop()
+            await self._close_notifier()
         except Exception:
             log.exception("cleaning up after a failed start-up failed too")
 
 
-def create_host(settings: Settings | None = None) -> Host:
-    """Build the host for ``settings`` (read from the environment when omitted)."""
-    return Host(settings or Settings.from_env())
+def create_host(settings: Settings | None = None, plugins: Sequence[object] = ()) -> Host:
+    """Build the host for ``settings`` (read from the environment when omitted).
+
+    ``plugins`` are plugin objects (modules, instances) registered after the entry-point
+    plugins, for an application that embeds nocosup and for tests.
+    """
+    return Host(settings or Settings.from_env(), plugins)
 
 
 def _tenant_target(scope: Scope) -> tuple[str, str, bool] | None:

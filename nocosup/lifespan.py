@@ -55,6 +55,12 @@ class LifespanRunner:
         if message["type"] == "lifespan.shutdown.failed":
             raise LifespanError(_last_line(message.get("message")) or "lifespan shutdown failed")
 
+    async def abort(self) -> None:
+        """End a lifespan whose startup was interrupted (its boot was cancelled)."""
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
     async def _reap(self) -> None:
         """Let the lifespan task end and consume its exception (it was reported already)."""
         assert self._task is not None

@@ -11,6 +11,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any
 
+from nocosup.errors import CommandFailed, CommandTimeout, EnvironmentUnavailable, NocosupError
 from nocosup.registry import AppRecord
 from nocosup.runtime import LocalRuntime
 from nocosup.status import AppStatus
@@ -29,6 +30,16 @@ class EnvResult:
 
     def to_json(self) -> dict[str, Any]:
         return {"ok": self.ok, "status": self.status, "error": self.error}
+
+
+def failure_type(failed: list[EnvResult]) -> type[NocosupError]:
+    """The error for environments that failed a command: 504 when one stayed silent,
+    503 when all were offline, else 502."""
+    if any(r.timed_out for r in failed):
+        return CommandTimeout
+    if all(r.status == AppStatus.UNAVAILABLE.value for r in failed):
+        return EnvironmentUnavailable
+    return CommandFailed
 
 
 class ProcessAdapter(ABC):

@@ -39,23 +39,26 @@ async def connect_redis(url: str, variable: str) -> aioredis.Redis:
 async def connect_role_redis(host: Host) -> tuple[aioredis.Redis, aioredis.Redis]:
     """(config cache and heartbeats, command streams): one client when both URLs agree.
 
-    Kept in ``host.services`` (``redis``, ``command_redis``) for :func:`close_role_redis`;
-    /readyz pings the first.
+    /readyz pings the first. Close them with :func:`close_role_redis`.
     """
     settings = host.settings
     assert settings.supervisor_redis_url and settings.redis_command_url
     redis = await connect_redis(settings.supervisor_redis_url, "APP_SUPERVISOR_REDIS_URL")
-    host.services["redis"] = redis
     host.readiness["redis"] = redis.ping
     if settings.redis_command_url == settings.supervisor_redis_url:
         return redis, redis
-    commands = await connect_redis(settings.redis_command_url, "APP_COMMAND_REDIS_URL")
-    host.services["command_redis"] = commands
+    try:
+        commands = await connect_redis(settings.redis_command_url, "APP_COMMAND_REDIS_URL")
+    except BaseException:
+        await redis.aclose()
+        raise
     return redis, commands
 
 
-async def close_role_redis(host: Host) -> None:
-    for name in ("command_redis", "redis"):
-        client = host.services.pop(name, None)
-        if client is not None:
+async def close_role_redis(*clients: aioredis.Redis | None) -> None:
+    """Close each distinct client once (the two role clients may be one)."""
+    seen: set[int] = set()
+    for client in clients:
+        if client is not None and id(client) not in seen:
+            seen.add(id(client))
             await client.aclose()

@@ -3,7 +3,9 @@
 Not redis-py's ``Lock``: that one keeps its token in a thread-local shared by every task
 on the loop and defaults to no timeout. Here each acquisition is its own object, the TTL
 is always set, a background task renews it every third of the TTL, and release is a
-compare-and-delete that survives cancellation (the TTL is the backstop).
+compare-and-delete that survives cancellation (the TTL is the backstop). A lock lost
+while held (its key expired or was taken over) aborts the work it guards: the task
+inside :func:`redis_lock` is cancelled and sees :class:`LockLost` instead.
 """
 
 from __future__ import annotations
@@ -13,8 +15,7 @@ import contextlib
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Callable
 
 from redis.asyncio import Redis
 
@@ -34,11 +35,18 @@ class LockTimeout(Exception):
     """The lock was not acquired within the wait time."""
 
 
+class LockLost(Exception):
+    """The lock expired or changed hands while its holder was still working."""
+
+
 class RedisLock:
     """One acquisition of one key."""
 
-    def __init__(self, redis: Redis, key: str, ttl: float) -> None:
+    def __init__(
+        self, redis: Redis, key: str, ttl: float, on_lost: Callable[[], object] | None = None
+    ) -> None:
         self.redis = redis
+        self.on_lost = on_lost
         self.key = key
         self.ttl_ms = max(int(ttl * 1000), 100)
         self.token = secrets.token_hex(16)
@@ -69,7 +77,9 @@ class RedisLock:
                 continue
             if not renewed:
                 self.lost = True
-                log.error("lock %s was lost while held", self.key)
+                log.error("lock %s was lost while held: aborting the work it guards", self.key)
+                if self.on_lost is not None:
+                    self.on_lost()
                 return
 
     async def release(self) -> None:
@@ -84,10 +94,18 @@ class RedisLock:
 
 
 @contextlib.asynccontextmanager
-async def redis_lock(redis: Redis, key: str, ttl: float, wait: float) -> AsyncIterator[Any]:
-    lock = RedisLock(redis, key, ttl)
+async def redis_lock(redis: Redis, key: str, ttl: float, wait: float) -> AsyncIterator[RedisLock]:
+    """Hold ``key`` for the body; if the lock is lost meanwhile, the body is cancelled and
+    :class:`LockLost` raised in its place (the way ``asyncio.timeout`` works)."""
+    task = asyncio.current_task()
+    assert task is not None
+    lock = RedisLock(redis, key, ttl, on_lost=task.cancel)
     await lock.acquire(wait)
     try:
         yield lock
+    except asyncio.CancelledError:
+        if lock.lost and task.uncancel() == 0:
+            raise LockLost(f"lock {key} was lost while held") from None
+        raise
     finally:
         await lock.release()

@@ -23,20 +23,20 @@ from redis.exceptions import RedisError
 from starlette.types import Receive, Scope, Send
 
 from nocosup.appcache import AppCache
+from nocosup.appctx import AppContext
 from nocosup.commands import Command, CommandSender, Reply
 from nocosup.environments import EnvironmentDirectory
 from nocosup.errors import (
     AppNotFound,
     AppStopped,
     BackendUnavailable,
-    CommandFailed,
     CommandTimeout,
     EnvironmentNotFound,
     EnvironmentUnavailable,
     NocosupError,
 )
 from nocosup.heartbeat import live_instances
-from nocosup.process import EnvResult, ProcessAdapter
+from nocosup.process import EnvResult, ProcessAdapter, failure_type
 from nocosup.rediskeys import Keys, split_member
 from nocosup.registry import AppRecord, EnvironmentStore, Registry
 from nocosup.responses import send_error
@@ -151,8 +151,7 @@ class RedisEnvironments(EnvironmentDirectory):
                 env["status"],
                 len(env["instances"]),
             )
-            self.host.events.publish({"type": "environment", "environment": env})
-            self.host.hooks.environment_status_changed(environment=env, host=self.host)
+            self.host.environment_changed(env)
 
 
 class RemoteProcess(ProcessAdapter):
@@ -196,16 +195,7 @@ class RemoteProcess(ProcessAdapter):
         for env in record.environments:
             result = await self._command(env, "create", record)
             if not result.ok:
-                error = (
-                    CommandTimeout
-                    if result.timed_out
-                    else (
-                        EnvironmentUnavailable
-                        if result.status == AppStatus.UNAVAILABLE.value
-                        else CommandFailed
-                    )
-                )
-                raise error(
+                raise failure_type([result])(
                     f"environment {env!r} could not create {record.name!r}: "
                     f"{result.error or result.status}",
                     environment=env,
@@ -376,9 +366,9 @@ class ProxyGateway:
                 f"deployment environment for application {record.name!r} is unavailable "
                 f"({', '.join(record.environments)} offline)"
             )
-        if len(online) > 1 and self.host.hooks.has_select_environment:
+        if len(online) > 1 and self.host.hooks.has_select_environment():
             picked = self.host.hooks.select_environment(
-                app=record.to_json(),
+                app=AppContext(record, None, self.host.settings.instance_id, self.host),
                 environments=[self.environments.snapshot[e] for e in online],
                 scope=scope,
             )
@@ -475,15 +465,38 @@ class Watcher:
             event = json.loads(data)
         except (TypeError, ValueError):
             return
+        if not isinstance(event, dict):
+            return
         if event.get("type") == "environment":
             self._wake.set()
-        elif event.get("type") == "app_status" and event.get("app") in self.process.records:
-            self.host.status_changed(
-                event["app"],
-                event.get("environment", "?"),
-                event.get("status", "?"),
-                event.get("error"),
-            )
+        elif event.get("type") == "app_status":
+            app = self._status_report(event)
+            if app is not None:
+                self.host.status_changed(*app)
+
+    def _status_report(
+        self, event: dict[str, Any]
+    ) -> tuple[AppContext, AppStatus, str | None] | None:
+        """A worker's status report as (app in its environment, status, error), or None
+        (logged) when it is malformed or about an app the registry does not hold."""
+        name, env, instance, error = (
+            event.get(k) for k in ("app", "environment", "instance", "error")
+        )
+        record = self.process.records.get(name) if isinstance(name, str) else None
+        if record is None:
+            return None
+        try:
+            status = AppStatus(event.get("status"))
+        except ValueError:
+            status = None
+        if (
+            status is None
+            or not all(isinstance(x, str) for x in (env, instance))
+            or not (error is None or isinstance(error, str))
+        ):
+            log.warning("ignoring a malformed status report: %.200r", event)
+            return None
+        return AppContext(record, str(env), str(instance), self.host), status, error
 
     async def sweep(self, older_than: float | None = None) -> None:
         """Forget instances silent for long: their zset entry, status fields, group."""

@@ -20,9 +20,9 @@ from typing import TYPE_CHECKING, Any
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from nocosup.appctx import AppContext
-from nocosup.db import TenantDatabase, TenantDatabases
 from nocosup.errors import AppFailed, AppInitializing, AppNotFound, AppStopped, NocosupError
 from nocosup.lifespan import LifespanRunner
+from nocosup.provisioning import TenantDatabase
 from nocosup.registry import AppRecord
 from nocosup.responses import send_error
 from nocosup.status import BOOTING, AppStatus
@@ -31,6 +31,9 @@ if TYPE_CHECKING:
     from nocosup.host import Host
 
 log = logging.getLogger("nocosup.runtime")
+
+#: Told of every status change of an app here (``None``: the app left this process).
+StatusListener = Callable[[str, AppStatus | None, str | None], None]
 
 
 @contextlib.asynccontextmanager
@@ -64,11 +67,15 @@ class LocalRuntime:
         self.host = host
         self.settings = host.settings
         self.environment = host.settings.environment_name
-        self.databases = TenantDatabases(host.settings)
+        self.databases = host.databases
         self.tenants: dict[str, Tenant] = {}
         #: Wraps every boot; a worker swaps in the Redis startup lock so an app boots in
-        #: one process at a time across its environments and replicas.
+        #: one process at a time across its environments and replicas. A guard that
+        #: loses its hold aborts the boot by raising inside it.
         self.boot_guard: Callable[[str], AbstractAsyncContextManager[Any]] = _no_guard
+        #: Core listeners (the worker's status reports): called synchronously, before
+        #: plugins hear of the change, and never through a hook a plugin could break.
+        self.status_listeners: list[StatusListener] = []
 
     # --- configuration ---------------------------------------------------------------
 
@@ -88,19 +95,13 @@ class LocalRuntime:
         return tenant
 
     def context(self, tenant: Tenant) -> AppContext:
-        return AppContext(
-            record=tenant.record,
-            environment=self.environment,
-            instance=self.settings.instance_id,
-            host=self.host,
-            databases=self.databases,
-        )
+        return AppContext(tenant.record, self.environment, self.settings.instance_id, self.host)
 
     async def create(self, record: AppRecord) -> Tenant:
         """Provision the app's database, then know the app. Raises if provisioning fails."""
         await self.databases.create(TenantDatabase.from_json(record.database))
         tenant = self.load(record)
-        await self.host.hooks.app_created(self.context(tenant))
+        await self.host.hooks.notify("app_created", app=self.context(tenant))
         return tenant
 
     # --- lifecycle -------------------------------------------------------------------
@@ -132,22 +133,24 @@ class LocalRuntime:
                     app = await self.host.hooks.app_factory(ctx)
                     if app is None:
                         raise RuntimeError("no plugin built the app (app_factory returned None)")
+                    # the lifespan goes to the bare app: middleware wraps requests only
+                    tenant.lifespan = LifespanRunner(app, tenant.name)
+                    for wrap in reversed(self.host.hooks.tenant_wrappers(ctx)):
+                        app = wrap(app)
                     tenant.app = app
                     self._set_status(tenant, AppStatus.INITIALIZED)
                     await self.host.hooks.before_app_start(ctx)
-                    tenant.lifespan = LifespanRunner(app, tenant.name)
                     await tenant.lifespan.startup()
             except Exception as exc:
                 log.exception("app %s failed to start", tenant.name)
+                if tenant.lifespan is not None:
+                    await tenant.lifespan.abort()
                 tenant.app = None
                 tenant.lifespan = None
                 self._set_status(tenant, AppStatus.ERROR, f"{type(exc).__name__}: {exc}")
                 return
             self._set_status(tenant, AppStatus.RUNNING)
-        try:
-            await self.host.hooks.after_app_start(ctx)
-        except Exception:
-            log.exception("an after_app_start hook failed for %s", tenant.name)
+        await self.host.hooks.notify("after_app_start", app=ctx)
 
     async def stop(self, name: str) -> Tenant:
         """Stop the app: refuse new requests, let in-flight ones finish, leave its lifespan."""
@@ -160,10 +163,7 @@ class LocalRuntime:
                 return tenant
             ctx = self.context(tenant)
             self._set_status(tenant, AppStatus.STOPPING)
-            try:
-                await self.host.hooks.before_app_stop(ctx)
-            except Exception:
-                log.exception("a before_app_stop hook failed for %s", tenant.name)
+            await self.host.hooks.notify("before_app_stop", app=ctx)
             await self._drain(tenant)
             error = None
             try:
@@ -175,10 +175,7 @@ class LocalRuntime:
             tenant.app = None
             tenant.lifespan = None
             self._set_status(tenant, AppStatus.STOPPED, error)
-        try:
-            await self.host.hooks.after_app_stop(ctx)
-        except Exception:
-            log.exception("an after_app_stop hook failed for %s", tenant.name)
+        await self.host.hooks.notify("after_app_stop", app=ctx)
         return tenant
 
     async def _drain(self, tenant: Tenant) -> None:
@@ -205,12 +202,10 @@ class LocalRuntime:
         if drop_database:
             await self.databases.drop(TenantDatabase.from_json(record.database))
         self.tenants.pop(record.name, None)
-        await self.host.hooks.app_removed(
-            name=record.name,
-            environment=self.environment,
-            database_dropped=drop_database,
-            host=self.host,
-        )
+        for listener in self.status_listeners:
+            listener(record.name, None, None)
+        ctx = AppContext(record, self.environment, self.settings.instance_id, self.host)
+        await self.host.hooks.notify("app_removed", app=ctx, database_dropped=drop_database)
 
     async def stop_all(self) -> None:
         """Stop every app (host shutdown), concurrently."""
@@ -225,7 +220,9 @@ class LocalRuntime:
             return
         tenant.status = status
         tenant.error = error
-        self.host.status_changed(tenant.name, self.environment, status, error)
+        for listener in self.status_listeners:
+            listener(tenant.name, status, error)
+        self.host.status_changed(self.context(tenant), status, error)
 
     # --- serving ---------------------------------------------------------------------
 

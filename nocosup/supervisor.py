@@ -13,18 +13,11 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from nocosup import validation as v
-from nocosup.db import TenantDatabase
+from nocosup.appctx import AppContext
 from nocosup.environments import EnvironmentDirectory
-from nocosup.errors import (
-    CommandFailed,
-    CommandTimeout,
-    DatabaseError,
-    EnvironmentUnavailable,
-    InvalidInput,
-    NocosupError,
-)
+from nocosup.errors import DatabaseError, InvalidInput, NocosupError
 from nocosup.plugins import await_me_maybe
-from nocosup.process import EnvResult, ProcessAdapter
+from nocosup.process import EnvResult, ProcessAdapter, failure_type
 from nocosup.registry import AppRecord, Registry
 from nocosup.status import AppStatus
 
@@ -71,9 +64,15 @@ class Supervisor:
             if not r.ok:
                 log.error("app %s did not start in %s: %s", record.name, r.environment, r.error)
 
-    def _changed(self, name: str, action: str) -> None:
-        """Tell live listeners (the web page) that an app's config changed."""
-        self.host.events.publish({"type": "app_changed", "app": name, "action": action})
+    def _changed(self, record: AppRecord, action: str, **details: Any) -> None:
+        """Tell live listeners (the web page) at once, and plugins in order, that an app's
+        registration changed (``action``: created, updated or removed)."""
+        self.host.events.publish({"type": "app_changed", "app": record.name, "action": action})
+        hook = {"created": "app_registered", "updated": "app_updated"}.get(
+            action, "app_unregistered"
+        )
+        app = AppContext(record, None, self.settings.instance_id, self.host)
+        self.host.notify_later(hook, app=app, **details)
 
     def _locked(self, name: str) -> asyncio.Lock:
         return self._locks.setdefault(name, asyncio.Lock())
@@ -111,9 +110,13 @@ class Supervisor:
             raise InvalidInput("name is required", field="name")
         name = v.app_name(data["name"])
         title = v.title(data.get("title"), name)
-        options = v.options(data.get("options"), self.settings.db_dialect)
+        options = v.options(data.get("options"))
+        spec = self.host.databases.spec_for(
+            name, options.get("dbConnType"), options.get("dbProvisioner")
+        )
+        options["dbConnType"] = spec.conn_type
         environments = await self._placement(v.environments(data.get("environments")))
-        database = TenantDatabase.for_app(self.settings, name, options["dbConnType"]).to_json()
+        database = spec.to_json()
         record = AppRecord(
             name=name, title=title, environments=environments, options=options, database=database
         )
@@ -124,7 +127,7 @@ class Supervisor:
             except BaseException as exc:
                 await self._undo_create(record, exc)
                 raise
-        self._changed(name, "created")
+        self._changed(record, "created")
         app = await self._describe(record)
         if record.start_mode == "with_supervisor":
             # created either way: a failed first start shows in statuses and results
@@ -182,19 +185,17 @@ class Supervisor:
                     raise InvalidInput(
                         "options must be a JSON object (a merge patch)", field="options"
                     )
-                merged = v.options(
-                    v.merge_patch(record.options, data["options"]), self.settings.db_dialect
-                )
-                if merged["dbConnType"] != record.options.get("dbConnType"):
-                    raise InvalidInput(
-                        "options.dbConnType cannot change after creation",
-                        field="options.dbConnType",
-                    )
+                merged = v.options(v.merge_patch(record.options, data["options"]))
+                for key in ("dbConnType", "dbProvisioner"):
+                    if merged.get(key) != record.options.get(key):
+                        raise InvalidInput(
+                            f"options.{key} cannot change after creation", field=f"options.{key}"
+                        )
                 changes["options"] = merged
             if changes:
                 record = await self.registry.update(record.changed(**changes))
                 await self.process.update(record)
-                self._changed(name, "updated")
+                self._changed(record, "updated", changed=sorted(changes))
         return await self._describe(record)
 
     async def delete_app(
@@ -210,7 +211,7 @@ class Supervisor:
             failed = [r for r in results if not r.ok]
             if failed and not force:
                 detail = "; ".join(f"{r.environment}: {r.error or r.status}" for r in failed)
-                raise _failure(failed)(
+                raise failure_type(failed)(
                     f"application {name!r} could not be removed everywhere, so it is kept "
                     f"({detail}); retry, or pass force=true to forget it anyway",
                     results=_results_json(results),
@@ -219,11 +220,12 @@ class Supervisor:
             if failed:
                 await self.process.forget(stopped)
         self._locks.pop(name, None)
-        self._changed(name, "removed")
+        dropped = drop_database and not failed
+        self._changed(stopped, "removed", database_dropped=dropped)
         return {
             "name": name,
             "removed": True,
-            "database_dropped": drop_database and not failed,
+            "database_dropped": dropped,
             "results": _results_json(results),
         }
 
@@ -233,7 +235,7 @@ class Supervisor:
             record = await self.registry.get(v.app_name(name))
             if record.desired_state != "running":
                 record = await self.registry.update(record.changed(desired_state="running"))
-                self._changed(record.name, "updated")
+                self._changed(record, "updated", changed=["desired_state"])
         if not wait:
             self.host.spawn(self._start_logged(record))
             # let it take its first step, so the 202 shows the start under way (locally)
@@ -250,7 +252,7 @@ class Supervisor:
             record = await self.registry.get(v.app_name(name))
             if record.desired_state != "stopped":
                 record = await self.registry.update(record.changed(desired_state="stopped"))
-                self._changed(record.name, "updated")
+                self._changed(record, "updated", changed=["desired_state"])
         if not wait:
             self.host.spawn(self.process.stop(record))
             await asyncio.sleep(0)
@@ -265,22 +267,13 @@ class Supervisor:
         failed = [r for r in results if not r.ok]
         if failed:
             detail = "; ".join(f"{r.environment}: {r.error or r.status}" for r in failed)
-            raise _failure(failed)(
+            raise failure_type(failed)(
                 f"application {record.name!r} did not {verb}: {detail}",
                 app=app,
                 results=_results_json(results),
             )
         app["results"] = _results_json(results)
         return app
-
-
-def _failure(failed: list[EnvResult]) -> type[NocosupError]:
-    """504 when an environment stayed silent, 503 when all were offline, else 502."""
-    if any(r.timed_out for r in failed):
-        return CommandTimeout
-    if all(r.status == AppStatus.UNAVAILABLE.value for r in failed):
-        return EnvironmentUnavailable
-    return CommandFailed
 
 
 def _results_json(results: list[EnvResult]) -> dict[str, Any]:

@@ -6,7 +6,6 @@ import json
 import re
 from typing import Any
 
-from nocosup.db import CONN_TYPES
 from nocosup.errors import InvalidInput
 
 APP_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,39}$")
@@ -73,7 +72,7 @@ def environments(value: Any) -> list[str] | None:
     return list(value)
 
 
-def options(value: Any, dialect: str) -> dict[str, Any]:
+def options(value: Any) -> dict[str, Any]:
     """App options with their defaults filled in; free keys pass through to the app."""
     if value is None:
         value = {}
@@ -86,16 +85,10 @@ def options(value: Any, dialect: str) -> dict[str, Any]:
             f"options.startMode must be one of {', '.join(START_MODES)}; got {mode!r}",
             field="options.startMode",
         )
-    conn = out.setdefault("dbConnType", "new_database")
-    if conn not in CONN_TYPES:
-        raise InvalidInput(
-            f"options.dbConnType must be one of {', '.join(CONN_TYPES)}; got {conn!r}",
-            field="options.dbConnType",
-        )
-    if conn == "new_schema" and dialect != "postgres":
-        raise InvalidInput(
-            "options.dbConnType 'new_schema' needs DB_DIALECT=postgres", field="options.dbConnType"
-        )
+    for key in ("dbConnType", "dbProvisioner"):
+        # their values are checked against the loaded provisioners (TenantDatabases)
+        if key in out and not isinstance(out[key], str):
+            raise InvalidInput(f"options.{key} must be a string", field=f"options.{key}")
     return out
 
 

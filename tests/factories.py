@@ -20,7 +20,7 @@ from starlette.applications import Starlette
 from starlette.routing import Mount
 
 from nocosup.appctx import AppContext
-from plugins.starter.app import build_app
+from nocosup_starter.app import build_app
 
 
 def build(ctx: AppContext) -> Any:

@@ -81,24 +81,3 @@ def test_every_variable_has_help() -> None:
     names = [v.name for v in VARIABLES]
     assert len(names) == len(set(names))
     assert all(v.help for v in VARIABLES)
-
-
-def test_a_plugin_with_a_misspelt_hook_is_a_config_error(monkeypatch: pytest.MonkeyPatch) -> None:
-    import types
-
-    import nocosup.plugins as plugins_module
-    from nocosup import hookimpl
-    from nocosup.plugins import make_plugin_manager
-
-    bad = types.ModuleType("bad_plugin")
-
-    @hookimpl
-    def app_facotry(app: object) -> None:  # misspelt on purpose
-        return None
-
-    bad.app_facotry = app_facotry  # type: ignore[attr-defined]
-    monkeypatch.setattr(
-        plugins_module, "_load_entry_points", lambda pm, only: pm.register(bad, name="bad_plugin")
-    )
-    with pytest.raises(ConfigError, match="bad_plugin"):
-        make_plugin_manager(Settings.from_env({}))

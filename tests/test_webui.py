@@ -22,8 +22,8 @@ from playwright.async_api import Browser, BrowserContext, Page, async_playwright
 from nocosup import __version__
 from nocosup.auth import COOKIE_NAME
 from nocosup.events import EventBus
-from plugins.webui import stream as stream_module
-from plugins.webui.stream import EventStreams
+from nocosup_webui import stream as stream_module
+from nocosup_webui.stream import EventStreams
 from tests.cluster import Cluster
 from tests.conftest import REDIS_URL
 from tests.servers import ADMIN_TOKEN, AUTH, NocosupServer, ServerFactory

@@ -6,7 +6,7 @@ from typing import Any
 
 from nocosup.appctx import AppContext
 from nocosup.hookspecs import hookimpl
-from plugins.starter.app import build_app
+from nocosup_starter.app import build_app
 
 
 @hookimpl(trylast=True)

@@ -15,6 +15,7 @@ import json
 import logging
 import signal
 import threading
+import weakref
 from collections.abc import Callable
 from types import FrameType
 from typing import Any
@@ -31,8 +32,8 @@ KEEPALIVE = 15.0
 #: Milliseconds the browser waits before it reconnects a dropped stream.
 RETRY_MS = 2000
 EXIT_SIGNALS = (signal.SIGINT, signal.SIGTERM)
-#: Where a running host keeps its :class:`EventStreams` (``host.services``).
-SERVICE = "webui"
+#: The :class:`EventStreams` of each running host (a host is gone, its entry is too).
+STREAMS: weakref.WeakKeyDictionary[object, EventStreams] = weakref.WeakKeyDictionary()
 
 _HEADERS = [
     (b"content-type", b"text/event-stream; charset=utf-8"),

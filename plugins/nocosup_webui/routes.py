@@ -22,9 +22,9 @@ from nocosup import validation as v
 from nocosup.auth import COOKIE_NAME, check_admin, token_matches
 from nocosup.errors import NocosupError, ShuttingDown, Unauthorized
 from nocosup.responses import error_response
-from plugins.webui.stream import SERVICE, EventStreams
+from nocosup_webui.stream import STREAMS
 
-STATIC = ("plugins.webui", "static")
+STATIC = ("nocosup_webui", "static")
 ASSETS = ("app.js", "style.css")
 
 #: The page runs only its own files: no inline script, nothing from other origins.
@@ -102,7 +102,7 @@ class EventsEndpoint:
             await error_response(exc)(scope, receive, send)
             return
         host = request.app
-        streams: EventStreams | None = host.services.get(SERVICE)
+        streams = STREAMS.get(host)
         if streams is None or streams.closing.is_set():
             exc = ShuttingDown("the supervisor is shutting down; retry shortly")
             await error_response(exc)(scope, receive, send)

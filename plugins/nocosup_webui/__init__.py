@@ -12,24 +12,26 @@ from starlette.routing import BaseRoute
 
 from nocosup.hookspecs import hookimpl
 from nocosup.host import Host
-from plugins.webui import routes
-from plugins.webui.stream import SERVICE, EventStreams
+from nocosup_webui import routes
+from nocosup_webui.stream import STREAMS, EventStreams
 
 
 @hookimpl
-def register_routes(host: Host) -> list[BaseRoute]:
-    return routes.routes()
+def register_routes(host: Host) -> list[BaseRoute] | None:
+    # the page drives the admin API, which only a supervisor serves
+    return routes.routes() if host.role.name == "supervisor" else None
 
 
 @hookimpl
 def startup(host: Host) -> None:
     # A fresh set per start: a host can be stopped and started again.
-    host.services[SERVICE] = EventStreams.open()
+    if host.role.name == "supervisor":
+        STREAMS[host] = EventStreams.open()
 
 
 @hookimpl(tryfirst=True)
 def shutdown(host: Host) -> None:
     """End the live streams first, so no page holds the host open while it stops."""
-    streams: EventStreams | None = host.services.pop(SERVICE, None)
+    streams = STREAMS.pop(host, None)
     if streams is not None:
         streams.close()

@@ -1,0 +1,227 @@
+"""Tenant databases: where each app keeps its data, and the provisioners that make them.
+
+A :class:`TenantDatabase` is stored with the app record, so every environment agrees on
+it. A :class:`Provisioner` creates, opens and drops one kind of tenant database; SQLite
+files and PostgreSQL databases or schemas are the built-in ones, and plugins add more
+through the ``register_database_provisioners`` hook. :class:`TenantDatabases` is what
+the rest of nocosup uses: it hands each spec to the provisioner named in it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import asyncpg
+from databases import Database
+
+from nocosup.config import Settings
+from nocosup.db import create_pg_database, pg_connect, pg_url, quote_ident
+from nocosup.errors import ConfigError, DatabaseError, InvalidInput
+from nocosup.sqlite import sqlite_database
+
+
+@dataclass(frozen=True)
+class TenantDatabase:
+    """Where a tenant app keeps its data.
+
+    ``provisioner`` names the provisioner that made it (``None`` in records written
+    before provisioners existed: the one named by ``DB_DIALECT``).
+    """
+
+    conn_type: str
+    name: str
+    schema: str | None = None
+    provisioner: str | None = None
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> TenantDatabase:
+        return cls(data["connType"], data["name"], data.get("schema"), data.get("provisioner"))
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"connType": self.conn_type, "name": self.name, "schema": self.schema}
+        if self.provisioner is not None:
+            out["provisioner"] = self.provisioner
+        return out
+
+
+class Provisioner(ABC):
+    """Creates, opens and drops one kind of tenant database."""
+
+    #: Stored in each spec it makes (``TenantDatabase.provisioner``).
+    name: ClassVar[str]
+    #: The ``options.dbConnType`` values it supports, the first being the default.
+    conn_types: ClassVar[tuple[str, ...]]
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    @abstractmethod
+    def spec(self, app: str, conn_type: str) -> TenantDatabase:
+        """The database app ``app`` gets (``conn_type`` is one of :attr:`conn_types`)."""
+
+    @abstractmethod
+    async def create(self, spec: TenantDatabase) -> None:
+        """Make the database if it does not exist; keep it if it does. Raise
+        :class:`~nocosup.errors.DatabaseError` saying why when it cannot be made."""
+
+    @abstractmethod
+    async def drop(self, spec: TenantDatabase) -> None:
+        """Delete the tenant's data for good (nothing to do if it is gone already)."""
+
+    @abstractmethod
+    def open(self, spec: TenantDatabase, max_size: int = 5) -> Database:
+        """A ``databases.Database`` for the tenant, not yet connected."""
+
+
+class SqliteProvisioner(Provisioner):
+    """A SQLite file per app under ``{storage}/databases``."""
+
+    name = "sqlite"
+    conn_types = ("new_database",)
+
+    @property
+    def files(self) -> Path:
+        return self.settings.storage_dir / "databases"
+
+    def path(self, spec: TenantDatabase) -> Path:
+        return self.files / f"{spec.name}.sqlite"
+
+    def spec(self, app: str, conn_type: str) -> TenantDatabase:
+        return TenantDatabase("new_database", f"{self.settings.db_database}_{app}", None, self.name)
+
+    def open(self, spec: TenantDatabase, max_size: int = 5) -> Database:
+        return sqlite_database(self.path(spec))
+
+    async def create(self, spec: TenantDatabase) -> None:
+        self.files.mkdir(parents=True, exist_ok=True)
+        db = sqlite_database(self.path(spec))
+        try:
+            await db.connect()
+            await db.execute("SELECT 1")  # opens the file; WAL is set on every open
+            await db.disconnect()
+        except Exception as exc:
+            raise DatabaseError(f"could not create SQLite database {spec.name!r}: {exc}") from exc
+
+    async def drop(self, spec: TenantDatabase) -> None:
+        await asyncio.to_thread(_unlink_sqlite, self.path(spec))
+
+
+def _unlink_sqlite(path: Path) -> None:
+    for suffix in ("", "-wal", "-shm", "-journal"):
+        Path(str(path) + suffix).unlink(missing_ok=True)
+
+
+class PostgresProvisioner(Provisioner):
+    """A PostgreSQL database per app (``{DB_DATABASE}_{app}``), or a schema per app in
+    ``DB_DATABASE``, on the server of the ``DB_*`` settings."""
+
+    name = "postgres"
+    conn_types = ("new_database", "new_schema")
+
+    def spec(self, app: str, conn_type: str) -> TenantDatabase:
+        if conn_type == "new_schema":
+            return TenantDatabase(conn_type, self.settings.db_database, app, self.name)
+        return TenantDatabase("new_database", f"{self.settings.db_database}_{app}", None, self.name)
+
+    def open(self, spec: TenantDatabase, max_size: int = 5) -> Database:
+        # tenant pools stay small: asyncpg would open 10 connections per app by default
+        options: dict[str, Any] = {"min_size": 1, "max_size": max_size}
+        if spec.schema:
+            options["server_settings"] = {"search_path": spec.schema}
+        return Database(pg_url(self.settings, spec.name), **options)
+
+    async def create(self, spec: TenantDatabase) -> None:
+        if spec.schema is not None:
+            await self._run(
+                spec.name,
+                f"CREATE SCHEMA IF NOT EXISTS {quote_ident(spec.schema)}",
+                f"could not create schema {spec.schema!r}",
+            )
+        else:
+            await create_pg_database(self.settings, spec.name, self.settings.db_database)
+
+    async def drop(self, spec: TenantDatabase) -> None:
+        if spec.schema is not None:
+            await self._run(
+                spec.name,
+                f"DROP SCHEMA IF EXISTS {quote_ident(spec.schema)} CASCADE",
+                f"could not drop schema {spec.schema!r}",
+            )
+        else:
+            await self._run(
+                self.settings.db_database,
+                f"DROP DATABASE IF EXISTS {quote_ident(spec.name)} WITH (FORCE)",
+                f"could not drop database {spec.name!r}",
+            )
+
+    async def _run(self, database: str, sql: str, what: str) -> None:
+        conn = await pg_connect(self.settings, database)
+        try:
+            await conn.execute(sql)
+        except asyncpg.PostgresError as exc:
+            raise DatabaseError(f"{what}: {exc}") from exc
+        finally:
+            await conn.close()
+
+
+#: The built-in provisioners, registered by nocosup's own plugin module.
+BUILTIN_PROVISIONERS: tuple[type[Provisioner], ...] = (SqliteProvisioner, PostgresProvisioner)
+
+
+class TenantDatabases:
+    """Every provisioner this process knows, by name; the one ``DB_DIALECT`` names is the
+    default for new apps."""
+
+    def __init__(self, settings: Settings, provisioners: list[Provisioner]) -> None:
+        self.settings = settings
+        self.provisioners: dict[str, Provisioner] = {}
+        for provisioner in provisioners:
+            # the first of a name wins: plugins run before the built-in (trylast) ones
+            self.provisioners.setdefault(provisioner.name, provisioner)
+        if settings.db_dialect not in self.provisioners:
+            raise ConfigError(
+                f"DB_DIALECT: no tenant-database provisioner named {settings.db_dialect!r} "
+                f"is loaded (loaded: {', '.join(sorted(self.provisioners)) or 'none'})"
+            )
+
+    def provisioner(self, spec: TenantDatabase) -> Provisioner:
+        name = spec.provisioner or self.settings.db_dialect
+        found = self.provisioners.get(name)
+        if found is None:
+            raise DatabaseError(
+                f"database {spec.name!r} was made by provisioner {name!r}, which is not loaded "
+                "in this process (install or enable the plugin that provides it)"
+            )
+        return found
+
+    def spec_for(self, app: str, conn_type: str | None, provisioner: str | None) -> TenantDatabase:
+        """The database a new app gets; InvalidInput naming the option when it cannot."""
+        name = provisioner or self.settings.db_dialect
+        chosen = self.provisioners.get(name)
+        if chosen is None:
+            raise InvalidInput(
+                f"options.dbProvisioner must be one of {', '.join(sorted(self.provisioners))}; "
+                f"got {name!r}",
+                field="options.dbProvisioner",
+            )
+        conn = conn_type or chosen.conn_types[0]
+        if conn not in chosen.conn_types:
+            raise InvalidInput(
+                f"options.dbConnType must be one of {', '.join(chosen.conn_types)} for "
+                f"provisioner {name!r}; got {conn!r}",
+                field="options.dbConnType",
+            )
+        return chosen.spec(app, conn)
+
+    def open(self, spec: TenantDatabase, max_size: int = 5) -> Database:
+        return self.provisioner(spec).open(spec, max_size=max_size)
+
+    async def create(self, spec: TenantDatabase) -> None:
+        await self.provisioner(spec).create(spec)
+
+    async def drop(self, spec: TenantDatabase) -> None:
+        await self.provisioner(spec).drop(spec)

@@ -1,0 +1,118 @@
+"""The supervisor role object: what a supervisor process opens, serves and closes."""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+from databases import Database
+from redis.asyncio import Redis
+from starlette.routing import BaseRoute
+
+from nocosup import admin_api
+from nocosup.appcache import AppCache
+from nocosup.auth import resolve_admin_token
+from nocosup.commands import CommandSender
+from nocosup.db import connect_registry
+from nocosup.environments import EnvironmentDirectory, LocalEnvironments
+from nocosup.heartbeat import Presence, heartbeat_ttl
+from nocosup.process import LocalProcess, ProcessAdapter
+from nocosup.proxy import Proxy
+from nocosup.redisconn import close_role_redis, connect_role_redis
+from nocosup.rediskeys import Keys
+from nocosup.registry import EnvironmentStore, Registry
+from nocosup.remote import ProxyGateway, RedisEnvironments, RemoteProcess, Watcher
+from nocosup.role import Role
+from nocosup.runtime import LocalRuntime
+from nocosup.supervisor import Supervisor
+
+if TYPE_CHECKING:
+    from nocosup.host import Host
+
+log = logging.getLogger("nocosup.supervisor")
+
+
+class SupervisorRole(Role):
+    """The registry and the admin API; apps run in this process (``APP_PROCESS_ADAPTER=
+    local``) or on workers driven through Redis, with tenant traffic proxied to them."""
+
+    name = "supervisor"
+
+    def __init__(self, host: Host) -> None:
+        super().__init__(host)
+        self.registry_db: Database | None = None
+        self.registry: Registry | None = None
+        self.supervisor: Supervisor | None = None
+        #: Shared-memory mode: the apps of this process.
+        self.runtime: LocalRuntime | None = None
+        #: Multi-environment mode: Redis, commands, the proxy and the background watcher.
+        self.redis: Redis | None = None
+        self.command_redis: Redis | None = None
+        self.sender: CommandSender | None = None
+        self.proxy: Proxy | None = None
+        self.watcher: Watcher | None = None
+
+    def routes(self) -> list[BaseRoute]:
+        return admin_api.routes()
+
+    async def start(self) -> None:
+        host, settings = self.host, self.settings
+        host.state.admin_token = resolve_admin_token(settings)
+        db = self.registry_db = await connect_registry(settings)
+        host.readiness["database"] = lambda: db.fetch_val("SELECT 1")
+        registry = self.registry = Registry(db)
+        await registry.migrate()
+        process: ProcessAdapter
+        environments: EnvironmentDirectory
+        if settings.process_adapter == "local":
+            runtime = self.runtime = LocalRuntime(host)
+            self.gateway = runtime
+            process = LocalProcess(runtime)
+            environments = LocalEnvironments(settings)
+        else:
+            process, environments = await self._remote(registry, db)
+        self.supervisor = Supervisor(host, registry, process, environments)
+        await self.supervisor.restore()
+        if self.watcher is not None:
+            await self.watcher.start()
+
+    async def _remote(
+        self, registry: Registry, db: Database
+    ) -> tuple[RemoteProcess, RedisEnvironments]:
+        """Multi-environment mode: Redis for the cache and heartbeats, commands, the proxy."""
+        host, settings = self.host, self.settings
+        keys = Keys(settings.redis_prefix)
+        redis, commands = await connect_role_redis(host)
+        self.redis, self.command_redis = redis, commands
+        ttl = heartbeat_ttl(settings)
+        self.sender = CommandSender(
+            commands, keys, settings.instance_id, Presence(redis, keys, ttl)
+        )
+        await self.sender.start()
+        environments = RedisEnvironments(host, redis, keys, EnvironmentStore(db), ttl)
+        process = RemoteProcess(host, redis, keys, AppCache(redis, keys), self.sender, environments)
+        self.proxy = Proxy(read_timeout=settings.proxy_timeout)
+        self.gateway = ProxyGateway(host, process, environments, self.proxy)
+        self.watcher = Watcher(host, redis, keys, registry, environments, process)
+        return process, environments
+
+    async def stop(self) -> None:
+        self.gateway = None
+        if self.watcher is not None:
+            await self.watcher.close()
+            self.watcher = None
+        if self.runtime is not None:
+            await self.runtime.stop_all()
+            self.runtime = None
+        if self.sender is not None:
+            await self.sender.close()
+            self.sender = None
+        if self.proxy is not None:
+            await self.proxy.aclose()
+            self.proxy = None
+        await close_role_redis(self.redis, self.command_redis)
+        self.redis = self.command_redis = None
+        self.supervisor = None
+        if self.registry_db is not None:
+            await self.registry_db.disconnect()
+            self.registry_db = None
