@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -28,8 +28,8 @@ from nocosup.sqlite import sqlite_database
 class TenantDatabase:
     """Where a tenant app keeps its data.
 
-    ``provisioner`` names the provisioner that made it (``None`` in records written
-    before provisioners existed: the one named by ``DB_DIALECT``).
+    ``provisioner`` names the provisioner chosen with ``options.dbProvisioner``; ``None``
+    means the one named by each process's own ``DB_DIALECT``.
     """
 
     conn_type: str
@@ -215,7 +215,10 @@ class TenantDatabases:
                 f"provisioner {name!r}; got {conn!r}",
                 field="options.dbConnType",
             )
-        return chosen.spec(app, conn)
+        spec = chosen.spec(app, conn)
+        # Without an explicit choice, every process uses its own DB_DIALECT's provisioner
+        # (a worker on PostgreSQL behind a supervisor on SQLite keeps working as before).
+        return spec if provisioner else replace(spec, provisioner=None)
 
     def open(self, spec: TenantDatabase, max_size: int = 5) -> Database:
         return self.provisioner(spec).open(spec, max_size=max_size)

@@ -138,7 +138,6 @@ async def test_postgres_schema_per_app(
             "connType": "new_schema",
             "name": pg_env["DB_DATABASE"],
             "schema": f"sch1{run_id}",
-            "provisioner": "postgres",
         }
         await c.post(f"/apps/{one['name']}/api/records", json={"title": "in-one"})
         assert (await c.get(f"/apps/{two['name']}/api/records")).json()["records"] == []
