@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Any
 
 from starlette.types import Receive, Scope, Send
 
@@ -122,6 +121,3 @@ class Worker:
                 return
             self.runtime.load(record)
         await self.runtime.handle(name, scope, receive, send)
-
-    def status_of(self, name: str) -> dict[str, Any]:
-        return self.runtime.snapshot(name)

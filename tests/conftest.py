@@ -18,6 +18,7 @@ import asyncpg
 import pytest
 import redis.asyncio as aioredis
 
+from tests.inproc import InProc, inproc_settings, running_host
 from tests.servers import NocosupServer, ServerFactory
 
 PG_DSN = os.environ.get("NOCOSUP_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -72,6 +73,13 @@ def servers(tmp_path: Path) -> Iterator[ServerFactory]:
         yield factory
     finally:
         factory.stop_all()
+
+
+@pytest.fixture
+async def inproc(tmp_path: Path) -> AsyncIterator[InProc]:
+    """A host on embedded defaults with the test factory, in this process (no server)."""
+    async with running_host(inproc_settings(tmp_path)) as host:
+        yield host
 
 
 @pytest.fixture

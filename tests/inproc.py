@@ -9,12 +9,15 @@ import contextlib
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 
 from nocosup.config import Settings
 from nocosup.host import Host, create_host
 from tests.servers import ADMIN_TOKEN, AUTH
+
+BASE_URL = "http://nocosup.test"
 
 
 def inproc_settings(tmp_path: Path, **env: str) -> Settings:
@@ -32,21 +35,35 @@ def inproc_settings(tmp_path: Path, **env: str) -> Settings:
 
 @dataclass
 class InProc:
+    """A started in-process host, with the same client helpers as a served one."""
+
     host: Host
-    #: Sends the admin token on every request.
-    client: httpx.AsyncClient
+    #: A client that sends the admin token, open while the host runs.
+    api: httpx.AsyncClient
+
+    @property
+    def storage(self) -> Path:
+        return self.host.settings.storage_dir
+
+    def client(self, **kwargs: Any) -> httpx.AsyncClient:
+        """A new client of the host (no token), to use in ``async with``."""
+        transport = httpx.ASGITransport(app=self.host)
+        return httpx.AsyncClient(transport=transport, base_url=BASE_URL, **kwargs)
+
+    def admin(self) -> httpx.AsyncClient:
+        return self.client(headers=AUTH)
 
 
 @contextlib.asynccontextmanager
-async def running_host(settings: Settings, plugins: Sequence[object] = ()) -> AsyncIterator[InProc]:
-    """A started host and a client talking to it in process; stopped on exit."""
+async def running_host(
+    settings: Settings, plugins: Sequence[object] = ()
+) -> AsyncIterator[InProc]:
+    """A started host and an admin client talking to it in process; stopped on exit."""
     host = create_host(settings, plugins)
     await host.start()
     try:
         transport = httpx.ASGITransport(app=host)
-        async with httpx.AsyncClient(
-            transport=transport, base_url="http://nocosup.test", headers=AUTH
-        ) as client:
-            yield InProc(host, client)
+        async with httpx.AsyncClient(transport=transport, base_url=BASE_URL, headers=AUTH) as api:
+            yield InProc(host, api)
     finally:
         await host.stop()

@@ -1,4 +1,5 @@
-"""The admin API over a real server: auth, CRUD, and a clear 4xx for every bad input."""
+"""The admin API: auth, CRUD and a clear 4xx for every bad input (in process), and the
+start-up behaviour of a real server (generated token, configuration errors, exit codes)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.servers import ADMIN_TOKEN, ROOT, NocosupServer, ServerFactory
+from tests.inproc import InProc
+from tests.servers import ADMIN_TOKEN, ROOT, ServerFactory
 
 
 def assert_error(resp: httpx.Response, status: int, code: str, field: str | None = None) -> None:
@@ -22,8 +24,8 @@ def assert_error(resp: httpx.Response, status: int, code: str, field: str | None
         assert error.get("field") == field, error
 
 
-async def test_every_api_route_needs_the_token(sqlite_server: NocosupServer) -> None:
-    async with sqlite_server.client() as c:
+async def test_every_api_route_needs_the_token(inproc: InProc) -> None:
+    async with inproc.client() as c:
         calls = [
             ("GET", "/api/apps"),
             ("POST", "/api/apps"),
@@ -46,8 +48,8 @@ async def test_every_api_route_needs_the_token(sqlite_server: NocosupServer) -> 
         assert (await c.get("/readyz")).json()["status"] == "ready"
 
 
-async def test_crud_round_trip(sqlite_server: NocosupServer) -> None:
-    async with sqlite_server.admin() as c:
+async def test_crud_round_trip(inproc: InProc) -> None:
+    async with inproc.admin() as c:
         r = await c.post(
             "/api/apps", json={"name": "crm", "title": "CRM", "options": {"color": "blue"}}
         )
@@ -126,16 +128,16 @@ BAD_CREATES: list[tuple[Any, str, str | None]] = [
 
 @pytest.mark.parametrize(("body", "code", "field"), BAD_CREATES)
 async def test_bad_create_is_422_and_creates_nothing(
-    sqlite_server: NocosupServer, body: Any, code: str, field: str | None
+    inproc: InProc, body: Any, code: str, field: str | None
 ) -> None:
-    async with sqlite_server.admin() as c:
+    async with inproc.admin() as c:
         assert_error(await c.post("/api/apps", json=body), 422, code, field)
         assert (await c.get("/api/apps")).json()["apps"] == []
-    assert list(sqlite_server.storage.glob("databases/*")) == []
+    assert list(inproc.storage.glob("databases/*")) == []
 
 
-async def test_malformed_json_and_other_bad_requests(sqlite_server: NocosupServer) -> None:
-    async with sqlite_server.admin() as c:
+async def test_malformed_json_and_other_bad_requests(inproc: InProc) -> None:
+    async with inproc.admin() as c:
         raw = {"content-type": "application/json"}
         assert_error(await c.post("/api/apps", content=b"{nope", headers=raw), 422, "INVALID_JSON")
         assert_error(

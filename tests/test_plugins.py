@@ -43,11 +43,11 @@ def test_builtins_load_as_entry_points(tmp_path: Path) -> None:
 async def test_a_disabled_builtin_is_gone(tmp_path: Path) -> None:
     settings = inproc_settings(tmp_path, NOCOSUP_DISABLE_PLUGINS="nocosup_webui")
     async with running_host(settings) as h:
-        assert (await h.client.get("/")).status_code == 404
-        names = {p["name"] for p in (await h.client.get("/api/plugins")).json()["plugins"]}
+        assert (await h.api.get("/")).status_code == 404
+        names = {p["name"] for p in (await h.api.get("/api/plugins")).json()["plugins"]}
         assert "nocosup_webui" not in names and "nocosup_supervisor" in names
     async with running_host(inproc_settings(tmp_path)) as h:
-        assert (await h.client.get("/")).status_code == 200
+        assert (await h.api.get("/")).status_code == 200
 
 
 def test_disabling_an_unknown_plugin_is_a_config_error(tmp_path: Path) -> None:
@@ -100,12 +100,12 @@ async def test_a_replacement_role_is_started_routed_to_and_stopped(tmp_path: Pat
     settings = inproc_settings(tmp_path, NOCOSUP_DISABLE_PLUGINS="nocosup_supervisor")
     async with running_host(settings, [ProvidesFakeSupervisor()]) as h:
         assert isinstance(h.host.role, FakeSupervisor)
-        r = await h.client.get("/apps/demo/anything")
+        r = await h.api.get("/apps/demo/anything")
         assert (r.status_code, r.text) == (200, "fake demo")
         assert h.host.role.gateway is not None
         assert h.host.role.gateway.seen == [("demo", "/apps/demo")]  # type: ignore[attr-defined]
         # the admin API belongs to the replaced role: it is gone with it
-        assert (await h.client.get("/api/apps")).status_code == 404
+        assert (await h.api.get("/api/apps")).status_code == 404
         assert FakeSupervisor.calls == ["start"]
     assert FakeSupervisor.calls == ["start", "stop"]
 
@@ -242,11 +242,11 @@ async def test_a_failing_notification_is_logged_and_the_others_still_run(
     caplog.set_level(logging.ERROR, logger="nocosup.plugins")
     # pluggy calls the last registered first: Broken runs before Recorder every time
     async with running_host(inproc_settings(tmp_path), [recorder, Broken()]) as h:
-        r = await h.client.post("/api/apps", json={"name": "calm"})
+        r = await h.api.post("/api/apps", json={"name": "calm"})
         assert r.status_code == 201, r.text
-        r = await h.client.post("/api/apps/calm/start")
+        r = await h.api.post("/api/apps/calm/start")
         assert r.status_code == 200 and r.json()["statuses"] == {"local": "running"}
-        apps = (await h.client.get("/api/apps")).json()["apps"]
+        apps = (await h.api.get("/api/apps")).json()["apps"]
         assert [(a["name"], a["statuses"]) for a in apps] == [("calm", {"local": "running"})]
         await wait_for(
             lambda: _true(("calm", "local", AppStatus.RUNNING, None) in recorder.statuses)
@@ -268,9 +268,9 @@ async def _true(value: bool) -> bool:
 async def test_statuses_reach_plugins_in_order_as_the_enum(tmp_path: Path) -> None:
     recorder = Recorder()
     async with running_host(inproc_settings(tmp_path), [recorder]) as h:
-        await h.client.post("/api/apps", json={"name": "seq"})
-        await h.client.post("/api/apps/seq/start")
-        await h.client.post("/api/apps/seq/stop")
+        await h.api.post("/api/apps", json={"name": "seq"})
+        await h.api.post("/api/apps/seq/start")
+        await h.api.post("/api/apps/seq/stop")
         expected = [
             AppStatus.PREPARING,
             AppStatus.INITIALIZING,
@@ -286,10 +286,10 @@ async def test_statuses_reach_plugins_in_order_as_the_enum(tmp_path: Path) -> No
 async def test_registry_events_fire_on_the_supervisor(tmp_path: Path) -> None:
     recorder = Recorder()
     async with running_host(inproc_settings(tmp_path), [recorder]) as h:
-        await h.client.post("/api/apps", json={"name": "reg", "title": "one"})
-        await h.client.patch("/api/apps/reg", json={"title": "two", "options": {"x": 1}})
-        await h.client.post("/api/apps/reg/stop")
-        await h.client.delete("/api/apps/reg", params={"drop_database": "true"})
+        await h.api.post("/api/apps", json={"name": "reg", "title": "one"})
+        await h.api.patch("/api/apps/reg", json={"title": "two", "options": {"x": 1}})
+        await h.api.post("/api/apps/reg/stop")
+        await h.api.delete("/api/apps/reg", params={"drop_database": "true"})
         await wait_for(lambda: _true(len(recorder.registry) == 4))
     assert recorder.registry == [
         ("registered", "reg", None, None),
@@ -315,8 +315,8 @@ async def test_async_notifications_are_awaited_one_after_another(tmp_path: Path)
     log: list[str] = []
     plugins = [Slow("first", log), Slow("second", log)]
     async with running_host(inproc_settings(tmp_path), plugins) as h:
-        await h.client.post("/api/apps", json={"name": "order"})
-        await h.client.post("/api/apps/order/start")
+        await h.api.post("/api/apps", json={"name": "order"})
+        await h.api.post("/api/apps/order/start")
         # awaited before the start answered, in pluggy's order (last registered first)
         assert log == ["second begins", "second ends", "first begins", "first ends"]
 
@@ -354,15 +354,15 @@ class Inner:
 async def test_tenant_middleware_wraps_requests_outermost_first(tmp_path: Path) -> None:
     async with running_host(inproc_settings(tmp_path), [Outer(), Inner()]) as h:
         for name in ("wrapped", "plain"):
-            await h.client.post("/api/apps", json={"name": name})
-        r = await h.client.get("/apps/wrapped/api/info")
+            await h.api.post("/api/apps", json={"name": name})
+        r = await h.api.get("/apps/wrapped/api/info")
         assert r.status_code == 200 and r.json()["app"] == "wrapped"
         # the inner wrapper adds its header first, the outer one last
         assert r.headers.get_list("x-wrapped") == ["inner", "outer"]
-        r = await h.client.get("/apps/plain/api/info")
+        r = await h.api.get("/apps/plain/api/info")
         assert r.headers.get_list("x-wrapped") == ["outer"]
         # the app's own lifespan still ran (its database is open): records work
-        r = await h.client.post("/apps/wrapped/api/records", json={"title": "t"})
+        r = await h.api.post("/apps/wrapped/api/records", json={"title": "t"})
         assert r.status_code == 201
 
 
@@ -384,7 +384,7 @@ class ProvidesElsewhere:
 
 async def test_a_plugin_provisioner_makes_and_drops_tenant_databases(tmp_path: Path) -> None:
     async with running_host(inproc_settings(tmp_path), [ProvidesElsewhere()]) as h:
-        r = await h.client.post(
+        r = await h.api.post(
             "/api/apps", json={"name": "far", "options": {"dbProvisioner": "elsewhere"}}
         )
         assert r.status_code == 201, r.text
@@ -397,14 +397,14 @@ async def test_a_plugin_provisioner_makes_and_drops_tenant_databases(tmp_path: P
         path = h.host.settings.storage_dir / "elsewhere" / "nocosup_far.sqlite"
         assert path.exists()
         assert not (h.host.settings.storage_dir / "databases" / "nocosup_far.sqlite").exists()
-        r = await h.client.post("/apps/far/api/records", json={"title": "kept far away"})
+        r = await h.api.post("/apps/far/api/records", json={"title": "kept far away"})
         assert r.status_code == 201
-        r = await h.client.patch("/api/apps/far", json={"options": {"dbProvisioner": "sqlite"}})
+        r = await h.api.patch("/api/apps/far", json={"options": {"dbProvisioner": "sqlite"}})
         assert r.status_code == 422 and r.json()["error"]["field"] == "options.dbProvisioner"
-        r = await h.client.delete("/api/apps/far", params={"drop_database": "true"})
+        r = await h.api.delete("/api/apps/far", params={"drop_database": "true"})
         assert r.status_code == 200
         assert not path.exists()
-        r = await h.client.post(
+        r = await h.api.post(
             "/api/apps", json={"name": "nowhere", "options": {"dbProvisioner": "mysql"}}
         )
         assert r.status_code == 422

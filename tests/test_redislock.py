@@ -8,8 +8,10 @@ from collections.abc import AsyncIterator
 import pytest
 import redis.asyncio as aioredis
 
-from nocosup.redislock import LockTimeout, RedisLock, redis_lock
+from nocosup.redislock import LockLost, LockTimeout, RedisLock, redis_lock
+from tests.cluster import wait_for
 from tests.conftest import REDIS_URL
+from tests.inproc import InProc
 
 
 @pytest.fixture
@@ -65,3 +67,34 @@ async def test_crashed_holder_frees_the_lock_after_its_ttl(redis: aioredis.Redis
     await lock.acquire(wait=3)
     assert await redis.get(key) == lock.token
     await lock.release()
+
+
+async def test_a_lost_lock_aborts_the_work_it_guards(redis: aioredis.Redis, key: str) -> None:
+    finished = False
+    with pytest.raises(LockLost, match="was lost while held"):
+        async with redis_lock(redis, key, ttl=0.3, wait=1) as lock:
+            await redis.set(key, "someone-else")  # as if ours had expired and been taken
+            await asyncio.sleep(30)  # the next renewal (0.1 s) notices and cancels this
+            finished = True
+    assert lock.lost and not finished
+    assert await redis.get(key) == "someone-else"  # the release left it alone
+    await redis.delete(key)
+
+
+async def test_a_lost_lock_puts_the_boot_it_guarded_in_error(
+    redis: aioredis.Redis, key: str, inproc: InProc
+) -> None:
+    runtime = inproc.host.role.runtime  # type: ignore[attr-defined]
+    runtime.boot_guard = lambda name: redis_lock(redis, key, ttl=0.3, wait=1)
+    slow = {"name": "guarded", "options": {"test": {"bootDelay": 30}}}
+    assert (await inproc.api.post("/api/apps", json=slow)).status_code == 201
+    start = asyncio.create_task(inproc.api.post("/api/apps/guarded/start"))
+    await wait_for(lambda: redis.exists(key))
+    await redis.set(key, "someone-else")
+    r = await start
+    assert r.status_code == 502, r.text
+    error = r.json()["error"]["app"]["errors"]["local"]
+    assert error.startswith("LockLost: lock ") and error.endswith("was lost while held")
+    tenant = runtime.tenants["guarded"]
+    assert tenant.app is None and tenant.lifespan is None
+    await redis.delete(key)
