@@ -381,7 +381,7 @@ class ProxyGateway:
 def _requested_environment(scope: Scope) -> str | None:
     for key, value in scope["headers"]:
         if key == b"x-nocosup-environment":
-            return value.decode("latin-1").strip()
+            return cast(bytes, value).decode("latin-1").strip()
     qs: bytes = scope.get("query_string", b"")
     if b"__env=" in qs:
         for key, value in parse_qsl(qs.decode("latin-1")):

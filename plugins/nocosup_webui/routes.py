@@ -58,7 +58,8 @@ async def index(request: Request) -> Response:
 
 
 def _cookie_path(request: Request) -> str:
-    return request.scope.get("root_path", "").rstrip("/") + "/api"
+    root_path: str = request.scope.get("root_path", "")
+    return root_path.rstrip("/") + "/api"
 
 
 async def login(request: Request) -> Response:
