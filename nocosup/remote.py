@@ -488,7 +488,7 @@ class Watcher:
         if record is None:
             return None
         try:
-            status = AppStatus(event.get("status"))
+            status = AppStatus(event.get("status", ""))
         except ValueError:
             status = None
         if (

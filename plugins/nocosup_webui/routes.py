@@ -105,8 +105,8 @@ class EventsEndpoint:
         host = request.app
         streams = STREAMS.get(host)
         if streams is None or streams.closing.is_set():
-            exc = ShuttingDown("the supervisor is shutting down; retry shortly")
-            await error_response(exc)(scope, receive, send)
+            error = ShuttingDown("the supervisor is shutting down; retry shortly")
+            await error_response(error)(scope, receive, send)
             return
         await streams.serve(host.events, scope, receive, send)
 
