@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterable
 
 from redis.asyncio import Redis
+from redis.typing import EncodableT, FieldT
 
 from nocosup.rediskeys import SCHEMA_VERSION, Keys
 from nocosup.registry import AppRecord
@@ -41,7 +42,7 @@ class AppCache:
 
     async def rebuild(self, records: Iterable[AppRecord]) -> None:
         """Replace the whole cache atomically with ``records`` and mark it built."""
-        mapping = {r.name: json.dumps(r.to_json()) for r in records}
+        mapping: dict[FieldT, EncodableT] = {r.name: json.dumps(r.to_json()) for r in records}
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.delete(self.keys.apps)
             if mapping:

@@ -435,7 +435,8 @@ def run_command(
                 progress.update(_poll(poller, name, min(left, 10.0)))
     if "error" in outcome:
         raise outcome["error"]
-    return outcome["app"]
+    app: dict[str, Any] = outcome["app"]
+    return app
 
 
 def _poll(api: AdminClient, name: str, timeout: float) -> dict[str, Any] | None:
@@ -710,7 +711,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    func: Callable[[argparse.Namespace], int] = args.func
+    return func(args)
 
 
 def _silence_stdout() -> None:

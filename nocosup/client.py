@@ -42,8 +42,9 @@ class ApiError(Exception):
     @property
     def details(self) -> dict[str, Any]:
         """The error object with its extra fields (``results``, ``app``, ``field``...)."""
-        if self.body and isinstance(self.body.get("error"), dict):
-            return self.body["error"]
+        error = self.body.get("error") if self.body else None
+        if isinstance(error, dict):
+            return error
         return {}
 
 

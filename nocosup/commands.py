@@ -22,7 +22,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
@@ -190,8 +190,13 @@ class CommandSender:
         )
         waiter = self._waiters[command.id] = _Waiter(expected)
         try:
+            # redis-py types xadd's fields as an invariant dict of unions: no dict[str, str]
+            # fits (redis/redis-py#2917)
             await self.redis.xadd(
-                self.keys.commands(env), command.fields(), maxlen=STREAM_MAXLEN, approximate=True
+                self.keys.commands(env),
+                command.fields(),  # type: ignore[arg-type]
+                maxlen=STREAM_MAXLEN,
+                approximate=True,
             )
             deadline = time.monotonic() + timeout
             while not waiter.event.is_set():
@@ -236,6 +241,7 @@ class CommandSender:
                 log.warning("reading command replies failed, retrying: %r", exc)
                 await asyncio.sleep(0.5)
                 continue
+            assert isinstance(batches, list)  # RESP2 (not RESP3's dict): [[stream, entries]]
             for _stream, entries in batches or []:
                 for entry_id, fields in entries:
                     last = entry_id
@@ -307,6 +313,7 @@ class CommandConsumer:
                 log.warning("reading commands failed, retrying: %r", exc)
                 await asyncio.sleep(0.5)
                 continue
+            assert isinstance(batches, list)  # RESP2 (not RESP3's dict): [[stream, entries]]
             for _stream, entries in batches or []:
                 for entry_id, fields in entries:
                     self._last_read = entry_id
@@ -335,6 +342,7 @@ class CommandConsumer:
         result = await self.redis.xreadgroup(
             self.group, self.instance, {self.stream: "0"}, count=1000
         )
+        assert isinstance(result, list)  # RESP2 (not RESP3's dict): [[stream, entries]]
         for _stream, entries in result or []:
             for entry_id, fields in entries:
                 if fields:
@@ -359,7 +367,8 @@ class CommandConsumer:
                 entries = await self.redis.xrange(
                     self.stream, item["message_id"], item["message_id"]
                 )
-                for entry_id, fields in entries:
+                # the clients decode replies (redisconn): str ids, dict[str, str] fields
+                for entry_id, fields in cast("list[tuple[str, dict[str, str]]]", entries):
                     log.info("reclaiming %s left by dead instance %s", entry_id, group)
                     await self._process(group, entry_id, fields)
             with contextlib.suppress(ResponseError):
@@ -426,7 +435,8 @@ class CommandConsumer:
             pipe.hset(self.keys.command(command.id), self.instance, json.dumps(reply.fields()))
             pipe.expire(self.keys.command(command.id), RESULT_TTL)
             if command.reply_to:
-                pipe.xadd(command.reply_to, reply.fields(), maxlen=REPLY_MAXLEN, approximate=True)
+                # invariant dict of unions, as in send()
+                pipe.xadd(command.reply_to, reply.fields(), maxlen=REPLY_MAXLEN, approximate=True)  # type: ignore[arg-type]
             await pipe.execute()
 
     async def _reply_to_malformed(self, fields: dict[str, str], error: str) -> None:
@@ -436,8 +446,12 @@ class CommandConsumer:
                 request_id, self.env, self.instance, False, "error", f"malformed command: {error}"
             )
             with contextlib.suppress(RedisError):
+                # invariant dict of unions, as in CommandSender.send()
                 await self.redis.xadd(
-                    reply_to, reply.fields(), maxlen=REPLY_MAXLEN, approximate=True
+                    reply_to,
+                    reply.fields(),  # type: ignore[arg-type]
+                    maxlen=REPLY_MAXLEN,
+                    approximate=True,
                 )
 
     async def _ack(self, group: str, entry_id: str) -> None:

@@ -115,7 +115,8 @@ class Heartbeat:
             pipe.set(key, json.dumps(self.instance_info()), px=self.ttl_ms, get=True)
             pipe.zadd(self.keys.instances, {member(self.env, self.instance): time.time() * 1000})
             pipe.hsetnx(self.keys.env(self.env), "registered_at", now_iso())
-            pipe.hset(self.keys.env(self.env), mapping=self.env_info())
+            # redis-py types mapping with an invariant key type that no dict[str, str] matches
+            pipe.hset(self.keys.env(self.env), mapping=self.env_info())  # type: ignore[arg-type]
             pipe.sadd(self.keys.envs, self.env)
             previous, *_ = await pipe.execute()
         if previous is None:

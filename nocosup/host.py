@@ -34,7 +34,7 @@ from nocosup.status import AppStatus
 
 log = logging.getLogger("nocosup.host")
 
-ReadinessCheck = Callable[[], Awaitable[None]]
+ReadinessCheck = Callable[[], Awaitable[object]]
 
 
 class Host(Starlette):

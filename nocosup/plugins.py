@@ -18,10 +18,10 @@ from __future__ import annotations
 import importlib
 import inspect
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib.metadata import EntryPoint, entry_points
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import pluggy
 from pluggy import HookImpl
@@ -88,7 +88,8 @@ class Hooks:
         """Every provided role by mode; two plugins providing one mode is a ConfigError."""
         found: dict[str, tuple[type[Role], str]] = {}
         for impl in self._impls("register_roles"):
-            for role in impl.function() or ():
+            # pluggy types an implementation's result as object; the hookspec says what it is
+            for role in cast("list[type[Role]] | None", impl.function()) or ():
                 other = found.get(role.name)
                 if other is not None:
                     raise ConfigError(
@@ -328,14 +329,19 @@ def load_callable(spec: str) -> Callable[..., Any]:
     return obj  # type: ignore[no-any-return]
 
 
-def _trace_before(hook_name: str, hook_impls: list[HookImpl], kwargs: dict[str, Any]) -> None:
+def _trace_before(
+    hook_name: str, hook_impls: Sequence[HookImpl], kwargs: Mapping[str, Any]
+) -> None:
     log.info(
         "hook %s(%s) -> %s", hook_name, ", ".join(kwargs), [impl.plugin_name for impl in hook_impls]
     )
 
 
 def _trace_after(
-    outcome: Any, hook_name: str, hook_impls: list[HookImpl], kwargs: dict[str, Any]
+    outcome: pluggy.Result[Any],
+    hook_name: str,
+    hook_impls: Sequence[HookImpl],
+    kwargs: Mapping[str, Any],
 ) -> None:
     try:
         result = outcome.get_result()

@@ -408,7 +408,8 @@ def path_target(scope: Scope) -> bytes:
 
 
 def _content_length(scope: Scope) -> bytes:
-    for name, value in scope["headers"]:
+    headers: list[tuple[bytes, bytes]] = scope["headers"]
+    for name, value in headers:
         if name == b"content-length":
             return value
     raise AssertionError("no content-length")  # pragma: no cover - mode said there was one

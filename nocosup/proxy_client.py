@@ -646,7 +646,7 @@ def keep_large_buffers_on_heap() -> bool:
         return False
     mallopt = libc.mallopt
     mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
-    ok = mallopt(_M_MMAP_THRESHOLD, 1 << 20) == 1 and mallopt(_M_TRIM_THRESHOLD, 8 << 20) == 1
+    ok: bool = mallopt(_M_MMAP_THRESHOLD, 1 << 20) == 1 and mallopt(_M_TRIM_THRESHOLD, 8 << 20) == 1
     _malloc_tuned = ok
     return ok
 

@@ -88,7 +88,8 @@ class AppRecord:
 
     @property
     def start_mode(self) -> str:
-        return self.options.get("startMode", "on_first_request")
+        mode: str = self.options.get("startMode", "on_first_request")
+        return mode
 
     def to_json(self) -> dict[str, Any]:
         return {

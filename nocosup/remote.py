@@ -15,7 +15,7 @@ import json
 import logging
 import time
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import parse_qsl
 
 from redis.asyncio import Redis
@@ -113,7 +113,8 @@ class RedisEnvironments(EnvironmentDirectory):
 
     async def _read(self) -> dict[str, dict[str, Any]]:
         stored = await self.store.list()
-        names = set(await self.redis.smembers(self.keys.envs)) | set(stored)
+        # the clients decode replies (redisconn): the members are str
+        names = set(cast("set[str]", await self.redis.smembers(self.keys.envs))) | set(stored)
         ordered = sorted(names)
         async with self.redis.pipeline(transaction=False) as pipe:
             for name in ordered:
@@ -380,7 +381,7 @@ class ProxyGateway:
 def _requested_environment(scope: Scope) -> str | None:
     for key, value in scope["headers"]:
         if key == b"x-nocosup-environment":
-            return value.decode("latin-1").strip()
+            return cast(bytes, value).decode("latin-1").strip()
     qs: bytes = scope.get("query_string", b"")
     if b"__env=" in qs:
         for key, value in parse_qsl(qs.decode("latin-1")):
@@ -458,7 +459,8 @@ class Watcher:
                 await asyncio.sleep(0.5)
             finally:
                 with contextlib.suppress(Exception):
-                    await pubsub.aclose()
+                    # redis-py leaves PubSub.aclose unannotated
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]
 
     def _relay(self, data: Any) -> None:
         try:
@@ -486,7 +488,7 @@ class Watcher:
         if record is None:
             return None
         try:
-            status = AppStatus(event.get("status"))
+            status = AppStatus(event.get("status", ""))
         except ValueError:
             status = None
         if (
@@ -507,6 +509,7 @@ class Watcher:
             return
         names = list(self.process.records)
         for m in stale:
+            assert isinstance(m, str)  # decoded (redisconn), and no scores were asked for
             env, instance = split_member(m)
             async with self.redis.pipeline(transaction=False) as pipe:
                 for name in names:

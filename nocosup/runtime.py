@@ -263,9 +263,11 @@ class LocalRuntime:
             done, _ = await asyncio.wait({boot}, timeout=self.settings.boot_wait)
             if not done:
                 raise AppInitializing(name)
-        if tenant.status is AppStatus.ERROR:
+        # the boot moves the status on: a fresh variable drops mypy's narrowing from above
+        status: AppStatus = tenant.status
+        if status is AppStatus.ERROR:
             raise AppFailed(name, tenant.error)
-        if tenant.status is not AppStatus.RUNNING:
+        if status is not AppStatus.RUNNING:
             raise AppStopped(name)
         return tenant
 

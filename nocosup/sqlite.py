@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import ctypes.util
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,7 @@ from databases.backends.sqlite import SQLiteBackend, SQLitePool
 SCHEME = "sqlite+nocosup"
 
 
-def _find_malloc_trim() -> ctypes._CFuncPtr | None:
+def _find_malloc_trim() -> Callable[[int], int] | None:
     try:
         return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
     except (OSError, AttributeError):  # not glibc

@@ -101,6 +101,7 @@ class Worker:
 
     async def _was_running(self, app: str) -> bool:
         for field, raw in (await self.cache.redis.hgetall(self.keys.status(app))).items():
+            assert isinstance(field, str)  # the clients decode replies (redisconn)
             env, _ = split_member(field)
             if env == self.env and json.loads(raw).get("status") == AppStatus.RUNNING.value:
                 return True

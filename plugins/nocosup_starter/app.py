@@ -135,6 +135,7 @@ def build_app(ctx: AppContext) -> Starlette:
 
     async def admin(request: Request) -> Response:
         rows = await db.fetch_all(records.select().order_by(records.c.id).limit(MAX_LIMIT))
+        assert ctx.environment is not None  # app_factory is told where the app runs
         name = html.escape(ctx.name)
         items = "\n".join(
             f"<tr><td>{r._mapping['id']}</td><td>{html.escape(r._mapping['title'])}</td>"

@@ -58,7 +58,8 @@ async def index(request: Request) -> Response:
 
 
 def _cookie_path(request: Request) -> str:
-    return request.scope.get("root_path", "").rstrip("/") + "/api"
+    root_path: str = request.scope.get("root_path", "")
+    return root_path.rstrip("/") + "/api"
 
 
 async def login(request: Request) -> Response:
@@ -104,8 +105,8 @@ class EventsEndpoint:
         host = request.app
         streams = STREAMS.get(host)
         if streams is None or streams.closing.is_set():
-            exc = ShuttingDown("the supervisor is shutting down; retry shortly")
-            await error_response(exc)(scope, receive, send)
+            error = ShuttingDown("the supervisor is shutting down; retry shortly")
+            await error_response(error)(scope, receive, send)
             return
         await streams.serve(host.events, scope, receive, send)
 
