@@ -7,9 +7,10 @@ that starts looks for groups of dead instances of its environment and finishes w
 left unacknowledged ("reclaim"), so a command never dies with the process that took it.
 
 Results: the worker ``XADD``s its reply to the sender's reply stream and records it in
-``{p}:cmd:{id}`` (kept an hour). The sender has one reader task resolving waiters by
-request id; a waiter that missed the stream entry finds the hash. A redelivered command
-whose id the instance already answered is answered again from that hash, not re-run.
+``{p}:cmd:{id}`` (kept ``RESULT_TTL``, 10 minutes, after the last reply). The sender has
+one reader task resolving waiters by request id; a waiter that missed the stream entry
+finds the hash. A redelivered command whose id the instance already answered is answered
+again from that hash, not re-run.
 """
 
 from __future__ import annotations
