@@ -67,9 +67,17 @@ CREATE TABLE IF NOT EXISTS nocosup_apps (
 """
 
 
+def iso_time(seconds: float | None = None) -> str:
+    """``seconds`` since the epoch (default: now) as UTC ISO 8601 with milliseconds and a
+    Z, e.g. ``2026-11-25T08:22:52.409Z``: the one timestamp format nocosup writes, sortable
+    as text."""
+    moment = datetime.now(UTC) if seconds is None else datetime.fromtimestamp(seconds, UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
 def now_iso() -> str:
-    """UTC now as ISO 8601 with milliseconds and a Z: sortable as text."""
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+    """UTC now, formatted by :func:`iso_time`."""
+    return iso_time()
 
 
 @dataclass(frozen=True)
