@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
 
-from nocosup.config import VARIABLES, Settings
+from nocosup.config import VARIABLES, Settings, Variable
 from nocosup.errors import ConfigError
 
 
@@ -23,6 +24,25 @@ def test_embedded_defaults() -> None:
     assert s.storage_dir == Path("./storage")
     assert s.boot_wait == 10.0
     assert s.redis_prefix == "nocosup"
+
+
+def _without_instance_id(settings: Settings) -> Settings:
+    return dataclasses.replace(settings, instance_id="-")
+
+
+def test_settings_defaults_are_the_variables_defaults() -> None:
+    """One place for defaults: Settings() is the parse of an empty environment."""
+    assert _without_instance_id(Settings()) == _without_instance_id(Settings.from_env({}))
+    assert Settings().instance_id != Settings().instance_id  # random per process
+    assert Settings(storage_dir=Path("/x"), boot_wait=1.0).storage_dir == Path("/x")
+
+
+@pytest.mark.parametrize(
+    "variable", [v for v in VARIABLES if v.default is not None], ids=lambda v: v.name
+)
+def test_every_variable_default_parses_to_the_settings_default(variable: Variable) -> None:
+    settings = Settings.from_env({variable.name: variable.default or ""})
+    assert _without_instance_id(settings) == _without_instance_id(Settings())
 
 
 @pytest.mark.parametrize(
