@@ -22,9 +22,11 @@ DISCOVERY_ADAPTERS = ("local", "remote")
 PROCESS_ADAPTERS = ("local", "remote")
 COMMAND_ADAPTERS = ("local", "redis")
 DB_DIALECTS = ("sqlite", "postgres")
-_ENV_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
-_PREFIX = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
-_FACTORY = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
+# Matched with fullmatch: a "$" anchor would let a trailing newline through.
+_ENV_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
+_PREFIX = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
+_FACTORY = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
+_DB_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 #: App names are at most 40 characters and tenant databases are named ``{DB_DATABASE}_{app}``;
 #: PostgreSQL truncates identifiers past 63 bytes, so DB_DATABASE must leave room.
 MAX_DB_DATABASE_LEN = 63 - 1 - 40
@@ -204,7 +206,7 @@ def _url(env: Mapping[str, str], name: str, schemes: tuple[str, ...]) -> str | N
 
 def _pattern(env: Mapping[str, str], name: str, pattern: re.Pattern[str], what: str) -> str | None:
     value = _get(env, name)
-    if value is not None and not pattern.match(value):
+    if value is not None and not pattern.fullmatch(value):
         raise ConfigError(f"{name} must be {what}; got {value!r}")
     return value
 
@@ -216,7 +218,7 @@ def _parse(env: Mapping[str, str]) -> dict[str, Any]:
     db_database = _pattern(
         env,
         "DB_DATABASE",
-        re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$"),
+        _DB_NAME,
         "letters, digits and underscores, not starting with a digit",
     )
     assert db_database is not None

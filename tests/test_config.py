@@ -63,6 +63,8 @@ def test_every_variable_default_parses_to_the_settings_default(variable: Variabl
         ({"NOCOSUP_APP_FACTORY": "not a callable"}, "NOCOSUP_APP_FACTORY"),
         ({"NOCOSUP_REDIS_PREFIX": "has space"}, "NOCOSUP_REDIS_PREFIX"),
         ({"ENVIRONMENT_NAME": "bad name"}, "ENVIRONMENT_NAME"),
+        ({"ENVIRONMENT_NAME": "nl2\nx"}, "ENVIRONMENT_NAME"),
+        ({"NOCOSUP_INSTANCE_ID": "i1\nx"}, "NOCOSUP_INSTANCE_ID"),
         ({"ENVIRONMENT_URL": "ftp://x"}, "ENVIRONMENT_URL"),
         ({"APP_SUPERVISOR_REDIS_URL": "localhost:6379"}, "APP_SUPERVISOR_REDIS_URL"),
         ({"APP_MODE": "worker"}, "APP_DISCOVERY_ADAPTER"),
@@ -75,6 +77,13 @@ def test_bad_values_name_the_variable(env: dict[str, str], variable: str) -> Non
     with pytest.raises(ConfigError) as info:
         Settings.from_env(env)
     assert str(info.value).startswith(variable), str(info.value)
+
+
+def test_values_are_trimmed_before_their_pattern_is_checked() -> None:
+    # a trailing newline (an env file's) is trimmed, never kept in the value; the
+    # patterns are matched whole (fullmatch), so nothing after a newline slips through
+    s = Settings.from_env({"ENVIRONMENT_NAME": "nl2\n", "NOCOSUP_REDIS_PREFIX": "p\n"})
+    assert (s.environment_name, s.redis_prefix) == ("nl2", "p")
 
 
 def test_choice_errors_list_allowed_values() -> None:
