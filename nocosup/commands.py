@@ -402,7 +402,7 @@ class CommandConsumer:
             await self._ack(group, entry_id)
             return
         try:
-            reply = await self._answer(command, redelivered)
+            await self._answer(command, redelivered)
         except Exception as exc:  # the handler reports failures; this is a bug guard
             log.exception("command %s (%s %s) crashed", command.id, command.action, command.app)
             reply = Reply(
@@ -411,7 +411,8 @@ class CommandConsumer:
             await self._publish(command, reply)
         await self._ack(group, entry_id)
 
-    async def _answer(self, command: Command, redelivered: bool) -> Reply:
+    async def _answer(self, command: Command, redelivered: bool) -> None:
+        """Run ``command`` (or reuse this instance's stored answer) and publish the reply."""
         done = None
         if redelivered:
             done = await self.redis.hget(self.keys.command(command.id), self.instance)
@@ -420,7 +421,6 @@ class CommandConsumer:
         else:
             reply = await self.handler(command)
         await self._publish(command, reply)
-        return reply
 
     async def _publish(self, command: Command, reply: Reply) -> None:
         async with self.redis.pipeline(transaction=False) as pipe:

@@ -43,7 +43,6 @@ class RedisLock:
         self.ttl_ms = max(int(ttl * 1000), 100)
         self.token = secrets.token_hex(16)
         self._renewer: asyncio.Task[None] | None = None
-        self.lost = False
 
     async def acquire(self, wait: float) -> None:
         """Try until ``wait`` seconds have passed, backing off from 20 ms to 250 ms."""
@@ -68,7 +67,6 @@ class RedisLock:
                 log.warning("could not renew %s: %r", self.key, exc)
                 continue
             if not renewed:
-                self.lost = True
                 log.error("lock %s was lost while held", self.key)
                 return
 

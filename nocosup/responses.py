@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Collection, Iterable
-from typing import Any
 
 from starlette.responses import JSONResponse
 from starlette.types import Receive, Scope, Send
@@ -81,7 +80,3 @@ def close_reason(reason: str | None) -> str:
     """``reason`` cut to the 123 UTF-8 bytes a close frame can carry."""
     data = (reason or "").encode("utf-8")[:123]
     return data.decode("utf-8", "ignore")
-
-
-def json_body(data: Any) -> bytes:
-    return json.dumps(data, separators=(",", ":")).encode()

@@ -28,4 +28,3 @@ class AppStatus(StrEnum):
 
 #: Statuses during which a boot is under way: requests wait for it.
 BOOTING = frozenset({AppStatus.PREPARING, AppStatus.INITIALIZING, AppStatus.INITIALIZED})
-DESIRED_STATES = ("running", "stopped")
