@@ -7,9 +7,10 @@ that starts looks for groups of dead instances of its environment and finishes w
 left unacknowledged ("reclaim"), so a command never dies with the process that took it.
 
 Results: the worker ``XADD``s its reply to the sender's reply stream and records it in
-``{p}:cmd:{id}`` (kept an hour). The sender has one reader task resolving waiters by
-request id; a waiter that missed the stream entry finds the hash. A redelivered command
-whose id the instance already answered is answered again from that hash, not re-run.
+``{p}:cmd:{id}`` (kept ``RESULT_TTL``, 10 minutes, after the last reply). The sender has
+one reader task resolving waiters by request id; a waiter that missed the stream entry
+finds the hash. A redelivered command whose id the instance already answered is answered
+again from that hash, not re-run.
 """
 
 from __future__ import annotations
@@ -410,7 +411,7 @@ class CommandConsumer:
             await self._ack(group, entry_id)
             return
         try:
-            reply = await self._answer(command, redelivered)
+            await self._answer(command, redelivered)
         except Exception as exc:  # the handler reports failures; this is a bug guard
             log.exception("command %s (%s %s) crashed", command.id, command.action, command.app)
             reply = Reply(
@@ -419,7 +420,8 @@ class CommandConsumer:
             await self._publish(command, reply)
         await self._ack(group, entry_id)
 
-    async def _answer(self, command: Command, redelivered: bool) -> Reply:
+    async def _answer(self, command: Command, redelivered: bool) -> None:
+        """Run ``command`` (or reuse this instance's stored answer) and publish the reply."""
         done = None
         if redelivered:
             done = await self.redis.hget(self.keys.command(command.id), self.instance)
@@ -428,7 +430,6 @@ class CommandConsumer:
         else:
             reply = await self.handler(command)
         await self._publish(command, reply)
-        return reply
 
     async def _publish(self, command: Command, reply: Reply) -> None:
         async with self.redis.pipeline(transaction=False) as pipe:

@@ -22,9 +22,11 @@ DISCOVERY_ADAPTERS = ("local", "remote")
 PROCESS_ADAPTERS = ("local", "remote")
 COMMAND_ADAPTERS = ("local", "redis")
 DB_DIALECTS = ("sqlite", "postgres")
-_ENV_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
-_PREFIX = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
-_FACTORY = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
+# Matched with fullmatch: a "$" anchor would let a trailing newline through.
+_ENV_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
+_PREFIX = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
+_FACTORY = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
+_DB_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 #: App names are at most 40 characters and tenant databases are named ``{DB_DATABASE}_{app}``;
 #: PostgreSQL truncates identifiers past 63 bytes, so DB_DATABASE must leave room.
 MAX_DB_DATABASE_LEN = 63 - 1 - 40
@@ -160,38 +162,167 @@ VARIABLES: tuple[Variable, ...] = (
 _BY_NAME = {v.name: v for v in VARIABLES}
 
 
+def _get(env: Mapping[str, str], name: str) -> str | None:
+    value = env.get(name)
+    if value is None or value.strip() == "":
+        return _BY_NAME[name].default
+    return value.strip()
+
+
+def _text(env: Mapping[str, str], name: str) -> str:
+    """A variable whose default is a string, so it always has a value."""
+    value = _get(env, name)
+    assert value is not None, f"{name} needs a default"
+    return value
+
+
+def _choice(env: Mapping[str, str], name: str) -> str:
+    value = _get(env, name)
+    allowed = _BY_NAME[name].choices
+    if value not in allowed:
+        raise ConfigError(f"{name} must be one of {', '.join(allowed)}; got {value!r}")
+    return value
+
+
+def _number(
+    env: Mapping[str, str], name: str, cast: Callable[[str], Any], low: float, high: float
+) -> Any:
+    raw = _get(env, name)
+    try:
+        value = cast(raw)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        value = None
+    if value is None or not low <= value <= high:
+        raise ConfigError(f"{name} must be a number from {low:g} to {high:g}; got {raw!r}")
+    return value
+
+
+def _url(env: Mapping[str, str], name: str, schemes: tuple[str, ...]) -> str | None:
+    value = _get(env, name)
+    if value is None:
+        return None
+    scheme = value.split("://", 1)[0].lower() if "://" in value else ""
+    if scheme not in schemes:
+        raise ConfigError(
+            f"{name} must be a URL starting with {' or '.join(s + '://' for s in schemes)}; "
+            f"got {value!r}"
+        )
+    return value.rstrip("/")
+
+
+def _pattern(env: Mapping[str, str], name: str, pattern: re.Pattern[str], what: str) -> str | None:
+    value = _get(env, name)
+    if value is not None and not pattern.fullmatch(value):
+        raise ConfigError(f"{name} must be {what}; got {value!r}")
+    return value
+
+
+def _parse(env: Mapping[str, str]) -> dict[str, Any]:
+    command = _choice(env, "APP_COMMAND_ADAPTER")
+    if not (env.get("APP_COMMAND_ADAPTER") or "").strip() and env.get("APP_COMMAND_ADPATER"):
+        command = _choice(env, "APP_COMMAND_ADPATER")
+    db_database = _pattern(
+        env,
+        "DB_DATABASE",
+        _DB_NAME,
+        "letters, digits and underscores, not starting with a digit",
+    )
+    assert db_database is not None
+    if len(db_database) > MAX_DB_DATABASE_LEN:
+        raise ConfigError(
+            f"DB_DATABASE must be at most {MAX_DB_DATABASE_LEN} characters so that tenant "
+            f"databases ({{DB_DATABASE}}_{{app}}) fit PostgreSQL's 63-byte names; "
+            f"got {db_database!r}"
+        )
+    load = env.get("NOCOSUP_LOAD_PLUGINS", _BY_NAME["NOCOSUP_LOAD_PLUGINS"].default)
+    return {
+        "mode": _choice(env, "APP_MODE"),
+        "discovery_adapter": _choice(env, "APP_DISCOVERY_ADAPTER"),
+        "process_adapter": _choice(env, "APP_PROCESS_ADAPTER"),
+        "command_adapter": command,
+        "supervisor_redis_url": _url(env, "APP_SUPERVISOR_REDIS_URL", ("redis", "rediss", "unix")),
+        "command_redis_url": _url(env, "APP_COMMAND_REDIS_URL", ("redis", "rediss", "unix")),
+        "environment_name": _pattern(
+            env, "ENVIRONMENT_NAME", _ENV_NAME, "1-63 letters, digits, '_', '.' or '-'"
+        ),
+        "environment_url": _url(env, "ENVIRONMENT_URL", ("http", "https")),
+        "environment_proxy_url": _url(env, "ENVIRONMENT_PROXY_URL", ("http", "https")),
+        "db_dialect": _choice(env, "DB_DIALECT"),
+        "db_host": _text(env, "DB_HOST"),
+        "db_port": _number(env, "DB_PORT", int, 1, 65535),
+        "db_database": db_database,
+        "db_user": _text(env, "DB_USER"),
+        # taken as it is, not trimmed (docs/configuration.md)
+        "db_password": env.get("DB_PASSWORD", _BY_NAME["DB_PASSWORD"].default),
+        "storage_dir": Path(_text(env, "NOCOSUP_STORAGE_DIR")),
+        "admin_token": _get(env, "NOCOSUP_ADMIN_TOKEN"),
+        "app_factory": _pattern(env, "NOCOSUP_APP_FACTORY", _FACTORY, "module:callable"),
+        "boot_wait": _number(env, "NOCOSUP_BOOT_WAIT", float, 0, 3600),
+        "redis_prefix": _pattern(
+            env, "NOCOSUP_REDIS_PREFIX", _PREFIX, "1-64 letters, digits or _ . : -"
+        ),
+        "load_plugins": None if load is None else _names(load),
+        "disable_plugins": _names(env.get("NOCOSUP_DISABLE_PLUGINS")),
+        "trace_hooks": _choice(env, "NOCOSUP_TRACE_HOOKS") == "1",
+        "stop_grace": _number(env, "NOCOSUP_STOP_GRACE", float, 0, 3600),
+        "heartbeat_interval": _number(env, "NOCOSUP_HEARTBEAT_INTERVAL", float, 0.1, 3600),
+        "command_timeout": _number(env, "NOCOSUP_COMMAND_TIMEOUT", float, 0.1, 3600),
+        "lock_ttl": _number(env, "NOCOSUP_LOCK_TTL", float, 0.3, 3600),
+        "proxy_timeout": _number(env, "NOCOSUP_PROXY_TIMEOUT", float, 0.1, 86400),
+        **_instance(env),
+    }
+
+
+def _names(value: str | None) -> tuple[str, ...]:
+    """A comma-separated list of names, blanks dropped."""
+    return tuple(p.strip() for p in (value or "").split(",") if p.strip())
+
+
+def _instance(env: Mapping[str, str]) -> dict[str, str]:
+    value = _pattern(env, "NOCOSUP_INSTANCE_ID", _ENV_NAME, "1-63 letters, digits, '_', '.' or '-'")
+    return {"instance_id": value} if value else {}
+
+
+#: The Settings field defaults: VARIABLES' defaults, parsed as any environment is.
+_DEFAULTS = _parse({})
+
+
 @dataclass(frozen=True)
 class Settings:
-    """Validated configuration of one nocosup process."""
+    """Validated configuration of one nocosup process.
 
-    mode: str = "supervisor"
-    discovery_adapter: str = "local"
-    process_adapter: str = "local"
-    command_adapter: str = "local"
-    supervisor_redis_url: str | None = None
-    command_redis_url: str | None = None
-    environment_name: str = "local"
-    environment_url: str | None = None
-    environment_proxy_url: str | None = None
-    db_dialect: str = "sqlite"
-    db_host: str = "127.0.0.1"
-    db_port: int = 5432
-    db_database: str = "nocosup"
-    db_user: str = "postgres"
-    db_password: str = ""
-    storage_dir: Path = Path("./storage")
-    admin_token: str | None = None
-    app_factory: str | None = None
-    boot_wait: float = 10.0
-    redis_prefix: str = "nocosup"
-    load_plugins: tuple[str, ...] | None = None
-    disable_plugins: tuple[str, ...] = ()
-    trace_hooks: bool = False
-    stop_grace: float = 10.0
-    heartbeat_interval: float = 10.0
-    command_timeout: float = 60.0
-    lock_ttl: float = 15.0
-    proxy_timeout: float = 300.0
+    Every default is the parsed default of its variable in :data:`VARIABLES`, so
+    ``Settings()`` is ``Settings.from_env({})`` (but for the random ``instance_id``).
+    """
+
+    mode: str = _DEFAULTS["mode"]
+    discovery_adapter: str = _DEFAULTS["discovery_adapter"]
+    process_adapter: str = _DEFAULTS["process_adapter"]
+    command_adapter: str = _DEFAULTS["command_adapter"]
+    supervisor_redis_url: str | None = _DEFAULTS["supervisor_redis_url"]
+    command_redis_url: str | None = _DEFAULTS["command_redis_url"]
+    environment_name: str = _DEFAULTS["environment_name"]
+    environment_url: str | None = _DEFAULTS["environment_url"]
+    environment_proxy_url: str | None = _DEFAULTS["environment_proxy_url"]
+    db_dialect: str = _DEFAULTS["db_dialect"]
+    db_host: str = _DEFAULTS["db_host"]
+    db_port: int = _DEFAULTS["db_port"]
+    db_database: str = _DEFAULTS["db_database"]
+    db_user: str = _DEFAULTS["db_user"]
+    db_password: str = _DEFAULTS["db_password"]
+    storage_dir: Path = _DEFAULTS["storage_dir"]
+    admin_token: str | None = _DEFAULTS["admin_token"]
+    app_factory: str | None = _DEFAULTS["app_factory"]
+    boot_wait: float = _DEFAULTS["boot_wait"]
+    redis_prefix: str = _DEFAULTS["redis_prefix"]
+    load_plugins: tuple[str, ...] | None = _DEFAULTS["load_plugins"]
+    disable_plugins: tuple[str, ...] = _DEFAULTS["disable_plugins"]
+    trace_hooks: bool = _DEFAULTS["trace_hooks"]
+    stop_grace: float = _DEFAULTS["stop_grace"]
+    heartbeat_interval: float = _DEFAULTS["heartbeat_interval"]
+    command_timeout: float = _DEFAULTS["command_timeout"]
+    lock_ttl: float = _DEFAULTS["lock_ttl"]
+    proxy_timeout: float = _DEFAULTS["proxy_timeout"]
     #: Unique per process: tells replicas of one environment apart.
     instance_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
 
@@ -269,116 +400,3 @@ class Settings:
 def _require(ok: bool, name: str, why: str) -> None:
     if not ok:
         raise ConfigError(f"{name}: {why}")
-
-
-def _get(env: Mapping[str, str], name: str) -> str | None:
-    value = env.get(name)
-    if value is None or value.strip() == "":
-        return _BY_NAME[name].default
-    return value.strip()
-
-
-def _choice(env: Mapping[str, str], name: str) -> str:
-    value = _get(env, name)
-    allowed = _BY_NAME[name].choices
-    if value not in allowed:
-        raise ConfigError(f"{name} must be one of {', '.join(allowed)}; got {value!r}")
-    return value
-
-
-def _number(
-    env: Mapping[str, str], name: str, cast: Callable[[str], Any], low: float, high: float
-) -> Any:
-    raw = _get(env, name)
-    try:
-        value = cast(raw)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        value = None
-    if value is None or not low <= value <= high:
-        raise ConfigError(f"{name} must be a number from {low:g} to {high:g}; got {raw!r}")
-    return value
-
-
-def _url(env: Mapping[str, str], name: str, schemes: tuple[str, ...]) -> str | None:
-    value = _get(env, name)
-    if value is None:
-        return None
-    scheme = value.split("://", 1)[0].lower() if "://" in value else ""
-    if scheme not in schemes:
-        raise ConfigError(
-            f"{name} must be a URL starting with {' or '.join(s + '://' for s in schemes)}; "
-            f"got {value!r}"
-        )
-    return value.rstrip("/")
-
-
-def _pattern(env: Mapping[str, str], name: str, pattern: re.Pattern[str], what: str) -> str | None:
-    value = _get(env, name)
-    if value is not None and not pattern.match(value):
-        raise ConfigError(f"{name} must be {what}; got {value!r}")
-    return value
-
-
-def _parse(env: Mapping[str, str]) -> dict[str, Any]:
-    command = _choice(env, "APP_COMMAND_ADAPTER")
-    if not (env.get("APP_COMMAND_ADAPTER") or "").strip() and env.get("APP_COMMAND_ADPATER"):
-        command = _choice(env, "APP_COMMAND_ADPATER")
-    db_database = _pattern(
-        env,
-        "DB_DATABASE",
-        re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$"),
-        "letters, digits and underscores, not starting with a digit",
-    )
-    assert db_database is not None
-    if len(db_database) > MAX_DB_DATABASE_LEN:
-        raise ConfigError(
-            f"DB_DATABASE must be at most {MAX_DB_DATABASE_LEN} characters so that tenant "
-            f"databases ({{DB_DATABASE}}_{{app}}) fit PostgreSQL's 63-byte names; "
-            f"got {db_database!r}"
-        )
-    load = env.get("NOCOSUP_LOAD_PLUGINS")
-    return {
-        "mode": _choice(env, "APP_MODE"),
-        "discovery_adapter": _choice(env, "APP_DISCOVERY_ADAPTER"),
-        "process_adapter": _choice(env, "APP_PROCESS_ADAPTER"),
-        "command_adapter": command,
-        "supervisor_redis_url": _url(env, "APP_SUPERVISOR_REDIS_URL", ("redis", "rediss", "unix")),
-        "command_redis_url": _url(env, "APP_COMMAND_REDIS_URL", ("redis", "rediss", "unix")),
-        "environment_name": _pattern(
-            env, "ENVIRONMENT_NAME", _ENV_NAME, "1-63 letters, digits, '_', '.' or '-'"
-        ),
-        "environment_url": _url(env, "ENVIRONMENT_URL", ("http", "https")),
-        "environment_proxy_url": _url(env, "ENVIRONMENT_PROXY_URL", ("http", "https")),
-        "db_dialect": _choice(env, "DB_DIALECT"),
-        "db_host": _get(env, "DB_HOST"),
-        "db_port": _number(env, "DB_PORT", int, 1, 65535),
-        "db_database": db_database,
-        "db_user": _get(env, "DB_USER"),
-        "db_password": env.get("DB_PASSWORD", ""),
-        "storage_dir": Path(_get(env, "NOCOSUP_STORAGE_DIR") or "./storage"),
-        "admin_token": _get(env, "NOCOSUP_ADMIN_TOKEN"),
-        "app_factory": _pattern(env, "NOCOSUP_APP_FACTORY", _FACTORY, "module:callable"),
-        "boot_wait": _number(env, "NOCOSUP_BOOT_WAIT", float, 0, 3600),
-        "redis_prefix": _pattern(
-            env, "NOCOSUP_REDIS_PREFIX", _PREFIX, "1-64 letters, digits or _ . : -"
-        ),
-        "load_plugins": None if load is None else _names(load),
-        "disable_plugins": _names(env.get("NOCOSUP_DISABLE_PLUGINS")),
-        "trace_hooks": _choice(env, "NOCOSUP_TRACE_HOOKS") == "1",
-        "stop_grace": _number(env, "NOCOSUP_STOP_GRACE", float, 0, 3600),
-        "heartbeat_interval": _number(env, "NOCOSUP_HEARTBEAT_INTERVAL", float, 0.1, 3600),
-        "command_timeout": _number(env, "NOCOSUP_COMMAND_TIMEOUT", float, 0.1, 3600),
-        "lock_ttl": _number(env, "NOCOSUP_LOCK_TTL", float, 0.3, 3600),
-        "proxy_timeout": _number(env, "NOCOSUP_PROXY_TIMEOUT", float, 0.1, 86400),
-        **_instance(env),
-    }
-
-
-def _names(value: str | None) -> tuple[str, ...]:
-    """A comma-separated list of names, blanks dropped."""
-    return tuple(p.strip() for p in (value or "").split(",") if p.strip())
-
-
-def _instance(env: Mapping[str, str]) -> dict[str, str]:
-    value = _pattern(env, "NOCOSUP_INSTANCE_ID", _ENV_NAME, "1-63 letters, digits, '_', '.' or '-'")
-    return {"instance_id": value} if value else {}

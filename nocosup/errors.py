@@ -8,7 +8,6 @@
     │   ├── AppNotFound             404 APP_NOT_FOUND
     │   └── EnvironmentNotFound     404 ENVIRONMENT_NOT_FOUND
     ├── AppExists                   409 APP_EXISTS
-    ├── AppStateConflict            409 APP_STATE_CONFLICT
     ├── AppUnavailable              503 (base of the gateway's "cannot serve now" answers)
     │   ├── AppStopped              503 APP_STOPPED
     │   ├── AppInitializing         503 APP_INITIALIZING (Retry-After)
@@ -98,11 +97,6 @@ class AppExists(NocosupError):
 
     def __init__(self, name: str) -> None:
         super().__init__(f"application {name!r} already exists")
-
-
-class AppStateConflict(NocosupError):
-    status = 409
-    code = "APP_STATE_CONFLICT"
 
 
 class AppUnavailable(NocosupError):

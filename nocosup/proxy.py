@@ -51,7 +51,7 @@ from nocosup.proxy_client import (
     UpstreamResponse,
     UpstreamTimeoutError,
 )
-from nocosup.responses import send_error, ws_close_code
+from nocosup.responses import close_reason, deny_websocket, send_error
 
 __all__ = ["Proxy"]
 
@@ -288,7 +288,7 @@ class Proxy:
                 max_size=self.ws_max_size,
             )
         except InvalidStatus as exc:
-            await _relay_ws_denial(exc, scope, receive, send)
+            await _relay_ws_denial(exc, scope, send)
             return
         except TimeoutError:
             await _answer_error(
@@ -455,29 +455,19 @@ async def _answer_error(scope: Scope, receive: Receive, send: Send, exc: Nocosup
         pass
 
 
-async def _relay_ws_denial(exc: InvalidStatus, scope: Scope, receive: Receive, send: Send) -> None:
-    """The upstream refused the WebSocket with an HTTP answer: pass it on when the server
-    can send one, else close with the matching code."""
+async def _relay_ws_denial(exc: InvalidStatus, scope: Scope, send: Send) -> None:
+    """The upstream refused the WebSocket with an HTTP answer: pass it on (minus hop-by-hop
+    and handshake headers) when the server can send one, else close with the matching code."""
     answer = exc.response
     try:
-        if "websocket.http.response" in scope.get("extensions", {}):
-            body = answer.body or b""
-            headers = [
-                (name.lower().encode("latin-1"), value.encode("latin-1"))
-                for name, value in answer.headers.raw_items()
-                if name.lower().encode("latin-1") not in _WS_RESPONSE_DROP
-            ]
-            headers.append((b"content-length", str(len(body)).encode()))
-            await send(
-                {
-                    "type": "websocket.http.response.start",
-                    "status": answer.status_code,
-                    "headers": headers,
-                }
-            )
-            await send({"type": "websocket.http.response.body", "body": body})
-        else:
-            await send({"type": "websocket.close", "code": ws_close_code(answer.status_code)})
+        await deny_websocket(
+            scope,
+            send,
+            answer.status_code,
+            answer.headers.raw_items(),
+            bytes(answer.body or b""),
+            drop=_WS_RESPONSE_DROP,
+        )
     except OSError:
         pass
 
@@ -490,11 +480,6 @@ def close_code(code: int | None) -> int:
     return 1011
 
 
-def _close_reason(reason: str | None) -> str:
-    data = (reason or "").encode("utf-8")[:123]
-    return data.decode("utf-8", "ignore")
-
-
 async def _pump(ws: ClientConnection, receive: Receive, send: Send) -> None:
     """Copy messages both ways until one side closes, then close the other with its code."""
     to_upstream = asyncio.ensure_future(_client_to_upstream(receive, ws))
@@ -504,7 +489,7 @@ async def _pump(ws: ClientConnection, receive: Receive, send: Send) -> None:
         if to_upstream.done() and to_upstream.result() is not None:
             code, reason = to_upstream.result()  # type: ignore[misc]
             to_client.cancel()
-            await ws.close(close_code(code), _close_reason(reason))
+            await ws.close(close_code(code), close_reason(reason))
             return
         client_there = await to_client
         to_upstream.cancel()
@@ -513,7 +498,7 @@ async def _pump(ws: ClientConnection, receive: Receive, send: Send) -> None:
                 {
                     "type": "websocket.close",
                     "code": close_code(ws.close_code),
-                    "reason": _close_reason(ws.close_reason),
+                    "reason": close_reason(ws.close_reason),
                 }
             )
         else:

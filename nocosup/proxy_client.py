@@ -7,8 +7,9 @@ pool per upstream. It exists because a shared ``httpx.AsyncClient`` costs about 
 CPU per proxied request on our machines and aiohttp about 0.2 ms; this one costs a
 fraction of that (``bench/proxy_clients.py`` measures all of them side by side).
 
-It is deliberately small: plain HTTP/1.1 to a worker we trust, no redirects, no cookie
-jar, no decompression, no environment proxies. Bodies stream both ways with flow control.
+It is deliberately small: HTTP/1.1 (over TLS for https upstreams) to a worker we trust, no
+redirects, no cookie jar, no decompression, no environment proxies. Bodies stream both
+ways with flow control.
 
 Exceptions (all raised from :meth:`ProxyClient.request` or :meth:`UpstreamResponse.read`)::
 

@@ -20,7 +20,7 @@ key                                      type    what
                                                  group per worker instance, so every replica
                                                  sees every command
 ``{p}:sup:{instance}:replies``           stream  command results for one supervisor process
-``{p}:cmd:{id}``                         hash    ``{instance}`` -> result JSON; kept 1 hour:
+``{p}:cmd:{id}``                         hash    ``{instance}`` -> result JSON; kept 10 min:
                                                  lets a late waiter find its answer and makes
                                                  redelivered commands idempotent
 ``{p}:lock:app:{app}``                   string  startup lock (token, PX TTL, renewed)

@@ -13,6 +13,7 @@ from typing import Any
 
 import sqlalchemy as sa
 from databases import Database
+from sqlalchemy.schema import CreateTable
 
 from nocosup.errors import AppExists, AppNotFound
 
@@ -31,16 +32,6 @@ apps_table = sa.Table(
     sa.Column("updated_at", sa.String(32), nullable=False),
 )
 
-_CREATE_ENVIRONMENTS = """
-CREATE TABLE IF NOT EXISTS nocosup_environments (
-    name VARCHAR(63) PRIMARY KEY,
-    url TEXT NOT NULL,
-    proxy_url TEXT NOT NULL,
-    version VARCHAR(32) NOT NULL,
-    registered_at VARCHAR(32) NOT NULL,
-    last_seen_at VARCHAR(32) NOT NULL
-)
-"""
 environments_table = sa.Table(
     "nocosup_environments",
     metadata,
@@ -52,24 +43,18 @@ environments_table = sa.Table(
     sa.Column("last_seen_at", sa.String(32), nullable=False),
 )
 
-_CREATE_APPS = """
-CREATE TABLE IF NOT EXISTS nocosup_apps (
-    name VARCHAR(40) PRIMARY KEY,
-    title TEXT NOT NULL,
-    environments TEXT NOT NULL,
-    options TEXT NOT NULL,
-    database TEXT NOT NULL,
-    desired_state VARCHAR(16) NOT NULL,
-    version INTEGER NOT NULL,
-    created_at VARCHAR(32) NOT NULL,
-    updated_at VARCHAR(32) NOT NULL
-)
-"""
+
+def iso_time(seconds: float | None = None) -> str:
+    """``seconds`` since the epoch (default: now) as UTC ISO 8601 with milliseconds and a
+    Z, e.g. ``2026-11-25T08:22:52.409Z``: the one timestamp format nocosup writes, sortable
+    as text."""
+    moment = datetime.now(UTC) if seconds is None else datetime.fromtimestamp(seconds, UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
 
 def now_iso() -> str:
-    """UTC now as ISO 8601 with milliseconds and a Z: sortable as text."""
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+    """UTC now, formatted by :func:`iso_time`."""
+    return iso_time()
 
 
 @dataclass(frozen=True)
@@ -160,8 +145,12 @@ class Registry:
         self._parsed: dict[str, AppRecord] = {}
 
     async def migrate(self) -> None:
-        await self.db.execute(_CREATE_APPS)
-        await self.db.execute(_CREATE_ENVIRONMENTS)
+        """Create the tables of :data:`metadata` that do not exist yet; safe to repeat.
+
+        The DDL is compiled from the ``sa.Table`` definitions for the connected dialect.
+        """
+        for table in metadata.sorted_tables:
+            await self.db.execute(CreateTable(table, if_not_exists=True))
 
     async def list(self) -> list[AppRecord]:
         rows = await self.db.fetch_all(

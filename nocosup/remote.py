@@ -14,7 +14,6 @@ import contextlib
 import json
 import logging
 import time
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import parse_qsl
 
@@ -38,7 +37,7 @@ from nocosup.errors import (
 from nocosup.heartbeat import live_instances
 from nocosup.process import EnvResult, ProcessAdapter, failure_type
 from nocosup.rediskeys import Keys, split_member
-from nocosup.registry import AppRecord, EnvironmentStore, Registry
+from nocosup.registry import AppRecord, EnvironmentStore, Registry, iso_time
 from nocosup.responses import send_error
 from nocosup.status import BOOTING, AppStatus
 
@@ -68,9 +67,7 @@ def aggregate(statuses: list[str]) -> str:
 
 
 def _iso_ms(ms: float | None) -> str | None:
-    if not ms:
-        return None
-    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+    return iso_time(ms / 1000) if ms else None
 
 
 class RedisEnvironments(EnvironmentDirectory):

@@ -4,7 +4,7 @@ stopped ──start──▶ preparing ─▶ initializing ─▶ initialized �
    ▲                   │              │               │           │
    │                   └──────────────┴───────▶ error ◀───────────┤ (lifespan failed)
    └──────── stopping ◀──────────── stop ─────────────────────────┘
-running ─▶ commanding ─▶ running      (a worker executing a command for the app)
+commanding: in the reference's vocabulary (and ranked among replicas); nothing sets it.
 not_found: an environment that does not know the app; unavailable: its environment is offline.
 """
 
@@ -28,4 +28,3 @@ class AppStatus(StrEnum):
 
 #: Statuses during which a boot is under way: requests wait for it.
 BOOTING = frozenset({AppStatus.PREPARING, AppStatus.INITIALIZING, AppStatus.INITIALIZED})
-DESIRED_STATES = ("running", "stopped")

@@ -8,7 +8,8 @@ from typing import Any
 
 from nocosup.errors import InvalidInput
 
-APP_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,39}$")
+#: Matched with fullmatch: a "$" anchor would let a trailing newline through.
+APP_NAME = re.compile(r"[a-z][a-z0-9_-]{0,39}")
 START_MODES = ("on_first_request", "with_supervisor")
 MAX_TITLE = 200
 MAX_BODY = 1 << 20
@@ -38,7 +39,7 @@ def check_fields(data: dict[str, Any], allowed: tuple[str, ...]) -> None:
 
 
 def app_name(value: Any) -> str:
-    if not isinstance(value, str) or not APP_NAME.match(value):
+    if not isinstance(value, str) or not APP_NAME.fullmatch(value):
         raise InvalidInput(
             "name must start with a lowercase letter and hold at most 40 lowercase letters, "
             f"digits, '_' or '-'; got {value!r}",

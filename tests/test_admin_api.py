@@ -105,6 +105,7 @@ BAD_CREATES: list[tuple[Any, str, str | None]] = [
     ({"name": "sp ace"}, "VALIDATION_ERROR", "name"),
     ({"name": "semi;colon"}, "VALIDATION_ERROR", "name"),
     ({"name": 'quo"te'}, "VALIDATION_ERROR", "name"),
+    ({"name": "nl2\n"}, "VALIDATION_ERROR", "name"),  # "$" would match before the newline
     ({"name": 12}, "VALIDATION_ERROR", "name"),
     ({"name": "ok", "title": ""}, "VALIDATION_ERROR", "title"),
     ({"name": "ok", "title": 5}, "VALIDATION_ERROR", "title"),

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
 
-from nocosup.config import VARIABLES, Settings
+from nocosup.config import VARIABLES, Settings, Variable
 from nocosup.errors import ConfigError
 
 
@@ -23,6 +24,25 @@ def test_embedded_defaults() -> None:
     assert s.storage_dir == Path("./storage")
     assert s.boot_wait == 10.0
     assert s.redis_prefix == "nocosup"
+
+
+def _without_instance_id(settings: Settings) -> Settings:
+    return dataclasses.replace(settings, instance_id="-")
+
+
+def test_settings_defaults_are_the_variables_defaults() -> None:
+    """One place for defaults: Settings() is the parse of an empty environment."""
+    assert _without_instance_id(Settings()) == _without_instance_id(Settings.from_env({}))
+    assert Settings().instance_id != Settings().instance_id  # random per process
+    assert Settings(storage_dir=Path("/x"), boot_wait=1.0).storage_dir == Path("/x")
+
+
+@pytest.mark.parametrize(
+    "variable", [v for v in VARIABLES if v.default is not None], ids=lambda v: v.name
+)
+def test_every_variable_default_parses_to_the_settings_default(variable: Variable) -> None:
+    settings = Settings.from_env({variable.name: variable.default or ""})
+    assert _without_instance_id(settings) == _without_instance_id(Settings())
 
 
 @pytest.mark.parametrize(
@@ -43,6 +63,8 @@ def test_embedded_defaults() -> None:
         ({"NOCOSUP_APP_FACTORY": "not a callable"}, "NOCOSUP_APP_FACTORY"),
         ({"NOCOSUP_REDIS_PREFIX": "has space"}, "NOCOSUP_REDIS_PREFIX"),
         ({"ENVIRONMENT_NAME": "bad name"}, "ENVIRONMENT_NAME"),
+        ({"ENVIRONMENT_NAME": "nl2\nx"}, "ENVIRONMENT_NAME"),
+        ({"NOCOSUP_INSTANCE_ID": "i1\nx"}, "NOCOSUP_INSTANCE_ID"),
         ({"ENVIRONMENT_URL": "ftp://x"}, "ENVIRONMENT_URL"),
         ({"APP_SUPERVISOR_REDIS_URL": "localhost:6379"}, "APP_SUPERVISOR_REDIS_URL"),
         ({"APP_MODE": "worker"}, "APP_DISCOVERY_ADAPTER"),
@@ -55,6 +77,13 @@ def test_bad_values_name_the_variable(env: dict[str, str], variable: str) -> Non
     with pytest.raises(ConfigError) as info:
         Settings.from_env(env)
     assert str(info.value).startswith(variable), str(info.value)
+
+
+def test_values_are_trimmed_before_their_pattern_is_checked() -> None:
+    # a trailing newline (an env file's) is trimmed, never kept in the value; the
+    # patterns are matched whole (fullmatch), so nothing after a newline slips through
+    s = Settings.from_env({"ENVIRONMENT_NAME": "nl2\n", "NOCOSUP_REDIS_PREFIX": "p\n"})
+    assert (s.environment_name, s.redis_prefix) == ("nl2", "p")
 
 
 def test_choice_errors_list_allowed_values() -> None:

@@ -704,6 +704,39 @@ async def test_websocket_denied_by_upstream_is_relayed(proxied: ProxyServer) -> 
     assert info.value.response.status_code == 403
 
 
+async def test_websocket_denial_keeps_status_headers_and_body_minus_hop_by_hop() -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_head(reader)
+        writer.write(
+            answer(
+                b"HTTP/1.1 401 Unauthorized",
+                b"WWW-Authenticate: Bearer",
+                b"Content-Type: application/json",
+                b"Content-Length: 14",
+                b"Connection: close",
+                b"Keep-Alive: timeout=5",
+                b"Sec-WebSocket-Accept: bogus",
+                b"Server: upstream",
+                body=b'{"denied": 1}\n',
+            )
+        )
+        await writer.drain()
+
+    async with raw_upstream(handler) as url, proxy_server(url) as proxied:
+        with pytest.raises(InvalidStatus) as info:
+            async with ws_connect(proxied.ws_url + PREFIX + "/ws", proxy=None):
+                pass
+    response = info.value.response
+    assert response.status_code == 401
+    assert response.body == b'{"denied": 1}\n'
+    assert response.headers["www-authenticate"] == "Bearer"
+    assert response.headers["content-type"] == "application/json"
+    assert response.headers.get_all("content-length") == ["14"]
+    assert "keep-alive" not in response.headers
+    assert "sec-websocket-accept" not in response.headers
+    assert response.headers.get("server") != "upstream"
+
+
 async def test_websocket_upstream_down_answers_502() -> None:
     async with proxy_server(f"http://127.0.0.1:{free_port()}") as proxied:
         with pytest.raises(InvalidStatus) as info:

@@ -1,0 +1,110 @@
+"""The registry module: its timestamp format and its tables."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from databases import Database
+
+from nocosup.config import Settings
+from nocosup.db import connect_registry
+from nocosup.errors import AppExists
+from nocosup.registry import AppRecord, EnvironmentStore, Registry, iso_time, now_iso
+
+#: (table, column) -> (type, max length, nullable), as PostgreSQL describes them.
+PG_COLUMNS = {
+    ("nocosup_apps", "name"): ("character varying", 40, "NO"),
+    ("nocosup_apps", "title"): ("text", None, "NO"),
+    ("nocosup_apps", "environments"): ("text", None, "NO"),
+    ("nocosup_apps", "options"): ("text", None, "NO"),
+    ("nocosup_apps", "database"): ("text", None, "NO"),
+    ("nocosup_apps", "desired_state"): ("character varying", 16, "NO"),
+    ("nocosup_apps", "version"): ("integer", None, "NO"),
+    ("nocosup_apps", "created_at"): ("character varying", 32, "NO"),
+    ("nocosup_apps", "updated_at"): ("character varying", 32, "NO"),
+    ("nocosup_environments", "name"): ("character varying", 63, "NO"),
+    ("nocosup_environments", "url"): ("text", None, "NO"),
+    ("nocosup_environments", "proxy_url"): ("text", None, "NO"),
+    ("nocosup_environments", "version"): ("character varying", 32, "NO"),
+    ("nocosup_environments", "registered_at"): ("character varying", 32, "NO"),
+    ("nocosup_environments", "last_seen_at"): ("character varying", 32, "NO"),
+}
+
+
+def test_iso_time_has_milliseconds_and_a_z() -> None:
+    assert iso_time(0) == "1970-01-01T00:00:00.000Z"
+    assert iso_time(1_795_594_972.409) == "2026-11-25T08:22:52.409Z"
+    assert iso_time(1.2349) == "1970-01-01T00:00:01.234Z"  # truncated, like the old copies
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", now_iso())
+    assert iso_time(0) < iso_time(0.001) < now_iso()  # sortable as text
+
+
+def test_heartbeat_scores_use_the_same_format() -> None:
+    from nocosup.remote import _iso_ms
+
+    assert _iso_ms(1_795_594_972_409) == "2026-11-25T08:22:52.409Z"  # zset scores are ms
+    assert _iso_ms(None) is None and _iso_ms(0) is None
+
+
+async def _migrate_twice_and_use(db: Database) -> None:
+    registry = Registry(db)
+    await registry.migrate()
+    await registry.migrate()  # idempotent: the tables exist now
+    record = AppRecord("app1", "App 1", ["local"], {"startMode": "on_first_request"}, {})
+    await registry.insert(record)
+    with pytest.raises(AppExists):  # the primary key still guards the name
+        await registry.insert(record)
+    assert await registry.get("app1") == record
+    await registry.migrate()  # and keeps the rows
+    assert [r.name for r in await registry.list()] == ["app1"]
+    store = EnvironmentStore(db)
+    await store.upsert({"name": "e" * 63, "url": "http://w:1"})
+    await store.upsert({"name": "e" * 63, "url": "http://w:2"})
+    assert (await store.list())["e" * 63]["url"] == "http://w:2"
+
+
+async def test_migrate_on_sqlite(tmp_path: Path) -> None:
+    db = await connect_registry(Settings(storage_dir=tmp_path))
+    try:
+        await _migrate_twice_and_use(db)
+        rows = await db.fetch_all(
+            "SELECT name, type, \"notnull\", pk FROM pragma_table_info('nocosup_apps')"
+        )
+        columns = {r[0]: (r[1], r[2], r[3]) for r in rows}
+        assert columns["name"] == ("VARCHAR(40)", 1, 1)
+        assert columns["desired_state"] == ("VARCHAR(16)", 1, 0)
+        assert columns["database"] == ("TEXT", 1, 0)
+        assert columns["version"] == ("INTEGER", 1, 0)
+    finally:
+        await db.disconnect()
+
+
+async def test_migrate_on_postgres(tmp_path: Path, pg_database: str) -> None:
+    settings = Settings(
+        storage_dir=tmp_path, db_dialect="postgres", db_database=f"{pg_database}_registry"
+    )
+    db = await connect_registry(settings)  # creates the database
+    try:
+        await _migrate_twice_and_use(db)
+        rows = await db.fetch_all(
+            "SELECT table_name, column_name, data_type, character_maximum_length, is_nullable"
+            " FROM information_schema.columns"
+            " WHERE table_name IN ('nocosup_apps', 'nocosup_environments')"
+        )
+        assert {(r[0], r[1]): (r[2], r[3], r[4]) for r in rows} == PG_COLUMNS
+        keys = await db.fetch_all(
+            "SELECT tc.table_name, tc.constraint_name, kcu.column_name"
+            " FROM information_schema.table_constraints tc"
+            " JOIN information_schema.key_column_usage kcu USING (constraint_name, table_name)"
+            " WHERE tc.constraint_type = 'PRIMARY KEY'"
+            " AND tc.table_name IN ('nocosup_apps', 'nocosup_environments')"
+            " ORDER BY tc.table_name"
+        )
+        assert [(r[0], r[1], r[2]) for r in keys] == [
+            ("nocosup_apps", "nocosup_apps_pkey", "name"),
+            ("nocosup_environments", "nocosup_environments_pkey", "name"),
+        ]
+    finally:
+        await db.disconnect()
