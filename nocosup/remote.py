@@ -497,10 +497,10 @@ class Watcher:
             return None
         return AppContext(record, str(env), str(instance), self.host), status, error
 
-    async def sweep(self, older_than: float | None = None) -> None:
+    async def sweep(self) -> None:
         """Forget instances silent for long: their zset entry, status fields, group."""
         ttl = self.environments.ttl
-        cutoff = (time.time() - (older_than or max(10 * ttl, 300))) * 1000
+        cutoff = (time.time() - max(10 * ttl, 300)) * 1000
         stale = await self.redis.zrangebyscore(self.keys.instances, "-inf", cutoff)
         if not stale:
             return
