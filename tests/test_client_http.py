@@ -1,0 +1,273 @@
+"""The admin API client (nocosup/client.py) and the CLI on top of it, against answers a
+real supervisor never gives: httpx is mocked with respx, so every corner case is exact.
+
+Each case is checked twice: what the client raises, and what ``nocosup`` prints and
+returns when ``cli.main`` runs in this process (an exception escaping main is a
+traceback for the user, and fails the test).
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+import respx
+
+from nocosup import cli
+from nocosup.client import (
+    AdminClient,
+    ApiError,
+    ClientConfig,
+    ConnectionFailed,
+    RequestTimedOut,
+)
+
+URL = "http://supervisor.test:8000"
+TOKEN = "t0ken-for-respx"
+URL_HINT = "  is NOCOSUP_URL (or --url) the supervisor's base URL?"
+APP = {
+    "name": "crm",
+    "title": "CRM",
+    "environments": ["local"],
+    "statuses": {"local": "running"},
+    "errors": {},
+    "desired_state": "running",
+    "options": {"startMode": "on_first_request", "dbConnType": "new_database"},
+    "database": {"connType": "new_database", "name": "nocosup_crm"},
+    "version": 1,
+}
+NGINX_502 = (
+    b"<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body>\r\n"
+    b"<center><h1>502 Bad Gateway</h1></center>\r\n<hr><center>nginx</center>\r\n"
+    b"</body>\r\n</html>\r\n"
+)
+
+
+@pytest.fixture
+def api() -> Iterator[respx.MockRouter]:
+    """The mocked supervisor: every route a test declares must be called, nothing else."""
+    with respx.mock(base_url=URL, assert_all_called=True, assert_all_mocked=True) as router:
+        yield router
+
+
+@pytest.fixture
+def client() -> Iterator[AdminClient]:
+    with AdminClient(ClientConfig(URL, TOKEN)) as c:
+        yield c
+
+
+@pytest.fixture
+def nocosup(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> Any:
+    """``nocosup ARGS`` in process, pointed at the mocked URL: (exit code, stdout, stderr)."""
+    monkeypatch.setenv("NOCOSUP_URL", URL)
+    monkeypatch.setenv("NOCOSUP_ADMIN_TOKEN", TOKEN)
+
+    def run(*args: str) -> tuple[int, str, str]:
+        code = cli.main(list(args))
+        out, err = capsys.readouterr()
+        assert "Traceback" not in err
+        return code, out, err
+
+    return run
+
+
+def json_response(status: int, body: Any) -> httpx.Response:
+    return httpx.Response(status, json=body)
+
+
+# --- the happy path the corner cases are measured against ---------------------------------
+
+
+def test_a_good_answer_is_returned_and_the_call_carries_the_token(
+    api: respx.MockRouter, client: AdminClient, nocosup: Any
+) -> None:
+    route = api.get("/api/apps/crm").mock(return_value=json_response(200, APP))
+    assert client.get_app("crm") == APP
+    request = route.calls.last.request
+    assert request.headers["authorization"] == f"Bearer {TOKEN}"
+    assert request.headers["accept"] == "application/json"
+
+    code, out, err = nocosup("apps", "show", "crm", "--json")
+    assert (code, err) == (0, "")
+    assert json.loads(out) == APP
+
+
+# --- nothing answers ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("error", "reason"),
+    [
+        (httpx.ConnectError("[Errno 111] Connection refused"), "connection refused"),
+        (
+            httpx.ConnectError("[Errno -2] Name or service not known"),
+            "[Errno -2] Name or service not known",
+        ),
+        (httpx.ConnectTimeout("timed out"), "connection timed out"),
+    ],
+)
+def test_unreachable_server_is_connection_failed_naming_the_url(
+    api: respx.MockRouter,
+    client: AdminClient,
+    nocosup: Any,
+    error: Exception,
+    reason: str,
+) -> None:
+    api.get("/api/environments").mock(side_effect=error)
+    with pytest.raises(ConnectionFailed) as info:
+        client.list_environments()
+    assert (info.value.url, info.value.reason) == (URL, reason)
+    assert str(info.value) == f"cannot connect to {URL}: {reason}"
+
+    code, out, err = nocosup("envs", "list")
+    assert (code, out) == (1, "")
+    assert err == (
+        f"nocosup: cannot connect to {URL} ({reason}); is 'nocosup serve' running there? "
+        "set NOCOSUP_URL or pass --url\n"
+    )
+
+
+def test_unreachable_server_during_a_start_exits_1(api: respx.MockRouter, nocosup: Any) -> None:
+    """start runs its command in a thread and polls in another: the failure still reaches
+    the user as the one-line message."""
+    refused = httpx.ConnectError("[Errno 111] Connection refused")
+    api.post("/api/apps/crm/start", params={"wait": "true"}).mock(side_effect=refused)
+    code, out, err = nocosup("apps", "start", "crm", "--json")
+    assert (code, out) == (1, "")
+    assert err.endswith(
+        f"nocosup: cannot connect to {URL} (connection refused); is 'nocosup "
+        "serve' running there? set NOCOSUP_URL or pass --url\n"
+    )
+
+
+# --- error answers in the admin API's own shape -------------------------------------------
+
+
+def test_5xx_with_an_error_body_is_api_error_with_its_code_and_message(
+    api: respx.MockRouter, client: AdminClient, nocosup: Any
+) -> None:
+    body = {
+        "error": {
+            "code": "COMMAND_FAILED",
+            "message": "application 'crm' did not start: local: RuntimeError: no db",
+            "results": {"local": {"ok": False, "status": "error", "error": "RuntimeError: no db"}},
+        }
+    }
+    api.post("/api/apps/crm/start", params={"wait": "true"}).mock(
+        return_value=json_response(502, body)
+    )
+    with pytest.raises(ApiError) as info:
+        client.command("crm", "start")
+    exc = info.value
+    assert (exc.status, exc.code) == (502, "COMMAND_FAILED")
+    assert exc.message == "application 'crm' did not start: local: RuntimeError: no db"
+    assert exc.body == body
+    assert exc.details["results"]["local"]["ok"] is False
+
+    code, out, err = nocosup("apps", "start", "crm", "--json")
+    assert code == 1
+    assert json.loads(out) == body  # --json: the error body, as the API sent it
+    assert err == (
+        "nocosup: application 'crm' did not start: local: RuntimeError: no db (COMMAND_FAILED)\n"
+        "  local: error: RuntimeError: no db\n"
+    )
+
+
+def test_error_object_without_code_or_message_falls_back_to_the_status(
+    api: respx.MockRouter, client: AdminClient, nocosup: Any
+) -> None:
+    api.get("/api/apps").mock(return_value=json_response(503, {"error": {}}))
+    with pytest.raises(ApiError) as info:
+        client.list_apps()
+    assert (info.value.status, info.value.code, info.value.message) == (
+        503,
+        "HTTP_503",
+        "Service Unavailable",
+    )
+    code, _, err = nocosup("apps", "list")
+    assert code == 1
+    assert err.splitlines() == ["nocosup: Service Unavailable (HTTP_503)", URL_HINT]
+
+
+def test_401_says_the_token_is_wrong_and_where_to_set_it(
+    api: respx.MockRouter, client: AdminClient, nocosup: Any
+) -> None:
+    message = "missing or wrong admin token: send 'Authorization: Bearer <token>'"
+    api.get("/api/apps").mock(
+        return_value=json_response(401, {"error": {"code": "UNAUTHORIZED", "message": message}})
+    )
+    with pytest.raises(ApiError) as info:
+        client.list_apps()
+    assert (info.value.status, info.value.code, info.value.message) == (
+        401,
+        "UNAUTHORIZED",
+        message,
+    )
+
+    code, out, err = nocosup("apps", "list")
+    assert (code, out) == (1, "")
+    assert err.splitlines() == [
+        f"nocosup: {message} (UNAUTHORIZED)",
+        "  check NOCOSUP_ADMIN_TOKEN or --token",
+    ]
+
+
+def test_a_well_encoded_gzip_error_body_is_read(api: respx.MockRouter, client: AdminClient) -> None:
+    """An error body a proxy compressed is decoded and read like any other."""
+    body = {"error": {"code": "APP_NOT_FOUND", "message": "application 'x' does not exist"}}
+    api.get("/api/apps/x").mock(
+        return_value=httpx.Response(
+            404,
+            headers={"content-type": "application/json", "content-encoding": "gzip"},
+            content=iter([gzip.compress(json.dumps(body).encode())]),
+        )
+    )
+    with pytest.raises(ApiError) as info:
+        client.get_app("x")
+    assert (info.value.code, info.value.message) == (
+        "APP_NOT_FOUND",
+        "application 'x' does not exist",
+    )
+
+
+# --- no answer in time --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "error",
+    [httpx.ReadTimeout("timed out"), httpx.WriteTimeout("timed out"), httpx.PoolTimeout("full")],
+    ids=["read", "write", "pool"],
+)
+def test_a_timeout_after_connecting_is_request_timed_out(
+    api: respx.MockRouter, client: AdminClient, nocosup: Any, error: Exception
+) -> None:
+    api.get("/api/environments").mock(side_effect=error)
+    with pytest.raises(RequestTimedOut) as info:
+        client.list_environments()
+    assert (info.value.url, info.value.timeout) == (f"{URL}/api/environments", 60.0)
+
+    code, out, err = nocosup("envs", "list")
+    assert (code, out) == (1, "")
+    assert err == f"nocosup: {URL}/api/environments did not answer within 60 s\n"
+
+
+def test_a_read_timeout_names_the_timeout_of_that_call(
+    api: respx.MockRouter, client: AdminClient
+) -> None:
+    api.get("/api/apps/crm").mock(side_effect=httpx.ReadTimeout("timed out"))
+    with pytest.raises(RequestTimedOut) as info:
+        client.get_app("crm", timeout=2.5)
+    assert str(info.value) == f"{URL}/api/apps/crm did not answer within 2.5 s"
+
+
+def test_a_read_timeout_during_a_start_exits_1(api: respx.MockRouter, nocosup: Any) -> None:
+    api.post("/api/apps/crm/start", params={"wait": "true"}).mock(
+        side_effect=httpx.ReadTimeout("timed out")
+    )
+    code, out, err = nocosup("apps", "start", "crm", "--json")
+    assert (code, out) == (1, "")
+    assert err.startswith(f"nocosup: {URL}/api/apps/crm/start did not answer within ")
