@@ -171,7 +171,16 @@ class AdminClient:
         if timeout is not None:
             kwargs["timeout"] = httpx.Timeout(timeout, connect=min(CONNECT_TIMEOUT, timeout))
         try:
-            response = self._http.request(method, path, **kwargs)
+            request = self._http.build_request(method, path, **kwargs)
+            # Streamed, then read here: a body that cannot be decoded (a proxy's broken
+            # gzip) raises DecodingError, and the answer's status is still at hand then.
+            response = self._http.send(request, stream=True)
+            try:
+                response.read()
+            except httpx.DecodingError as exc:
+                raise _undecodable(method, url, response, exc) from None
+            finally:
+                response.close()
         except httpx.TimeoutException as exc:
             if isinstance(exc, httpx.ConnectTimeout):
                 raise ConnectionFailed(self.config.url, "connection timed out") from None
@@ -186,6 +195,19 @@ class AdminClient:
 def _app_path(name: str) -> str:
     # Quoted so that a name with '/' or '?' reaches the server as one (invalid) name.
     return "/api/apps/" + quote(name, safe="")
+
+
+def _undecodable(
+    method: str, url: str, response: httpx.Response, exc: httpx.DecodingError
+) -> ApiError:
+    encoding = response.headers.get("content-encoding", "no content encoding")
+    status = response.status_code
+    return ApiError(
+        status,
+        f"HTTP_{status}",
+        f"{method} {url} answered HTTP {status} with a body that cannot be decoded "
+        f"(content-encoding {encoding}: {exc}), not the nocosup admin API",
+    )
 
 
 def _reason(exc: Exception) -> str:

@@ -234,6 +234,38 @@ def test_a_well_encoded_gzip_error_body_is_read(api: respx.MockRouter, client: A
     )
 
 
+# --- answers that are not the admin API's -------------------------------------------------
+
+
+def test_a_body_that_cannot_be_decoded_is_api_error_not_a_crash(
+    api: respx.MockRouter, client: AdminClient, nocosup: Any
+) -> None:
+    """A proxy that labels its answer gzip but sends something else: httpx raises
+    DecodingError, which is neither a transport error nor a timeout."""
+    headers = {"content-type": "text/html", "content-encoding": "gzip"}
+
+    def broken_gzip(request: httpx.Request) -> httpx.Response:
+        # An iterator, not bytes: respx hands it over unread, so httpx decodes it while
+        # the client reads the answer, as it does with a real server.
+        return httpx.Response(502, headers=headers, content=iter([b"not gzip"]))
+
+    api.get("/api/apps").mock(side_effect=broken_gzip)
+    with pytest.raises(ApiError) as info:
+        client.list_apps()
+    assert (info.value.status, info.value.code) == (502, "HTTP_502")
+    assert info.value.message.startswith(
+        f"GET {URL}/api/apps answered HTTP 502 with a body that cannot be decoded "
+        "(content-encoding gzip: "
+    )
+
+    code, out, err = nocosup("apps", "list")
+    assert (code, out) == (1, "")
+    assert err.startswith(
+        f"nocosup: GET {URL}/api/apps answered HTTP 502 with a body that cannot be decoded "
+    )
+    assert err.endswith(f"(HTTP_502)\n{URL_HINT}\n")
+
+
 # --- no answer in time --------------------------------------------------------------------
 
 
