@@ -231,10 +231,29 @@ def _decode(method: str, url: str, response: httpx.Response) -> dict[str, Any]:
         code = str(error.get("code") or f"HTTP_{response.status_code}")
         message = str(error.get("message") or response.reason_phrase)
         raise ApiError(response.status_code, code, message, data)
-    kind = response.headers.get("content-type", "no content type").split(";")[0]
-    raise ApiError(
-        response.status_code,
-        f"HTTP_{response.status_code}",
-        f"{method} {url} answered HTTP {response.status_code} with {kind}, "
-        "not the nocosup admin API",
+    raise _foreign(method, url, response)
+
+
+#: Characters of a foreign answer's body an error message quotes.
+EXCERPT = 200
+
+
+def _foreign(method: str, url: str, response: httpx.Response) -> ApiError:
+    """An answer that is not the admin API's (a proxy's error page, another site, an empty
+    body): the message says what came back, with the start of its body."""
+    status = response.status_code
+    kind = response.headers.get("content-type", "").split(";")[0].strip()
+    text = " ".join(response.content.decode("utf-8", "replace").split())
+    # Quoted text comes from anywhere: no terminal control characters reach stderr.
+    text = "".join(c if c.isprintable() else "?" for c in text)
+    head = f"{method} {url} answered HTTP {status} with"
+    if not text:
+        what = f"{head} an empty body" + (f" ({kind})" if kind else "")
+        return ApiError(status, f"HTTP_{status}", f"{what}, not the nocosup admin API")
+    if len(text) > EXCERPT:
+        text = text[: EXCERPT - 3] + "..."
+    return ApiError(
+        status,
+        f"HTTP_{status}",
+        f"{head} {kind or 'no content type'}, not the nocosup admin API: {text}",
     )

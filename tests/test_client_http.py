@@ -236,6 +236,61 @@ def test_a_well_encoded_gzip_error_body_is_read(api: respx.MockRouter, client: A
 
 # --- answers that are not the admin API's -------------------------------------------------
 
+# (status, headers, body, what the message must show of the answer)
+NOT_THE_API: list[tuple[int, dict[str, str], bytes, list[str]]] = [
+    (502, {"content-type": "text/html"}, NGINX_502, ["HTTP 502", "text/html", "502 Bad Gateway"]),
+    (500, {}, b"", ["HTTP 500", "an empty body"]),
+    (504, {"content-type": "text/html"}, b"", ["HTTP 504", "an empty body"]),
+    (503, {"content-type": "application/json"}, b'["down"]', ["HTTP 503", '["down"]']),
+    (
+        503,
+        {"content-type": "application/json"},
+        b'{"error": "maintenance until 14:00"}',
+        ["HTTP 503", "maintenance until 14:00"],
+    ),
+    (404, {"content-type": "application/json"}, b'{"detail": "Not Found"}', ["HTTP 404", "detail"]),
+    (502, {"content-type": "text/plain"}, b"\xff\xfe upstream gone", ["HTTP 502", "upstream gone"]),
+    (
+        401,
+        {"content-type": "text/html"},
+        b"<h1>401 Authorization Required</h1>",
+        ["HTTP 401", "401 Authorization Required"],
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("status", "headers", "body", "shown"),
+    NOT_THE_API,
+    ids=["html", "empty", "empty-html", "json-array", "error-string", "detail", "binary", "401"],
+)
+def test_an_error_that_is_not_the_api_s_says_what_came_back(
+    api: respx.MockRouter,
+    client: AdminClient,
+    nocosup: Any,
+    status: int,
+    headers: dict[str, str],
+    body: bytes,
+    shown: list[str],
+) -> None:
+    api.get("/api/apps").mock(return_value=httpx.Response(status, headers=headers, content=body))
+    with pytest.raises(ApiError) as info:
+        client.list_apps()
+    exc = info.value
+    assert (exc.status, exc.code, exc.body) == (status, f"HTTP_{status}", None)
+    assert exc.message.startswith(f"GET {URL}/api/apps answered HTTP {status} with ")
+    for text in shown:
+        assert text in exc.message, exc.message
+
+    code, out, err = nocosup("apps", "list")
+    assert (code, out) == (1, "")
+    lines = err.splitlines()
+    assert len(lines) == 2 and lines[1] == URL_HINT, err
+    assert lines[0].startswith(f"nocosup: GET {URL}/api/apps answered HTTP {status} with ")
+    assert lines[0].endswith(f"(HTTP_{status})")
+    for text in shown:
+        assert text in lines[0], err
+
 
 def test_a_body_that_cannot_be_decoded_is_api_error_not_a_crash(
     api: respx.MockRouter, client: AdminClient, nocosup: Any
@@ -264,6 +319,45 @@ def test_a_body_that_cannot_be_decoded_is_api_error_not_a_crash(
         f"nocosup: GET {URL}/api/apps answered HTTP 502 with a body that cannot be decoded "
     )
     assert err.endswith(f"(HTTP_502)\n{URL_HINT}\n")
+
+
+# --- a success status with a body that is not the admin API's -----------------------------
+
+
+@pytest.mark.parametrize(
+    ("headers", "body", "shown"),
+    [
+        (
+            {"content-type": "text/html"},
+            b"<!doctype html><title>Welcome to some other site</title>",
+            ["text/html", "Welcome to some other site"],
+        ),
+        ({}, b"", ["an empty body"]),
+        ({"content-type": "application/json"}, b"[1, 2]", ["[1, 2]"]),
+    ],
+    ids=["html", "empty", "json-array"],
+)
+def test_2xx_that_is_not_the_api_s_is_api_error(
+    api: respx.MockRouter,
+    client: AdminClient,
+    nocosup: Any,
+    headers: dict[str, str],
+    body: bytes,
+    shown: list[str],
+) -> None:
+    api.get("/api/apps").mock(return_value=httpx.Response(200, headers=headers, content=body))
+    with pytest.raises(ApiError) as info:
+        client.list_apps()
+    assert (info.value.status, info.value.code) == (200, "HTTP_200")
+    assert info.value.message.startswith(f"GET {URL}/api/apps answered HTTP 200 with ")
+    assert "not the nocosup admin API" in info.value.message
+    for text in shown:
+        assert text in info.value.message, info.value.message
+
+    code, out, err = nocosup("apps", "list")
+    assert (code, out) == (1, "")
+    assert err.startswith(f"nocosup: GET {URL}/api/apps answered HTTP 200 with ")
+    assert err.endswith(f"(HTTP_200)\n{URL_HINT}\n")
 
 
 # --- no answer in time --------------------------------------------------------------------
