@@ -8,7 +8,7 @@ that is not the admin API), :class:`ConnectionFailed` (nothing answered at the U
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
@@ -141,32 +141,40 @@ class AdminClient:
     # --- the API -----------------------------------------------------------------------
 
     def list_apps(self) -> dict[str, Any]:
-        return self._call("GET", "/api/apps")
+        return self._call("GET", "/api/apps", shape=_is_app_list)
 
     def get_app(self, name: str, timeout: float | None = None) -> dict[str, Any]:
-        return self._call("GET", _app_path(name), timeout=timeout)
+        return self._call("GET", _app_path(name), timeout=timeout, shape=_is_app)
 
     def create_app(self, body: dict[str, Any]) -> dict[str, Any]:
-        return self._call("POST", "/api/apps", json=body)
+        return self._call("POST", "/api/apps", json=body, shape=_is_app)
 
     def command(self, name: str, verb: str) -> dict[str, Any]:
         """POST start or stop and wait for it: the server answers once it is done."""
         if verb not in ("start", "stop"):
             raise ValueError(verb)
-        return self._call("POST", f"{_app_path(name)}/{verb}", params={"wait": "true"})
+        return self._call(
+            "POST", f"{_app_path(name)}/{verb}", params={"wait": "true"}, shape=_is_app
+        )
 
     def delete_app(self, name: str, drop_database: bool) -> dict[str, Any]:
         params = {"drop_database": "true" if drop_database else "false"}
         return self._call("DELETE", _app_path(name), params=params)
 
     def list_environments(self) -> dict[str, Any]:
-        return self._call("GET", "/api/environments")
+        return self._call("GET", "/api/environments", shape=_is_environment_list)
 
     # --- plumbing ----------------------------------------------------------------------
 
     def _call(
-        self, method: str, path: str, timeout: float | None = None, **kwargs: Any
+        self,
+        method: str,
+        path: str,
+        timeout: float | None = None,
+        shape: Callable[[dict[str, Any]], bool] | None = None,
+        **kwargs: Any,
     ) -> dict[str, Any]:
+        """The answer's JSON object; ``shape`` tells a 2xx of the admin API from another's."""
         url = self.config.url + path
         if timeout is not None:
             kwargs["timeout"] = httpx.Timeout(timeout, connect=min(CONNECT_TIMEOUT, timeout))
@@ -189,7 +197,26 @@ class AdminClient:
             raise ConnectionFailed(self.config.url, _reason(exc)) from None
         except httpx.TransportError as exc:
             raise ConnectionFailed(self.config.url, _reason(exc)) from None
-        return _decode(method, url, response)
+        data = _decode(method, url, response)
+        if shape is not None and not shape(data):
+            # JSON, but not what this call answers: another service at the URL. The CLI
+            # reads these fields unchecked.
+            raise _foreign(method, url, response)
+        return data
+
+
+def _is_app(data: Any) -> bool:
+    return isinstance(data, dict) and isinstance(data.get("name"), str)
+
+
+def _is_app_list(data: dict[str, Any]) -> bool:
+    apps = data.get("apps")
+    return isinstance(apps, list) and all(_is_app(app) for app in apps)
+
+
+def _is_environment_list(data: dict[str, Any]) -> bool:
+    environments = data.get("environments")
+    return isinstance(environments, list) and all(isinstance(e, dict) for e in environments)
 
 
 def _app_path(name: str) -> str:

@@ -334,8 +334,10 @@ def test_a_body_that_cannot_be_decoded_is_api_error_not_a_crash(
         ),
         ({}, b"", ["an empty body"]),
         ({"content-type": "application/json"}, b"[1, 2]", ["[1, 2]"]),
+        ({"content-type": "application/json"}, b'{"apps": "none"}', ['"apps"']),
+        ({"content-type": "application/json"}, b'{"apps": [{"id": 7}]}', ['"id"']),
     ],
-    ids=["html", "empty", "json-array"],
+    ids=["html", "empty", "json-array", "apps-not-a-list", "apps-without-names"],
 )
 def test_2xx_that_is_not_the_api_s_is_api_error(
     api: respx.MockRouter,
@@ -358,6 +360,16 @@ def test_2xx_that_is_not_the_api_s_is_api_error(
     assert (code, out) == (1, "")
     assert err.startswith(f"nocosup: GET {URL}/api/apps answered HTTP 200 with ")
     assert err.endswith(f"(HTTP_200)\n{URL_HINT}\n")
+
+
+def test_create_answered_with_json_of_another_api_exits_1(
+    api: respx.MockRouter, nocosup: Any
+) -> None:
+    api.post("/api/apps").mock(return_value=json_response(201, {"id": 42, "ok": True}))
+    code, out, err = nocosup("apps", "create", "crm")
+    assert (code, out) == (1, "")
+    assert err.startswith(f"nocosup: POST {URL}/api/apps answered HTTP 201 with ")
+    assert err.endswith(f"(HTTP_201)\n{URL_HINT}\n")
 
 
 # --- no answer in time --------------------------------------------------------------------
