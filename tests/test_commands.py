@@ -57,11 +57,16 @@ async def have_groups(redis: aioredis.Redis, stream: str, *names: str) -> None:
     await wait_for(made)
 
 
-async def stop(*tasks: asyncio.Task[None]) -> None:
-    """Cancel consumers and wait, so their blocked connection goes back to the pool."""
+async def stop(tasks: list[asyncio.Task[None]], consumers: list[CommandConsumer]) -> None:
+    """Cancel the consumers' loops and wait (their blocked connection goes back to the
+    pool), then wait for the commands they had started: the fixture closes the Redis
+    client next, and a command task still running then would take a new connection that
+    nothing closes (ResourceWarning: unclosed Connection, in whichever test runs the GC)."""
     for task in tasks:
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
+    for consumer in consumers:
+        await consumer.close()
 
 
 class Recorder:
@@ -120,7 +125,7 @@ async def test_every_instance_gets_the_command_and_the_sender_waits_for_all(
         # nobody alive in another environment: no wait, no reply
         assert await sender.send("nobody", Command("ping", "a"), timeout=10) == []
     finally:
-        await stop(*tasks)
+        await stop(tasks, consumers)
         await sender.close()
 
 
@@ -209,7 +214,7 @@ async def test_malformed_entries_are_acknowledged_and_answered(
         assert reply["ok"] == "0" and "malformed" in reply["error"]
         assert not task.done()
     finally:
-        await stop(task)
+        await stop([task], [consumer])
 
 
 async def test_commands_sent_while_redis_lost_the_group_are_not_skipped(
@@ -241,4 +246,4 @@ async def test_commands_sent_while_redis_lost_the_group_are_not_skipped(
         await wait_for(lambda: ran(second))
         assert handler.ran == [first.id, second.id]
     finally:
-        await stop(task)
+        await stop([task], [consumer])
