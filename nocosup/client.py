@@ -8,7 +8,7 @@ that is not the admin API), :class:`ConnectionFailed` (nothing answered at the U
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
@@ -142,37 +142,54 @@ class AdminClient:
     # --- the API -----------------------------------------------------------------------
 
     def list_apps(self) -> dict[str, Any]:
-        return self._call("GET", "/api/apps")
+        return self._call("GET", "/api/apps", shape=_is_app_list)
 
     def get_app(self, name: str, timeout: float | None = None) -> dict[str, Any]:
-        return self._call("GET", _app_path(name), timeout=timeout)
+        return self._call("GET", _app_path(name), timeout=timeout, shape=_is_app)
 
     def create_app(self, body: dict[str, Any]) -> dict[str, Any]:
-        return self._call("POST", "/api/apps", json=body)
+        return self._call("POST", "/api/apps", json=body, shape=_is_app)
 
     def command(self, name: str, verb: str) -> dict[str, Any]:
         """POST start or stop and wait for it: the server answers once it is done."""
         if verb not in ("start", "stop"):
             raise ValueError(verb)
-        return self._call("POST", f"{_app_path(name)}/{verb}", params={"wait": "true"})
+        return self._call(
+            "POST", f"{_app_path(name)}/{verb}", params={"wait": "true"}, shape=_is_app
+        )
 
     def delete_app(self, name: str, drop_database: bool) -> dict[str, Any]:
         params = {"drop_database": "true" if drop_database else "false"}
         return self._call("DELETE", _app_path(name), params=params)
 
     def list_environments(self) -> dict[str, Any]:
-        return self._call("GET", "/api/environments")
+        return self._call("GET", "/api/environments", shape=_is_environment_list)
 
     # --- plumbing ----------------------------------------------------------------------
 
     def _call(
-        self, method: str, path: str, timeout: float | None = None, **kwargs: Any
+        self,
+        method: str,
+        path: str,
+        timeout: float | None = None,
+        shape: Callable[[dict[str, Any]], bool] | None = None,
+        **kwargs: Any,
     ) -> dict[str, Any]:
+        """The answer's JSON object; ``shape`` tells a 2xx of the admin API from another's."""
         url = self.config.url + path
         if timeout is not None:
             kwargs["timeout"] = httpx.Timeout(timeout, connect=min(CONNECT_TIMEOUT, timeout))
         try:
-            response = self._http.request(method, path, **kwargs)
+            request = self._http.build_request(method, path, **kwargs)
+            # Streamed, then read here: a body that cannot be decoded (a proxy's broken
+            # gzip) raises DecodingError, and the answer's status is still at hand then.
+            response = self._http.send(request, stream=True)
+            try:
+                response.read()
+            except httpx.DecodingError as exc:
+                raise _undecodable(method, url, response, exc) from None
+            finally:
+                response.close()
         except httpx.TimeoutException as exc:
             if isinstance(exc, httpx.ConnectTimeout):
                 raise ConnectionFailed(self.config.url, "connection timed out") from None
@@ -181,12 +198,44 @@ class AdminClient:
             raise ConnectionFailed(self.config.url, _reason(exc)) from None
         except httpx.TransportError as exc:
             raise ConnectionFailed(self.config.url, _reason(exc)) from None
-        return _decode(method, url, response)
+        data = _decode(method, url, response)
+        if shape is not None and not shape(data):
+            # JSON, but not what this call answers: another service at the URL. The CLI
+            # reads these fields unchecked.
+            raise _foreign(method, url, response)
+        return data
+
+
+def _is_app(data: Any) -> bool:
+    return isinstance(data, dict) and isinstance(data.get("name"), str)
+
+
+def _is_app_list(data: dict[str, Any]) -> bool:
+    apps = data.get("apps")
+    return isinstance(apps, list) and all(_is_app(app) for app in apps)
+
+
+def _is_environment_list(data: dict[str, Any]) -> bool:
+    environments = data.get("environments")
+    return isinstance(environments, list) and all(isinstance(e, dict) for e in environments)
 
 
 def _app_path(name: str) -> str:
     # Quoted so that a name with '/' or '?' reaches the server as one (invalid) name.
     return "/api/apps/" + quote(name, safe="")
+
+
+def _undecodable(
+    method: str, url: str, response: httpx.Response, exc: httpx.DecodingError
+) -> ApiError:
+    encoding = response.headers.get("content-encoding", "no content encoding")
+    status = response.status_code
+    return ApiError(
+        status,
+        f"HTTP_{status}",
+        f"{method} {url} answered HTTP {status} with a body that cannot be decoded "
+        f"(content-encoding {encoding}: {exc}), not the nocosup admin API",
+    )
 
 
 def _reason(exc: Exception) -> str:
@@ -210,10 +259,29 @@ def _decode(method: str, url: str, response: httpx.Response) -> dict[str, Any]:
         code = str(error.get("code") or f"HTTP_{response.status_code}")
         message = str(error.get("message") or response.reason_phrase)
         raise ApiError(response.status_code, code, message, data)
-    kind = response.headers.get("content-type", "no content type").split(";")[0]
-    raise ApiError(
-        response.status_code,
-        f"HTTP_{response.status_code}",
-        f"{method} {url} answered HTTP {response.status_code} with {kind}, "
-        "not the nocosup admin API",
+    raise _foreign(method, url, response)
+
+
+#: Characters of a foreign answer's body an error message quotes.
+EXCERPT = 200
+
+
+def _foreign(method: str, url: str, response: httpx.Response) -> ApiError:
+    """An answer that is not the admin API's (a proxy's error page, another site, an empty
+    body): the message says what came back, with the start of its body."""
+    status = response.status_code
+    kind = response.headers.get("content-type", "").split(";")[0].strip()
+    text = " ".join(response.content.decode("utf-8", "replace").split())
+    # Quoted text comes from anywhere: no terminal control characters reach stderr.
+    text = "".join(c if c.isprintable() else "?" for c in text)
+    head = f"{method} {url} answered HTTP {status} with"
+    if not text:
+        what = f"{head} an empty body" + (f" ({kind})" if kind else "")
+        return ApiError(status, f"HTTP_{status}", f"{what}, not the nocosup admin API")
+    if len(text) > EXCERPT:
+        text = text[: EXCERPT - 3] + "..."
+    return ApiError(
+        status,
+        f"HTTP_{status}",
+        f"{head} {kind or 'no content type'}, not the nocosup admin API: {text}",
     )

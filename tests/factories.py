@@ -2,7 +2,9 @@
 
 It builds the starter app and, steered by the app's ``options.test``, misbehaves on
 purpose: ``{"crash": "factory"}`` raises in the factory, ``{"crash": "lifespan"}`` in the
-lifespan, ``{"bootDelay": s}`` makes boots slow. Every build appends a line to
+lifespan, ``{"bootDelay": s}`` makes boots slow, and ``{"hold": true}`` adds
+``POST /test/hold``, a request the test keeps in flight as long as it likes (it answers
+once the client has sent all its body). Every build appends a line to
 ``<storage>/apps/<name>/builds.txt`` so tests can count boots, and every slow boot a line
 ``<environment> <pid> <began> <ended>`` to ``boots.txt`` so tests can see boots overlap.
 """
@@ -11,13 +13,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import os
 import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 from starlette.applications import Starlette
-from starlette.routing import Mount
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Mount, Route
 
 from nocosup.appctx import AppContext
 from nocosup_starter.app import build_app
@@ -32,8 +37,10 @@ def build(ctx: AppContext) -> Any:
     inner = build_app(ctx)
     delay = float(test.get("bootDelay", 0))
     crash_lifespan = test.get("crash") == "lifespan"
-    if not delay and not crash_lifespan:
+    hold = bool(test.get("hold"))
+    if not delay and not crash_lifespan and not hold:
         return inner
+    lifespan_up = False
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -43,7 +50,27 @@ def build(ctx: AppContext) -> Any:
             fh.write(f"{ctx.environment} {os.getpid()} {began:.6f} {time.time():.6f}\n")
         if crash_lifespan:
             raise RuntimeError("lifespan exploded on purpose")
+        nonlocal lifespan_up
         async with inner.router.lifespan_context(inner):
-            yield
+            lifespan_up = True
+            try:
+                yield
+            finally:
+                lifespan_up = False
 
-    return Starlette(routes=[Mount("/", inner)], lifespan=lifespan)
+    async def held(request: Request) -> Response:
+        """In flight from its first line (it leaves ``held`` in the app's storage dir) until
+        the client has sent its whole body; then says what it got and whether the app's
+        lifespan was still up when it answered."""
+        (ctx.storage_dir / "held").touch()
+        body = await request.body()
+        return JSONResponse(
+            {
+                "received": len(body),
+                "sha256": hashlib.sha256(body).hexdigest(),
+                "lifespan_up": lifespan_up,
+            }
+        )
+
+    routes: list[Any] = [Route("/test/hold", held, methods=["POST"])] if hold else []
+    return Starlette(routes=[*routes, Mount("/", inner)], lifespan=lifespan)

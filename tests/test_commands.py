@@ -10,12 +10,14 @@ from collections.abc import AsyncIterator
 
 import pytest
 import redis.asyncio as aioredis
+from redis.exceptions import ResponseError
 
 from nocosup.commands import Command, CommandConsumer, CommandSender, MalformedCommand, Reply
 from nocosup.errors import CommandTimeout
 from nocosup.heartbeat import Presence
 from nocosup.rediskeys import Keys, member
 from nocosup.remote import aggregate
+from tests.cluster import wait_for
 from tests.conftest import REDIS_URL
 
 TTL = 5.0
@@ -38,11 +40,33 @@ async def beat(redis: aioredis.Redis, keys: Keys, env: str, instance: str) -> No
     await redis.zadd(keys.instances, {member(env, instance): time.time() * 1000})
 
 
-async def stop(*tasks: asyncio.Task[None]) -> None:
-    """Cancel consumers and wait, so their blocked connection goes back to the pool."""
+async def groups(redis: aioredis.Redis, stream: str) -> set[str]:
+    """The consumer groups of ``stream`` (none while the stream does not exist)."""
+    try:
+        return {g["name"] for g in await redis.xinfo_groups(stream)}
+    except ResponseError:
+        return set()
+
+
+async def have_groups(redis: aioredis.Redis, stream: str, *names: str) -> None:
+    """Wait until consumers made their groups: only entries added after that reach them."""
+
+    async def made() -> bool:
+        return set(names) <= await groups(redis, stream)
+
+    await wait_for(made)
+
+
+async def stop(tasks: list[asyncio.Task[None]], consumers: list[CommandConsumer]) -> None:
+    """Cancel the consumers' loops and wait (their blocked connection goes back to the
+    pool), then wait for the commands they had started: the fixture closes the Redis
+    client next, and a command task still running then would take a new connection that
+    nothing closes (ResourceWarning: unclosed Connection, in whichever test runs the GC)."""
     for task in tasks:
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
+    for consumer in consumers:
+        await consumer.close()
 
 
 class Recorder:
@@ -94,14 +118,14 @@ async def test_every_instance_gets_the_command_and_the_sender_waits_for_all(
     sender = CommandSender(redis, keys, "sup", Presence(redis, keys, TTL))
     await sender.start()
     try:
-        await asyncio.sleep(0.2)  # groups exist
+        await have_groups(redis, keys.commands("e"), "i1", "i2")
         replies = await sender.send("e", Command("start", "a", {"name": "a"}), timeout=10)
         assert {r.instance for r in replies} == {"i1", "i2"}
         assert all(len(h.ran) == 1 for h in handlers)
         # nobody alive in another environment: no wait, no reply
         assert await sender.send("nobody", Command("ping", "a"), timeout=10) == []
     finally:
-        await stop(*tasks)
+        await stop(tasks, consumers)
         await sender.close()
 
 
@@ -115,8 +139,15 @@ async def test_silent_instance_times_out_and_dead_one_is_not_waited_for(
         with pytest.raises(CommandTimeout, match="silent: mute"):
             await sender.send("e", Command("ping", "a"), timeout=0.5)
         # the instance dies while we wait: the wait ends (no reply, nobody left)
+        stream = keys.commands("e")
+        before = await redis.xlen(stream)
         task = asyncio.create_task(sender.send("e", Command("ping", "a"), timeout=10))
-        await asyncio.sleep(0.2)
+
+        async def sent() -> bool:
+            return await redis.xlen(stream) > before
+
+        # the command is out, so the sender counted 'mute' in and is waiting for it
+        await wait_for(sent)
         await redis.delete(keys.instance("e", "mute"))
         assert await task == []
     finally:
@@ -165,8 +196,8 @@ async def test_malformed_entries_are_acknowledged_and_answered(
     consumer = CommandConsumer(redis, keys, "e", "i1", handler, Presence(redis, keys, TTL))
     task = asyncio.create_task(consumer.run())
     try:
-        await asyncio.sleep(0.2)
         stream = keys.commands("e")
+        await have_groups(redis, stream, "i1")
         await redis.xadd(stream, {"junk": "1"})
         await redis.xadd(
             stream,
@@ -183,7 +214,7 @@ async def test_malformed_entries_are_acknowledged_and_answered(
         assert reply["ok"] == "0" and "malformed" in reply["error"]
         assert not task.done()
     finally:
-        await stop(task)
+        await stop([task], [consumer])
 
 
 async def test_commands_sent_while_redis_lost_the_group_are_not_skipped(
@@ -195,22 +226,24 @@ async def test_commands_sent_while_redis_lost_the_group_are_not_skipped(
     task = asyncio.create_task(consumer.run())
     try:
         stream = keys.commands("e")
-        await asyncio.sleep(0.2)
+        await have_groups(redis, stream, "i1")
         first = Command("ping", "a")
         await redis.xadd(stream, first.fields())
-        for _ in range(50):
-            if handler.ran:
-                break
-            await asyncio.sleep(0.05)
+
+        async def ran(command: Command) -> bool:
+            return command.id in handler.ran
+
+        await wait_for(lambda: ran(first))
         # as after a Redis restart: the stream and its groups are gone, and a command
-        # arrives before the consumer noticed
-        await redis.delete(stream)
+        # arrives before the consumer noticed. One transaction: the consumer cannot
+        # re-create its group between the two, so a group re-created at '$' (new
+        # entries only) would skip the second command.
         second = Command("ping", "a")
-        await redis.xadd(stream, second.fields())
-        for _ in range(100):
-            if second.id in handler.ran:
-                break
-            await asyncio.sleep(0.05)
+        async with redis.pipeline(transaction=True) as pipe:
+            pipe.delete(stream)
+            pipe.xadd(stream, second.fields())
+            await pipe.execute()
+        await wait_for(lambda: ran(second))
         assert handler.ran == [first.id, second.id]
     finally:
-        await stop(task)
+        await stop([task], [consumer])

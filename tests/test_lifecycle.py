@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
+from collections.abc import AsyncIterator
 
 import httpx
 
+from tests.cluster import wait_for
 from tests.servers import NocosupServer, ServerFactory
 from tests.test_admin_api import assert_error
 from tests.test_tenants import create
@@ -108,18 +111,55 @@ async def test_with_supervisor_apps_start_on_create_and_stop_means_stopped(
         assert (await c.get("/apps/eager/api/info")).status_code == 200
 
 
-async def test_stop_lets_inflight_requests_finish(sqlite_server: NocosupServer) -> None:
-    async with sqlite_server.admin() as c:
-        await create(c, "drain")
-        await c.post("/api/apps/drain/start")
-        size = 32 * 1024 * 1024
-        async with c.stream("GET", "/apps/drain/api/blob", params={"size": size}) as r:
-            stop = asyncio.create_task(c.post("/api/apps/drain/stop"))
-            got = 0
-            async for chunk in r.aiter_bytes():
-                got += len(chunk)
-        assert got == size
-        assert (await stop).json()["statuses"] == {"local": "stopped"}
+async def test_stop_lets_inflight_requests_finish(servers: ServerFactory) -> None:
+    """A request in flight when the stop comes gets its whole answer from a live app,
+    and the stop answers only after it: the stop waited for it (the drain).
+
+    The request is held in flight by the test itself: it sends half its body, and the
+    rest only once the stop is under way.
+    """
+    # A grace far beyond the test: only the request's end may end the drain.
+    server = servers.start(NOCOSUP_STOP_GRACE="600")
+    marker = server.storage / "apps" / "drain" / "held"
+    first, rest = b"a" * 100_000, b"b" * 100_000
+    release = asyncio.Event()
+
+    async def body() -> AsyncIterator[bytes]:
+        yield first
+        await release.wait()
+        yield rest
+
+    async with server.admin() as c:
+        await create(c, "drain", options={"test": {"hold": True}})
+        assert (await c.post("/api/apps/drain/start")).status_code == 200
+        request = asyncio.create_task(c.post("/apps/drain/test/hold", content=body()))
+
+        async def in_flight() -> bool:
+            return marker.exists()
+
+        await wait_for(in_flight)
+        stop = asyncio.create_task(c.post("/api/apps/drain/stop"))
+
+        async def stop_begun() -> str | None:
+            status = (await c.get("/api/apps/drain")).json()["statuses"]["local"]
+            return status if status in ("stopping", "stopped") else None
+
+        await wait_for(stop_begun)
+        # and, one more round trip later, the stop still waits for the request
+        assert await stop_begun() == "stopping"
+        assert not stop.done() and not request.done()
+        release.set()
+        answer = await request
+        assert answer.status_code == 200, answer.text
+        assert answer.json() == {
+            "received": len(first + rest),
+            "sha256": hashlib.sha256(first + rest).hexdigest(),
+            "lifespan_up": True,  # the app was not shut down under the request
+        }
+        stopped = await stop
+        assert stopped.status_code == 200, stopped.text
+        assert stopped.json()["statuses"] == {"local": "stopped"}
+        assert_error(await c.get("/apps/drain/api/info"), 503, "APP_STOPPED")
 
 
 async def test_with_supervisor_create_that_fails_to_start_is_still_created(

@@ -4,6 +4,7 @@ socket) and env_b as uvicorn processes, real Redis and PostgreSQL."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import itertools
 import json
 import signal
@@ -112,13 +113,18 @@ async def test_records_websocket_and_blob_through_the_proxy(deployed: Cluster) -
         assert info["app"] == "prox" and info["environment"] == "env_a"
         page = await c.get("/apps/prox/admin")
         assert "via proxy" in page.text
-        size = 10 * 1024 * 1024
+        size = 10 * 1024 * 1024 + 7
         got = 0
+        digest = hashlib.sha256()
         async with c.stream("GET", "/apps/prox/api/blob", params={"size": size}) as r:
             assert r.status_code == 200
+            assert r.headers["content-length"] == str(size)
             async for chunk in r.aiter_bytes():
                 got += len(chunk)
+                digest.update(chunk)
+        # every byte through the proxy, and the right ones: the starter's blob is all 'x'
         assert got == size
+        assert digest.hexdigest() == hashlib.sha256(b"x" * size).hexdigest()
     ws_url = sup(deployed).url.replace("http", "ws") + "/apps/prox/api/echo"
     async with websockets.connect(ws_url) as ws:
         for i in range(3):

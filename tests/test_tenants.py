@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 
 import asyncpg
@@ -199,12 +200,16 @@ async def test_blob_streams_and_checks_size(sqlite_server: NocosupServer) -> Non
         await create(c, "blob")
         size = 10 * 1024 * 1024 + 7
         got = 0
+        digest = hashlib.sha256()
         async with c.stream("GET", "/apps/blob/api/blob", params={"size": size}) as r:
             assert r.status_code == 200
             assert r.headers["content-length"] == str(size)
             async for chunk in r.aiter_bytes():
                 got += len(chunk)
+                digest.update(chunk)
+        # every byte, and the right ones: the starter's blob is 'x' repeated
         assert got == size
+        assert digest.hexdigest() == hashlib.sha256(b"x" * size).hexdigest()
         for bad in ("-1", "abc", str(64 * 1024 * 1024 + 1), ""):
             assert_error(
                 await c.get("/apps/blob/api/blob", params={"size": bad}),
