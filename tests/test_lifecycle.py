@@ -1,47 +1,49 @@
-"""Boots and stops over a real server: single flight, failures kept to one app, start modes."""
+"""Boots and stops, in process: single flight, failures kept to one app, start modes,
+the boot wait and the draining stop (LocalRuntime behind the host's own dispatch)."""
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import httpx
 
 from tests.cluster import wait_for
-from tests.servers import NocosupServer, ServerFactory
+from tests.inproc import InProc, inproc_settings, running_host
 from tests.test_admin_api import assert_error
 from tests.test_tenants import create
 
 
-def builds(server: NocosupServer, name: str) -> int:
+def builds(server: InProc, name: str) -> int:
     path = server.storage / "apps" / name / "builds.txt"
     return len(path.read_text().splitlines()) if path.exists() else 0
 
 
-async def test_concurrent_first_requests_boot_once(sqlite_server: NocosupServer) -> None:
-    async with sqlite_server.admin() as c:
+async def test_concurrent_first_requests_boot_once(inproc: InProc) -> None:
+    async with inproc.admin() as c:
         await create(c, "slow", options={"test": {"bootDelay": 0.5}})
     limits = httpx.Limits(max_connections=20)
-    async with sqlite_server.client(limits=limits) as c:
+    async with inproc.client(limits=limits) as c:
         responses = await asyncio.gather(*(c.get("/apps/slow/api/info") for _ in range(20)))
     assert [r.status_code for r in responses] == [200] * 20, [r.text for r in responses]
     assert len({r.json()["pid"] for r in responses}) == 1
-    assert builds(sqlite_server, "slow") == 1
+    assert builds(inproc, "slow") == 1
 
 
-async def test_concurrent_admin_starts_boot_once(sqlite_server: NocosupServer) -> None:
-    async with sqlite_server.admin() as c:
+async def test_concurrent_admin_starts_boot_once(inproc: InProc) -> None:
+    async with inproc.admin() as c:
         await create(c, "twice", options={"test": {"bootDelay": 0.3}})
         results = await asyncio.gather(
             *(c.post("/api/apps/twice/start") for _ in range(5)), c.get("/apps/twice/api/info")
         )
     assert [r.status_code for r in results] == [200] * 6
-    assert builds(sqlite_server, "twice") == 1
+    assert builds(inproc, "twice") == 1
 
 
-async def test_a_crashing_app_leaves_the_others_serving(sqlite_server: NocosupServer) -> None:
-    async with sqlite_server.admin() as c:
+async def test_a_crashing_app_leaves_the_others_serving(inproc: InProc) -> None:
+    async with inproc.admin() as c:
         await create(c, "good")
         await create(c, "badfactory", options={"test": {"crash": "factory"}})
         await create(c, "badlifespan", options={"test": {"crash": "lifespan"}})
@@ -63,7 +65,7 @@ async def test_a_crashing_app_leaves_the_others_serving(sqlite_server: NocosupSe
         assert r.json()["error"]["results"]["local"]["ok"] is False
         # errors do not retry on every request: still one build per explicit attempt
         await c.get("/apps/badfactory/api/info")
-        assert builds(sqlite_server, "badfactory") == 1
+        assert builds(inproc, "badfactory") == 1
         # fixing the options and starting again brings it up
         r = await c.patch("/api/apps/badfactory", json={"options": {"test": None}})
         assert r.status_code == 200
@@ -73,9 +75,9 @@ async def test_a_crashing_app_leaves_the_others_serving(sqlite_server: NocosupSe
         assert (await c.get("/apps/good/api/info")).status_code == 200
 
 
-async def test_boot_wait_answers_initializing(servers: ServerFactory) -> None:
-    server = servers.start(NOCOSUP_BOOT_WAIT="0.2")
-    async with server.admin() as c:
+async def test_boot_wait_answers_initializing(tmp_path: Path) -> None:
+    async with running_host(inproc_settings(tmp_path, NOCOSUP_BOOT_WAIT="0.2")) as server:
+        c = server.api
         await create(c, "sleepy", options={"test": {"bootDelay": 2}})
         r = await c.get("/apps/sleepy/api/info")
         assert_error(r, 503, "APP_INITIALIZING")
@@ -92,15 +94,15 @@ async def test_boot_wait_answers_initializing(servers: ServerFactory) -> None:
 
 
 async def test_with_supervisor_apps_start_on_create_and_stop_means_stopped(
-    sqlite_server: NocosupServer,
+    inproc: InProc,
 ) -> None:
-    async with sqlite_server.admin() as c:
+    async with inproc.admin() as c:
         app = await create(c, "eager", options={"startMode": "with_supervisor"})
         assert app["statuses"] == {"local": "running"}
         r = await c.post("/api/apps/eager/stop")
         assert r.status_code == 200 and r.json()["statuses"] == {"local": "stopped"}
         assert_error(await c.get("/apps/eager/api/info"), 503, "APP_STOPPED")
-        assert builds(sqlite_server, "eager") == 1
+        assert builds(inproc, "eager") == 1
         r = await c.post("/api/apps/eager/start", params={"wait": "false"})
         assert r.status_code == 202
         assert r.json()["statuses"]["local"] in ("preparing", "initializing", "running")
@@ -111,7 +113,7 @@ async def test_with_supervisor_apps_start_on_create_and_stop_means_stopped(
         assert (await c.get("/apps/eager/api/info")).status_code == 200
 
 
-async def test_stop_lets_inflight_requests_finish(servers: ServerFactory) -> None:
+async def test_stop_lets_inflight_requests_finish(tmp_path: Path) -> None:
     """A request in flight when the stop comes gets its whole answer from a live app,
     and the stop answers only after it: the stop waited for it (the drain).
 
@@ -119,8 +121,8 @@ async def test_stop_lets_inflight_requests_finish(servers: ServerFactory) -> Non
     rest only once the stop is under way.
     """
     # A grace far beyond the test: only the request's end may end the drain.
-    server = servers.start(NOCOSUP_STOP_GRACE="600")
-    marker = server.storage / "apps" / "drain" / "held"
+    settings = inproc_settings(tmp_path, NOCOSUP_STOP_GRACE="600")
+    marker = settings.storage_dir / "apps" / "drain" / "held"
     first, rest = b"a" * 100_000, b"b" * 100_000
     release = asyncio.Event()
 
@@ -129,7 +131,8 @@ async def test_stop_lets_inflight_requests_finish(servers: ServerFactory) -> Non
         await release.wait()
         yield rest
 
-    async with server.admin() as c:
+    async with running_host(settings) as server:
+        c = server.api
         await create(c, "drain", options={"test": {"hold": True}})
         assert (await c.post("/api/apps/drain/start")).status_code == 200
         request = asyncio.create_task(c.post("/apps/drain/test/hold", content=body()))
@@ -163,9 +166,9 @@ async def test_stop_lets_inflight_requests_finish(servers: ServerFactory) -> Non
 
 
 async def test_with_supervisor_create_that_fails_to_start_is_still_created(
-    sqlite_server: NocosupServer,
+    inproc: InProc,
 ) -> None:
-    async with sqlite_server.admin() as c:
+    async with inproc.admin() as c:
         r = await c.post(
             "/api/apps",
             json={
