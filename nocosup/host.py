@@ -35,6 +35,8 @@ from nocosup.status import AppStatus
 log = logging.getLogger("nocosup.host")
 
 ReadinessCheck = Callable[[], Awaitable[object]]
+#: Plugin notifications queued at most (status and environment changes, registry events).
+MAX_NOTICES = 10_000
 
 
 class Host(Starlette):
@@ -52,7 +54,7 @@ class Host(Starlette):
         self.started = False
         self._background: set[asyncio.Task[Any]] = set()
         self._start_lock = asyncio.Lock()
-        self._notices: asyncio.Queue[tuple[str, dict[str, Any]]] = asyncio.Queue()
+        self._notices: asyncio.Queue[tuple[str, dict[str, Any]]] = asyncio.Queue(MAX_NOTICES)
         self._notifier: asyncio.Task[None] | None = None
         self._notified = self.hooks.implemented()
         routes = [
@@ -144,7 +146,12 @@ class Host(Starlette):
         the caller never waits for a plugin, and plugins see events in order."""
         if hook not in self._notified:
             return
-        self._notices.put_nowait((hook, kwargs))
+        try:
+            self._notices.put_nowait((hook, kwargs))
+        except asyncio.QueueFull:
+            # a listener that cannot keep up loses events rather than memory
+            log.warning("plugin notifications are %d behind: %s dropped", MAX_NOTICES, hook)
+            return
         if self._notifier is None or self._notifier.done():
             self._notifier = asyncio.create_task(self._deliver(), name="notifications")
 
