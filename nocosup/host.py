@@ -13,6 +13,7 @@ cookie is taken out of the ``Cookie`` header before a tenant sees the request.
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
 import traceback
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
@@ -206,7 +207,7 @@ class Host(Starlette):
                 scope = dict(scope)
                 scope["root_path"] = prefix
                 scope["app"] = self
-                scope["headers"] = without_admin_cookie(scope["headers"])
+                scope["headers"] = self._tenant_headers(scope["headers"])
                 await gateway.handle(name, scope, receive, send)
                 return
             if not self.started and scope["type"] == "http":
@@ -218,6 +219,20 @@ class Host(Starlette):
             await self._lifespan(receive, send)
             return
         await super().__call__(scope, receive, send)
+
+    def _tenant_headers(self, headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+        """What a tenant may see of the request headers: no session cookie, and no
+        ``Authorization`` that carries the admin token (a script that sent it to an app
+        by mistake must not hand it over)."""
+        headers = without_admin_cookie(headers)
+        token: str | None = getattr(self.state, "admin_token", None) or self.settings.admin_token
+        if not token or not any(k == b"authorization" for k, _v in headers):
+            return headers
+        return [
+            (k, v)
+            for k, v in headers
+            if k != b"authorization" or not _carries_token(v, token.encode("latin-1", "replace"))
+        ]
 
     async def _slash_redirect(self, scope: Scope, receive: Receive, send: Send) -> None:
         """No route matched: if the path with (or without) a trailing slash has one, a 307
@@ -295,6 +310,11 @@ def without_admin_cookie(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes
                 continue
         out.append((key, value))
     return out
+
+
+def _carries_token(value: bytes, token: bytes) -> bool:
+    scheme, _, given = value.partition(b" ")
+    return scheme.lower() == b"bearer" and hmac.compare_digest(given.strip(), token)
 
 
 def _admin_host_matches(scope: Scope, settings: Settings) -> bool:

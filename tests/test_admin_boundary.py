@@ -57,6 +57,9 @@ async def assert_tenant_never_sees_admin(c: httpx.AsyncClient, app: str, session
         ("GET", "/api/info", {"X-App": app}),  # no host route: the tenant's
         ("GET", "/anything/else", {"X-App": app}),
         ("DELETE", "/api/records/1", {"X-App": app}),
+        # a script that sends the admin token to an app by mistake does not hand it over
+        ("GET", f"/apps/{app}/x", AUTH),
+        ("GET", "/api/info", {"X-App": app, **AUTH}),
     ):
         r = await c.request(method, path, headers={"Cookie": cookie, **extra})
         assert r.status_code == 200 and r.headers.get("x-echo") == "1", (path, r.text)
@@ -65,6 +68,9 @@ async def assert_tenant_never_sees_admin(c: httpx.AsyncClient, app: str, session
     r = await c.get(f"/apps/{app}/", headers={"Cookie": f"{COOKIE_NAME}={session}"})
     only = r.json()
     assert not [v for k, v in only["headers"] if k == "cookie"]
+    # the tenant's own Authorization passes untouched
+    r = await c.get(f"/apps/{app}/", headers={"Authorization": "Bearer tenant-user-token"})
+    assert ["authorization", "Bearer tenant-user-token"] in r.json()["headers"]
     for got in seen:
         cookies = [v for k, v in got["headers"] if k == "cookie"]
         assert cookies == [kept], got
