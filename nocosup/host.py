@@ -7,7 +7,8 @@ role's gateway, so the cost does not grow with the number of apps. Everything el
 
 The tenant dispatch is the one place where the admin boundary is drawn for both modes
 (in-process and proxied): ``X-App`` never reaches a host route, and the page's session
-cookie is taken out of the ``Cookie`` header before a tenant sees the request.
+cookie (and an ``Authorization`` header carrying the admin token) is taken out before a
+tenant sees the request.
 """
 
 from __future__ import annotations
