@@ -95,7 +95,7 @@ async def _inproc(workdir: Path, calls: int, rounds: int) -> dict[str, list[floa
         return Settings.from_env(
             {
                 "NOCOSUP_STORAGE_DIR": str(workdir / name),
-                "NOCOSUP_ADMIN_TOKEN": "inproc",
+                "NOCOSUP_ADMIN_TOKEN": "inproc-benchmark-token-0123456789abcdef",
                 "NOCOSUP_LOAD_PLUGINS": "",
             }
         )

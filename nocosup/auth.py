@@ -1,24 +1,37 @@
-"""The admin token: from NOCOSUP_ADMIN_TOKEN, else generated once and kept in the storage dir."""
+"""Who may use the admin API, and how the page's session cookie is kept from misuse.
+
+Two credentials open the admin API: the admin token (``NOCOSUP_ADMIN_TOKEN``, else
+generated once and kept in the storage dir) as ``Authorization: Bearer``, and the web
+page's session cookie, which holds an opaque session id (:mod:`nocosup.sessions`), never
+the token. A write authenticated by the cookie must also look like the page sent it
+(:func:`check_csrf`). Failed logins are counted per client address (:class:`LoginLimiter`).
+"""
 
 from __future__ import annotations
 
 import hmac
+import ipaddress
 import logging
+import math
 import os
 import secrets
+import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 from functools import wraps
 
 from starlette.requests import HTTPConnection, Request
 from starlette.responses import Response
+from starlette.types import Scope
 
-from nocosup.config import Settings
-from nocosup.errors import Unauthorized
+from nocosup.config import Settings, check_admin_token
+from nocosup.errors import CsrfRejected, TooManyLogins, Unauthorized
 
 log = logging.getLogger("nocosup.auth")
 
-#: The web page keeps the token in this HttpOnly cookie after login.
+#: The web page's HttpOnly session cookie (its value is a session id, not the token).
 COOKIE_NAME = "nocosup_admin"
+UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
 
 def resolve_admin_token(settings: Settings) -> str:
@@ -29,6 +42,7 @@ def resolve_admin_token(settings: Settings) -> str:
     if path.exists():
         token = path.read_text().strip()
         if token:
+            check_admin_token(token, f"the admin token in {path.resolve()}")
             log.warning("admin token read from %s", path.resolve())
             return token
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -40,34 +54,173 @@ def resolve_admin_token(settings: Settings) -> str:
     return token
 
 
-def presented_token(conn: HTTPConnection) -> str | None:
-    """The token a caller presents: ``Authorization: Bearer`` first, else the page's cookie."""
-    header = conn.headers.get("authorization")
-    if header:
-        scheme, _, value = header.partition(" ")
-        return value.strip() if scheme.lower() == "bearer" else None
-    return conn.cookies.get(COOKIE_NAME)
-
-
 def token_matches(expected: str, given: str | None) -> bool:
     return given is not None and hmac.compare_digest(expected.encode(), given.encode())
 
 
-def check_admin(conn: HTTPConnection) -> None:
+# --- who is asking: the peer, trusted proxies, the public scheme ---------------------------
+
+
+def _trusted(address: str, settings: Settings) -> bool:
+    if not settings.trusted_proxies:
+        return False
+    try:
+        ip = ipaddress.ip_address(address.strip())
+    except ValueError:
+        return False
+    return any(ip in network for network in settings.trusted_proxies)
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    """The last value of header ``name`` (a proxy appends, so the last one is its own)."""
+    found = None
+    for key, value in scope["headers"]:
+        if key == name:
+            found = value
+    return None if found is None else found.decode("latin-1")
+
+
+def _peer(scope: Scope) -> str:
+    client = scope.get("client")
+    return str(client[0]) if client else ""
+
+
+def client_address(scope: Scope, settings: Settings) -> str:
+    """The client's address: the peer's, or, when the peer is a trusted proxy
+    (``NOCOSUP_TRUSTED_PROXIES``), the last untrusted hop of ``X-Forwarded-For``."""
+    peer = _peer(scope)
+    if not _trusted(peer, settings):
+        return peer
+    forwarded = _header(scope, b"x-forwarded-for")
+    hops = [h.strip() for h in (forwarded or "").split(",") if h.strip()]
+    for hop in reversed(hops):
+        if not _trusted(hop, settings):
+            return hop
+    return hops[0] if hops else peer
+
+
+def is_https(scope: Scope, settings: Settings) -> bool:
+    """Whether the client reached us over https: directly (or as the front server's
+    ``--forwarded-allow-ips`` already applied), or through a trusted proxy that says
+    ``X-Forwarded-Proto: https``. The header from any other peer is ignored."""
+    if scope.get("scheme") in ("https", "wss"):
+        return True
+    if not _trusted(_peer(scope), settings):
+        return False
+    proto = _header(scope, b"x-forwarded-proto") or ""
+    return proto.rsplit(",", 1)[-1].strip().lower() == "https"
+
+
+# --- the checks --------------------------------------------------------------------------
+
+
+def check_csrf(conn: HTTPConnection) -> None:
+    """A cookie-authenticated write must come from the page: a JSON body (when there is a
+    body) and a same-origin ``Origin`` or ``Sec-Fetch-Site: same-origin``. Browsers send
+    both and let no other site forge them; a form or ``text/plain`` post from another
+    site fails here."""
+    headers = conn.headers
+    has_body = headers.get("transfer-encoding") is not None or headers.get(
+        "content-length", "0"
+    ).strip() not in ("", "0")
+    if has_body:
+        media = headers.get("content-type", "").split(";", 1)[0].strip().lower()
+        if media != "application/json":
+            raise CsrfRejected(
+                "a request authenticated by the session cookie must send its body as "
+                "Content-Type: application/json"
+            )
+    if headers.get("sec-fetch-site", "").strip().lower() == "same-origin":
+        return
+    origin = headers.get("origin", "").strip().lower()
+    settings: Settings = conn.app.settings
+    scheme = "https" if is_https(conn.scope, settings) else "http"
+    host = headers.get("host", "").strip().lower()
+    if origin and host and origin == f"{scheme}://{host}":
+        return
+    raise CsrfRejected(
+        "a request authenticated by the session cookie must come from the page "
+        "(a same-origin Origin or Sec-Fetch-Site header); scripts should send "
+        "'Authorization: Bearer <token>'"
+    )
+
+
+async def check_admin(conn: HTTPConnection) -> None:
+    """Let the request through if it carries the admin token as a Bearer header, or a live
+    session cookie (then, for a write, only if :func:`check_csrf` passes)."""
     expected: str = conn.app.state.admin_token
-    if not token_matches(expected, presented_token(conn)):
+    header = conn.headers.get("authorization")
+    if header:
+        scheme, _, value = header.partition(" ")
+        if scheme.lower() == "bearer" and token_matches(expected, value.strip()):
+            return
         raise Unauthorized("missing or wrong admin token: send 'Authorization: Bearer <token>'")
+    session = conn.cookies.get(COOKIE_NAME)
+    sessions = getattr(conn.app.state, "sessions", None)
+    if session is None or sessions is None or not await sessions.valid(session):
+        raise Unauthorized("missing or wrong admin token: send 'Authorization: Bearer <token>'")
+    if conn.scope["type"] == "http" and conn.scope["method"] in UNSAFE_METHODS:
+        check_csrf(conn)
 
 
 Endpoint = Callable[[Request], Awaitable[Response]]
 
 
 def admin_only(endpoint: Endpoint) -> Endpoint:
-    """Wrap an endpoint so it answers 401 unless the caller holds the admin token."""
+    """Wrap an endpoint so it answers 401 unless the caller holds the admin token or a
+    session (and 403 for a cookie-authenticated write the page did not send)."""
 
     @wraps(endpoint)
     async def guarded(request: Request) -> Response:
-        check_admin(request)
+        await check_admin(request)
         return await endpoint(request)
 
     return guarded
+
+
+class LoginLimiter:
+    """Failed logins per client address in a sliding window of :attr:`WINDOW` seconds.
+
+    In memory, per process: each supervisor replica counts on its own, and a restart
+    forgets. At most :attr:`MAX_ADDRESSES` addresses are tracked (the oldest go first)."""
+
+    WINDOW = 60.0
+    MAX_ADDRESSES = 10_000
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._failures: dict[str, deque[float]] = {}
+
+    def _recent(self, address: str, now: float) -> deque[float] | None:
+        times = self._failures.get(address)
+        if times is None:
+            return None
+        while times and times[0] <= now - self.WINDOW:
+            times.popleft()
+        if not times:
+            del self._failures[address]
+            return None
+        return times
+
+    def check(self, address: str) -> None:
+        """Raise TooManyLogins while ``address`` has used up its failures."""
+        now = time.monotonic()
+        times = self._recent(address, now)
+        if times is not None and len(times) >= self.limit:
+            wait = max(1, math.ceil(times[0] + self.WINDOW - now))
+            raise TooManyLogins(
+                f"too many failed logins from {address}; retry in {wait} s", retry_after=wait
+            )
+
+    def failed(self, address: str) -> None:
+        now = time.monotonic()
+        times = self._recent(address, now)
+        if times is None:
+            if len(self._failures) >= self.MAX_ADDRESSES:
+                for old in list(self._failures)[: len(self._failures) // 10 + 1]:
+                    del self._failures[old]
+            times = self._failures[address] = deque()
+        times.append(now)
+
+    def succeeded(self, address: str) -> None:
+        self._failures.pop(address, None)

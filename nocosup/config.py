@@ -7,6 +7,7 @@ names the variable and the values it allows, so ``nocosup serve`` can print it a
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import uuid
@@ -27,6 +28,9 @@ _ENV_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
 _PREFIX = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 _FACTORY = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
 _DB_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_HOST = re.compile(r"([A-Za-z0-9][A-Za-z0-9.-]{0,252}|\[[0-9A-Fa-f:.]+\])(:[0-9]{1,5})?")
+#: The admin token guards every app and its data: shorter ones are refused at start.
+MIN_ADMIN_TOKEN = 32
 #: App names are at most 40 characters and tenant databases are named ``{DB_DATABASE}_{app}``;
 #: PostgreSQL truncates identifiers past 63 bytes, so DB_DATABASE must leave room.
 MAX_DB_DATABASE_LEN = 63 - 1 - 40
@@ -96,7 +100,28 @@ VARIABLES: tuple[Variable, ...] = (
     Variable(
         "NOCOSUP_ADMIN_TOKEN",
         None,
-        "Bearer token for the admin API; generated and kept in the storage dir if unset.",
+        "Bearer token for the admin API (at least 32 characters); generated and kept in the "
+        "storage dir if unset.",
+    ),
+    Variable(
+        "NOCOSUP_SESSION_TTL",
+        "28800",
+        "Seconds a web page session (the login cookie) lasts before it must sign in again.",
+    ),
+    Variable(
+        "NOCOSUP_ADMIN_HOST",
+        None,
+        "Host (name[:port]) that alone serves the admin API and web page; others get 404.",
+    ),
+    Variable(
+        "NOCOSUP_TRUSTED_PROXIES",
+        None,
+        "Comma-separated IPs/CIDRs of proxies whose X-Forwarded-Proto/-For nocosup honours.",
+    ),
+    Variable(
+        "NOCOSUP_LOGIN_FAILURES",
+        "10",
+        "Failed logins a client address may make per minute before 429 TOO_MANY_LOGINS.",
     ),
     Variable("NOCOSUP_APP_FACTORY", None, "module:callable building each tenant ASGI app."),
     Variable(
@@ -255,7 +280,11 @@ def _parse(env: Mapping[str, str]) -> dict[str, Any]:
         # taken as it is, not trimmed (docs/configuration.md)
         "db_password": env.get("DB_PASSWORD", _BY_NAME["DB_PASSWORD"].default),
         "storage_dir": Path(_text(env, "NOCOSUP_STORAGE_DIR")),
-        "admin_token": _get(env, "NOCOSUP_ADMIN_TOKEN"),
+        "admin_token": _admin_token(env),
+        "session_ttl": _number(env, "NOCOSUP_SESSION_TTL", float, 60, 30 * 86400),
+        "admin_host": _admin_host(env),
+        "trusted_proxies": _networks(env, "NOCOSUP_TRUSTED_PROXIES"),
+        "login_failures": _number(env, "NOCOSUP_LOGIN_FAILURES", int, 1, 100000),
         "app_factory": _pattern(env, "NOCOSUP_APP_FACTORY", _FACTORY, "module:callable"),
         "boot_wait": _number(env, "NOCOSUP_BOOT_WAIT", float, 0, 3600),
         "redis_prefix": _pattern(
@@ -271,6 +300,41 @@ def _parse(env: Mapping[str, str]) -> dict[str, Any]:
         "proxy_timeout": _number(env, "NOCOSUP_PROXY_TIMEOUT", float, 0.1, 86400),
         **_instance(env),
     }
+
+
+def _admin_token(env: Mapping[str, str]) -> str | None:
+    token = _get(env, "NOCOSUP_ADMIN_TOKEN")
+    check_admin_token(token, "NOCOSUP_ADMIN_TOKEN")
+    return token
+
+
+def check_admin_token(token: str | None, where: str) -> None:
+    """A token shorter than :data:`MIN_ADMIN_TOKEN` characters is a ConfigError."""
+    if token is not None and len(token) < MIN_ADMIN_TOKEN:
+        raise ConfigError(
+            f"{where} must be at least {MIN_ADMIN_TOKEN} characters (got {len(token)}); "
+            "make one with: python3 -c 'import secrets; print(secrets.token_urlsafe(32))'"
+        )
+
+
+def _admin_host(env: Mapping[str, str]) -> str | None:
+    value = _pattern(env, "NOCOSUP_ADMIN_HOST", _HOST, "a host name, optionally with :port")
+    return value.lower() if value else None
+
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def _networks(env: Mapping[str, str], name: str) -> tuple[Network, ...]:
+    out: list[Network] = []
+    for item in _names(_get(env, name)):
+        try:
+            out.append(ipaddress.ip_network(item, strict=False))
+        except ValueError:
+            raise ConfigError(
+                f"{name} must be comma-separated IP addresses or CIDRs; got {item!r}"
+            ) from None
+    return tuple(out)
 
 
 def _names(value: str | None) -> tuple[str, ...]:
@@ -312,6 +376,10 @@ class Settings:
     db_password: str = _DEFAULTS["db_password"]
     storage_dir: Path = _DEFAULTS["storage_dir"]
     admin_token: str | None = _DEFAULTS["admin_token"]
+    session_ttl: float = _DEFAULTS["session_ttl"]
+    admin_host: str | None = _DEFAULTS["admin_host"]
+    trusted_proxies: tuple[Network, ...] = _DEFAULTS["trusted_proxies"]
+    login_failures: int = _DEFAULTS["login_failures"]
     app_factory: str | None = _DEFAULTS["app_factory"]
     boot_wait: float = _DEFAULTS["boot_wait"]
     redis_prefix: str = _DEFAULTS["redis_prefix"]

@@ -4,6 +4,8 @@
     ├── ConfigError                 (start-up only: the CLI prints it and exits 2)
     ├── InvalidInput                422 VALIDATION_ERROR / INVALID_JSON (names the field)
     ├── Unauthorized                401 UNAUTHORIZED
+    ├── CsrfRejected                403 CSRF_REJECTED (a cookie-authenticated write from elsewhere)
+    ├── TooManyLogins               429 TOO_MANY_LOGINS (Retry-After)
     ├── NotFound                    404 NOT_FOUND
     │   ├── AppNotFound             404 APP_NOT_FOUND
     │   └── EnvironmentNotFound     404 ENVIRONMENT_NOT_FOUND
@@ -73,6 +75,25 @@ class Unauthorized(NocosupError):
 
     def headers(self) -> dict[str, str]:
         return {"WWW-Authenticate": 'Bearer realm="nocosup"'}
+
+
+class CsrfRejected(NocosupError):
+    """A write authenticated by the page's cookie that the page cannot have sent."""
+
+    status = 403
+    code = "CSRF_REJECTED"
+
+
+class TooManyLogins(NocosupError):
+    status = 429
+    code = "TOO_MANY_LOGINS"
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after)}
 
 
 class NotFound(NocosupError):

@@ -1,14 +1,20 @@
 """The Starlette host: one ASGI app carrying the role chosen by ``APP_MODE``.
 
-Requests for tenants (``/apps/{name}/...`` or any path with an ``X-App`` header) are
-dispatched before Starlette's router with one dict lookup in the role's gateway, so the
-cost does not grow with the number of apps. Everything else (``/api``, ``/healthz``,
-plugin routes) goes through Starlette.
+Requests for tenants (``/apps/{name}/...``, or a path no host route serves with an
+``X-App`` header) are dispatched before Starlette's router with one dict lookup in the
+role's gateway, so the cost does not grow with the number of apps. Everything else
+(``/api``, ``/healthz``, the page, plugin routes) goes through Starlette.
+
+The tenant dispatch is the one place where the admin boundary is drawn for both modes
+(in-process and proxied): ``X-App`` never reaches a host route, and the page's session
+cookie (and an ``Authorization`` header carrying the admin token) is taken out before a
+tenant sees the request.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
 import traceback
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
@@ -18,13 +24,14 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
-from starlette.routing import Route
+from starlette.routing import Match, Route
 from starlette.types import Receive, Scope, Send
 
 from nocosup import __version__
 from nocosup.appctx import AppContext
+from nocosup.auth import COOKIE_NAME
 from nocosup.config import Settings
-from nocosup.errors import AppNotFound, ConfigError, NocosupError, error_body
+from nocosup.errors import AppNotFound, ConfigError, NocosupError, NotFound, error_body
 from nocosup.events import EventBus
 from nocosup.plugins import load_plugins
 from nocosup.provisioning import TenantDatabases
@@ -71,6 +78,10 @@ class Host(Starlette):
                 Exception: _unexpected_error,
             },
         )
+        # Starlette's slash redirects build an absolute URL from the Host header: ours
+        # are relative (see _slash_redirect).
+        self.router.redirect_slashes = False
+        self.router.default = self._slash_redirect
 
     def _make_role(self) -> Role:
         roles = self.hooks.roles()
@@ -175,10 +186,20 @@ class Host(Starlette):
         await asyncio.gather(self._notifier, return_exceptions=True)
         self._notifier = None
 
+    def serves(self, scope: Scope) -> bool:
+        """Whether one of the host's own routes (role, plugins, page) matches the path of
+        ``scope``, whatever its method or type: ``X-App`` never overrides one."""
+        probe = {**scope, "type": "http", "method": scope.get("method", "GET")}
+        return any(route.matches(probe)[0] is not Match.NONE for route in self.router.routes)
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
         if kind == "http" or kind == "websocket":
             target = _tenant_target(scope)
+            if target is None:
+                name = _header_app(scope)
+                if name is not None and not self.serves(scope):
+                    target = name, scope.get("root_path", ""), False
             if target is not None:
                 if not self.started:
                     # Mounted inside another app, the host gets no lifespan: start lazily.
@@ -194,14 +215,48 @@ class Host(Starlette):
                 scope = dict(scope)
                 scope["root_path"] = prefix
                 scope["app"] = self
+                scope["headers"] = self._tenant_headers(scope["headers"])
                 await gateway.handle(name, scope, receive, send)
                 return
             if not self.started and scope["type"] == "http":
                 await self.start()
+            if self.settings.admin_host and not _admin_host_matches(scope, self.settings):
+                await send_error(scope, receive, send, NotFound(f"no route for {scope['path']}"))
+                return
         elif kind == "lifespan":
             await self._lifespan(receive, send)
             return
         await super().__call__(scope, receive, send)
+
+    def _tenant_headers(self, headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+        """What a tenant may see of the request headers: no session cookie, and no
+        ``Authorization`` that carries the admin token (a script that sent it to an app
+        by mistake must not hand it over)."""
+        headers = without_admin_cookie(headers)
+        token: str | None = getattr(self.state, "admin_token", None) or self.settings.admin_token
+        if not token or not any(k == b"authorization" for k, _v in headers):
+            return headers
+        return [
+            (k, v)
+            for k, v in headers
+            if k != b"authorization" or not _carries_token(v, token.encode("latin-1", "replace"))
+        ]
+
+    async def _slash_redirect(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """No route matched: if the path with (or without) a trailing slash has one, a 307
+        to it, relative (``root_path`` + path + query, never a URL built from the Host
+        header); otherwise 404."""
+        root: str = scope.get("root_path", "")
+        path: str = scope["path"]
+        if root and path.startswith(root):
+            path = path[len(root) :]
+        if scope["type"] == "http" and path not in ("", "/"):
+            other = path.rstrip("/") if path.endswith("/") else path + "/"
+            probe = {**scope, "path": root + other}
+            if other and any(r.matches(probe)[0] is not Match.NONE for r in self.router.routes):
+                await RedirectResponse(_relative(root + other, scope), 307)(scope, receive, send)
+                return
+        await self.router.not_found(scope, receive, send)
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         """The lifespan protocol by hand: a NocosupError fails start-up with its message
@@ -248,8 +303,71 @@ def create_host(settings: Settings | None = None, plugins: Sequence[object] = ()
     return Host(settings or Settings.from_env(), plugins)
 
 
+def without_admin_cookie(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """``headers`` minus the page's session cookie; every other cookie is kept byte for
+    byte, and a ``Cookie`` header left empty is dropped."""
+    marker = COOKIE_NAME.encode()
+    if not any(k == b"cookie" and marker in v for k, v in headers):
+        return headers
+    out: list[tuple[bytes, bytes]] = []
+    for key, value in headers:
+        if key == b"cookie" and marker in value:
+            kept = [part for part in value.split(b";") if part.split(b"=", 1)[0].strip() != marker]
+            value = b";".join(kept).lstrip(b" ")
+            if not value.strip():
+                continue
+        out.append((key, value))
+    return out
+
+
+def _carries_token(value: bytes, token: bytes) -> bool:
+    scheme, _, given = value.partition(b" ")
+    return scheme.lower() == b"bearer" and hmac.compare_digest(given.strip(), token)
+
+
+def _admin_host_matches(scope: Scope, settings: Settings) -> bool:
+    """With NOCOSUP_ADMIN_HOST set, the admin API (``/api``) and the page (``/``,
+    ``/ui``) answer only requests whose Host is that host; other routes answer any."""
+    root: str = scope.get("root_path", "")
+    path: str = scope["path"]
+    if root and path.startswith(root):
+        path = path[len(root) :]
+    if not (path in ("", "/") or path.startswith(("/api/", "/ui/")) or path in ("/api", "/ui")):
+        return True
+    host = b""
+    for key, value in scope["headers"]:
+        if key == b"host":
+            host = value
+            break
+    wanted = settings.admin_host or ""
+    given = host.decode("latin-1").strip().lower()
+    if given == wanted:
+        return True
+    if not wanted.endswith("]") and ":" in wanted:
+        return False  # a port was configured: Host must carry it
+    name = given.rsplit(":", 1)[0] if not given.endswith("]") else given
+    return name == wanted
+
+
+def _header_app(scope: Scope) -> str | None:
+    for key, value in scope["headers"]:
+        if key == b"x-app":
+            name: str = value.decode("latin-1").strip()
+            return name
+    return None
+
+
+def _relative(path: str, scope: Scope) -> str:
+    """``path`` plus the query string, as a Location that cannot leave this origin."""
+    location = "/" + path.lstrip("/")
+    if scope.get("query_string"):
+        location += "?" + scope["query_string"].decode("latin-1")
+    return location
+
+
 def _tenant_target(scope: Scope) -> tuple[str, str, bool] | None:
-    """(app name, root_path for the app, needs a trailing slash) or None for host routes."""
+    """(app name, root_path for the app, needs a trailing slash) for a path under
+    ``/apps/``, else None (``X-App`` is looked at by the caller)."""
     path: str = scope["path"]
     root: str = scope.get("root_path", "")
     if root and path.startswith(root):
@@ -262,22 +380,22 @@ def _tenant_target(scope: Scope) -> tuple[str, str, bool] | None:
         name = path[6:slash]
         if name:
             return name, root + "/apps/" + name, False
-        return None
-    for key, value in scope["headers"]:
-        if key == b"x-app":
-            return value.decode("latin-1").strip(), root, False
     return None
 
 
 async def _add_slash(scope: Scope, receive: Receive, send: Send) -> None:
-    """``/apps/demo`` -> ``/apps/demo/``, keeping the query string (307 keeps the method)."""
+    """``/apps/demo`` -> ``/apps/demo/``, relative (root_path, path, query; never the
+    Host header), 307 so the method is kept."""
     if scope["type"] != "http":
         await send({"type": "websocket.close", "code": 1008, "reason": "use /apps/{name}/..."})
         return
-    location = scope["path"] + "/"
-    if scope.get("query_string"):
-        location += "?" + scope["query_string"].decode("latin-1")
-    await RedirectResponse(location, status_code=307)(scope, receive, send)
+    root: str = scope.get("root_path", "")
+    path: str = scope["path"]
+    if root and path.startswith(root):
+        path = path[len(root) :]
+    await RedirectResponse(_relative(root + path + "/", scope), status_code=307)(
+        scope, receive, send
+    )
 
 
 async def _healthz(request: Request) -> Response:

@@ -43,6 +43,16 @@ environments_table = sa.Table(
     sa.Column("last_seen_at", sa.String(32), nullable=False),
 )
 
+#: Web page sessions: the login cookie holds a random id; only its keyed hash is kept here,
+#: shared by every supervisor on this database (nocosup.sessions).
+sessions_table = sa.Table(
+    "nocosup_sessions",
+    metadata,
+    sa.Column("id_hash", sa.String(64), primary_key=True),
+    sa.Column("created_at", sa.String(32), nullable=False),
+    sa.Column("expires_at", sa.String(32), nullable=False),
+)
+
 
 def iso_time(seconds: float | None = None) -> str:
     """``seconds`` since the epoch (default: now) as UTC ISO 8601 with milliseconds and a

@@ -2,11 +2,13 @@
 
 It builds the starter app and, steered by the app's ``options.test``, misbehaves on
 purpose: ``{"crash": "factory"}`` raises in the factory, ``{"crash": "lifespan"}`` in the
-lifespan, ``{"bootDelay": s}`` makes boots slow, and ``{"hold": true}`` adds
+lifespan, ``{"bootDelay": s}`` makes boots slow, ``{"hold": true}`` adds
 ``POST /test/hold``, a request the test keeps in flight as long as it likes (it answers
-once the client has sent all its body). Every build appends a line to
-``<storage>/apps/<name>/builds.txt`` so tests can count boots, and every slow boot a line
-``<environment> <pid> <began> <ended>`` to ``boots.txt`` so tests can see boots overlap.
+once the client has sent all its body), and ``{"echo": true}`` builds an app that answers
+every request with what it received (path, root_path, headers). Every build appends a line
+to ``<storage>/apps/<name>/builds.txt`` so tests can count boots, and every slow boot a
+line ``<environment> <pid> <began> <ended>`` to ``boots.txt`` so tests can see boots
+overlap.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import json
 import os
 import time
 from collections.abc import AsyncIterator
@@ -34,6 +37,8 @@ def build(ctx: AppContext) -> Any:
     test = ctx.options.get("test") or {}
     if test.get("crash") == "factory":
         raise RuntimeError("factory exploded on purpose")
+    if test.get("echo"):
+        return echo_app
     inner = build_app(ctx)
     delay = float(test.get("bootDelay", 0))
     crash_lifespan = test.get("crash") == "lifespan"
@@ -74,3 +79,23 @@ def build(ctx: AppContext) -> Any:
 
     routes: list[Any] = [Route("/test/hold", held, methods=["POST"])] if hold else []
     return Starlette(routes=[*routes, Mount("/", inner)], lifespan=lifespan)
+
+
+async def echo_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """A tenant that shows what it was sent: ``{"path", "root_path", "headers"}`` with
+    every header as a ``[name, value]`` pair of latin-1 strings, in order."""
+    if scope["type"] == "lifespan":
+        while (await receive())["type"] != "lifespan.shutdown":
+            await send({"type": "lifespan.startup.complete"})
+        await send({"type": "lifespan.shutdown.complete"})
+        return
+    body = json.dumps(
+        {
+            "path": scope["path"],
+            "root_path": scope.get("root_path", ""),
+            "headers": [[k.decode("latin-1"), v.decode("latin-1")] for k, v in scope["headers"]],
+        }
+    ).encode()
+    headers = [(b"content-type", b"application/json"), (b"x-echo", b"1")]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    await send({"type": "http.response.body", "body": body})

@@ -110,27 +110,35 @@ async def test_login_sets_a_strict_http_only_cookie(sqlite_server: NocosupServer
         r = await c.post("/api/login", json={"token": ADMIN_TOKEN})
         assert r.status_code == 204, r.text
         cookie = r.headers["set-cookie"]
-        assert cookie.startswith(f"{COOKIE_NAME}={ADMIN_TOKEN};")
+        # the cookie holds a session id, never the token
+        assert cookie.startswith(f"{COOKIE_NAME}=") and ADMIN_TOKEN not in cookie
         attributes = {part.strip().lower() for part in cookie.split(";")[1:]}
-        assert {"httponly", "samesite=strict", "path=/api"} <= attributes
-        # Path=/api: the token never travels to the tenant apps under /apps/...
-        # the cookie alone now opens the admin API
+        assert {"httponly", "samesite=strict", "path=/api", "max-age=28800"} <= attributes
+        assert "secure" not in attributes  # plain http, no trusted proxy
+        # Path=/api, and the host strips it from whatever a tenant receives
+        # the cookie alone now opens the admin API; its writes must come from the page
         r = await c.get("/api/apps")
         assert r.status_code == 200, r.text
         assert r.json() == {"apps": []}
-        assert (await c.post("/api/apps", json={"name": "bycookie"})).status_code == 201
+        page = {"Origin": sqlite_server.url}
+        assert (
+            await c.post("/api/apps", json={"name": "bycookie"}, headers=page)
+        ).status_code == 201
+        r = await c.post("/api/apps", json={"name": "forged"})
+        assert_error(r, 403, "CSRF_REJECTED")
 
-        r = await c.post("/api/logout")
+        r = await c.post("/api/logout", headers=page)
         assert r.status_code == 204
         assert f"{COOKIE_NAME}=" in r.headers["set-cookie"]
         assert_error(await c.get("/api/apps"), 401, "UNAUTHORIZED")
 
 
 async def test_a_stale_cookie_is_refused(sqlite_server: NocosupServer) -> None:
-    cookies = {COOKIE_NAME: "an-old-token"}
-    async with sqlite_server.client(cookies=cookies) as c:
-        assert_error(await c.get("/api/apps"), 401, "UNAUTHORIZED")
-        assert_error(await c.get("/api/events"), 401, "UNAUTHORIZED")
+    # an unknown session id, and the token itself (the cookie held it before sessions)
+    for value in ("an-old-session", ADMIN_TOKEN):
+        async with sqlite_server.client(cookies={COOKIE_NAME: value}) as c:
+            assert_error(await c.get("/api/apps"), 401, "UNAUTHORIZED")
+            assert_error(await c.get("/api/events"), 401, "UNAUTHORIZED")
 
 
 async def test_events_need_the_admin_token(sqlite_server: NocosupServer) -> None:
@@ -138,7 +146,10 @@ async def test_events_need_the_admin_token(sqlite_server: NocosupServer) -> None
         assert_error(await c.get("/api/events"), 401, "UNAUTHORIZED")
         wrong = {"Authorization": "Bearer nope"}
         assert_error(await c.get("/api/events", headers=wrong), 401, "UNAUTHORIZED")
-        for auth in ({"headers": AUTH}, {"cookies": {COOKIE_NAME: ADMIN_TOKEN}}):
+        r = await c.post("/api/login", json={"token": ADMIN_TOKEN})
+        session = r.cookies[COOKIE_NAME]
+        c.cookies.clear()
+        for auth in ({"headers": AUTH}, {"cookies": {COOKIE_NAME: session}}):
             async with sqlite_server.client(**auth) as authed:
                 async with authed.stream("GET", "/api/events") as r:
                     assert r.status_code == 200

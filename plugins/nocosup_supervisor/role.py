@@ -11,7 +11,7 @@ from starlette.routing import BaseRoute
 
 from nocosup import admin_api
 from nocosup.appcache import AppCache
-from nocosup.auth import resolve_admin_token
+from nocosup.auth import LoginLimiter, resolve_admin_token
 from nocosup.commands import CommandSender
 from nocosup.db import connect_registry
 from nocosup.environments import EnvironmentDirectory, LocalEnvironments
@@ -24,6 +24,7 @@ from nocosup.registry import EnvironmentStore, Registry
 from nocosup.remote import ProxyGateway, RedisEnvironments, RemoteProcess, Watcher
 from nocosup.role import Role
 from nocosup.runtime import LocalRuntime
+from nocosup.sessions import SessionStore
 from nocosup.supervisor import Supervisor
 
 if TYPE_CHECKING:
@@ -62,6 +63,8 @@ class SupervisorRole(Role):
         host.readiness["database"] = lambda: db.fetch_val("SELECT 1")
         registry = self.registry = Registry(db)
         await registry.migrate()
+        host.state.sessions = SessionStore(db, host.state.admin_token, settings.session_ttl)
+        host.state.login_limiter = LoginLimiter(settings.login_failures)
         process: ProcessAdapter
         environments: EnvironmentDirectory
         if settings.process_adapter == "local":

@@ -1,8 +1,10 @@
 """The page's routes: ``/`` and ``/ui/*``, cookie login and logout, and ``/api/events``.
 
-The login cookie holds the admin token itself (``auth.check_admin`` reads it), HttpOnly
-so scripts cannot read it, SameSite=Strict so other sites cannot ride on it, and scoped to
-``/api`` so it never travels to the tenant apps under ``/apps/...``.
+The login cookie holds an opaque session id (:mod:`nocosup.sessions`), never the admin
+token: HttpOnly so scripts cannot read it, SameSite=Strict so other sites cannot ride on
+it, Secure over https (also behind a trusted proxy), scoped to ``/api`` and taken out of
+every request a tenant receives (``nocosup.host.without_admin_cookie``). Logout deletes the
+session in the registry database, so a copied cookie stops working too.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import html
+import logging
 from importlib import resources
 
 from starlette.requests import Request
@@ -19,10 +22,20 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import Receive, Scope, Send
 
 from nocosup import validation as v
-from nocosup.auth import COOKIE_NAME, check_admin, token_matches
+from nocosup.auth import (
+    COOKIE_NAME,
+    check_admin,
+    check_csrf,
+    client_address,
+    is_https,
+    token_matches,
+)
+from nocosup.config import Settings
 from nocosup.errors import NocosupError, ShuttingDown, Unauthorized
 from nocosup.responses import error_response
 from nocosup_webui.stream import STREAMS
+
+log = logging.getLogger("nocosup.webui")
 
 STATIC = ("nocosup_webui", "static")
 ASSETS = ("app.js", "style.css")
@@ -63,31 +76,46 @@ def _cookie_path(request: Request) -> str:
 
 
 async def login(request: Request) -> Response:
+    settings: Settings = request.app.settings
+    address = client_address(request.scope, settings)
+    limiter = request.app.state.login_limiter
+    limiter.check(address)
     data = v.parse_json_object(await request.body())
     v.check_fields(data, ("token",))
     token = data.get("token")
     if not isinstance(token, str) or not token_matches(request.app.state.admin_token, token):
+        limiter.failed(address)
+        log.warning("failed login from %s", address)
         raise Unauthorized("wrong admin token")
+    limiter.succeeded(address)
+    session = await request.app.state.sessions.create()
     response = Response(status_code=204, headers={"cache-control": "no-store"})
     response.set_cookie(
         COOKIE_NAME,
-        token,
+        session,
+        max_age=int(settings.session_ttl),
         path=_cookie_path(request),
         httponly=True,
         samesite="strict",
-        secure=request.url.scheme == "https",
+        secure=is_https(request.scope, settings),
     )
     return response
 
 
 async def logout(request: Request) -> Response:
+    """End the session (deleted from the database, so the cookie is dead even if copied)
+    and delete the cookie. A cookie-carrying logout must come from the page (CSRF)."""
+    session = request.cookies.get(COOKIE_NAME)
+    if session is not None:
+        check_csrf(request)
+        await request.app.state.sessions.revoke(session)
     response = Response(status_code=204, headers={"cache-control": "no-store"})
     response.delete_cookie(
         COOKIE_NAME,
         path=_cookie_path(request),
         httponly=True,
         samesite="strict",
-        secure=request.url.scheme == "https",
+        secure=is_https(request.scope, request.app.settings),
     )
     return response
 
@@ -98,7 +126,7 @@ class EventsEndpoint:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         request = Request(scope, receive)
         try:
-            check_admin(request)
+            await check_admin(request)
         except NocosupError as exc:
             await error_response(exc)(scope, receive, send)
             return
