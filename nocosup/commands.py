@@ -353,6 +353,8 @@ class CommandConsumer:
                     )
                     await self._ensure_group(resume)
                     continue
+                if "UNBLOCKED" in str(exc):
+                    continue  # the stream was deleted while we waited: the next read says more
                 self.error = f"{type(exc).__name__}: {exc}"
                 log.warning("reading commands failed, retrying: %r", exc)
                 await asyncio.sleep(0.5)
