@@ -14,6 +14,7 @@ import redis.asyncio as aioredis
 
 from tests.cluster import Cluster, wait_for
 from tests.conftest import REDIS_URL
+from tests.inproc import InProc
 from tests.servers import NocosupServer, ServerFactory
 from tests.test_admin_api import assert_error
 from tests.test_tenants import create
@@ -252,3 +253,13 @@ async def test_the_watcher_survives_wrong_types_and_scores(
         assert await r.type(f"{p}:envs") == "set"
         assert await r.type(f"{p}:instances") == "zset"
         assert (await c.get("/apps/onb/api/info")).status_code == 200
+
+
+async def test_environment_route_in_shared_memory_mode(inproc: InProc) -> None:
+    async with inproc.admin() as c:
+        env = (await c.get("/api/environments/local")).json()
+        assert env["name"] == "local" and env["status"] == "online"
+        assert env["dead_letters"] is None  # no command stream in this mode
+        assert_error(await c.get("/api/environments/mars"), 404, "ENVIRONMENT_NOT_FOUND")
+    async with inproc.client() as anonymous:
+        assert_error(await anonymous.get("/api/environments/local"), 401, "UNAUTHORIZED")
