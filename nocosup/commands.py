@@ -317,6 +317,8 @@ class CommandConsumer:
         self.error: str | None = None
         #: How many times the loop failed and started over.
         self.restarts = 0
+        #: An entry could not be dead-lettered and stays pending: retry when Redis is back.
+        self._left_pending = False
 
     async def run(self) -> None:
         """Consume until cancelled: an exception is logged and the loop starts over (after
@@ -365,6 +367,10 @@ class CommandConsumer:
                 await asyncio.sleep(0.5)
                 continue
             self.error = None
+            if self._left_pending and not self._tasks:
+                # a dead letter could not be written: Redis answers again, so try once more
+                self._left_pending = False
+                await self._drain_own_pending()
             if not isinstance(batches, list):  # RESP2 (not RESP3's dict): [[stream, entries]]
                 raise TypeError(f"unexpected XREADGROUP reply {batches!r:.200}")
             for _stream, entries in batches or []:
@@ -531,6 +537,7 @@ class CommandConsumer:
             )
         except RedisError as exc:
             log.error("could not dead-letter %s, leaving it pending: %r", entry_id, exc)
+            self._left_pending = True
             return
         await self._ack(group, entry_id)
 
