@@ -61,8 +61,11 @@ class AppCache:
         self.keys = keys
         #: Called with (app name, reason) for every unreadable entry a read skipped.
         self.on_invalid = on_invalid
+        #: How many unreadable entries reads skipped so far.
+        self.skipped = 0
 
     def _invalid(self, name: str, reason: str) -> None:
+        self.skipped += 1
         log.warning("config cache entry %.80r skipped: %s", name, reason)
         if self.on_invalid is not None:
             self.on_invalid(name, reason)

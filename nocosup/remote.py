@@ -686,6 +686,9 @@ class Watcher:
         names = list(self.process.records)
         for m in stale:
             assert isinstance(m, str)  # decoded (redisconn), and no scores were asked for
+            if not valid_member(m):
+                await self.redis.zrem(self.keys.instances, m)
+                continue
             env, instance = split_member(m)
             async with self.redis.pipeline(transaction=False) as pipe:
                 for name in names:

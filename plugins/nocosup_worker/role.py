@@ -80,6 +80,8 @@ class WorkerRole(Role):
         for name in await worker.restore():
             host.spawn(_start_logged(runtime, name))
         problem = await cache.problem()
+        if problem is None and cache.skipped:
+            problem = f"{cache.skipped} unreadable records skipped"
         if problem is not None:
             log.warning("config cache incomplete (%s): restoring again once repaired", problem)
             host.spawn(self._restore_when_repaired(worker, cache))
@@ -120,7 +122,7 @@ class WorkerRole(Role):
         while True:
             await asyncio.sleep(self.settings.heartbeat_interval)
             try:
-                if await cache.problem() is None:
+                if await cache.problem(full=True) is None:
                     break
             except RedisError as exc:
                 log.warning("cannot check the config cache yet: %r", exc)
