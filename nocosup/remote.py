@@ -17,7 +17,7 @@ import logging
 import time
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any, cast
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, urlsplit
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
@@ -69,6 +69,15 @@ def aggregate(statuses: list[str]) -> str:
     if not statuses:
         return AppStatus.STOPPED.value
     return min(statuses, key=lambda s: _RANK.get(s, len(_RANK)))
+
+
+def _http_url(value: str) -> bool:
+    """Whether ``value`` is an absolute http(s) URL (what a worker registers)."""
+    try:
+        parts = urlsplit(value)
+    except ValueError:
+        return False
+    return parts.scheme in ("http", "https") and bool(parts.netloc)
 
 
 def _iso_ms(ms: float | None) -> str | None:
@@ -228,7 +237,11 @@ class RedisEnvironments(EnvironmentDirectory):
                 await self._discard(self.keys.env(name), f"not a hash ({result})")
             elif isinstance(result, Exception):
                 raise result
-            infos.append({k: v for k, v in info.items() if isinstance(v, str) and len(v) <= 2048})
+            kept = {k: v for k, v in info.items() if isinstance(v, str) and len(v) <= 2048}
+            for k in ("url", "proxy_url"):
+                if kept.get(k) and not _http_url(kept[k]):
+                    log.warning("ignoring %s %.80r of environment %s", k, kept.pop(k), name)
+            infos.append(kept)
         return infos
 
     async def _read(self) -> dict[str, dict[str, Any]]:

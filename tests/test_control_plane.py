@@ -263,3 +263,11 @@ async def test_environment_route_in_shared_memory_mode(inproc: InProc) -> None:
         assert_error(await c.get("/api/environments/mars"), 404, "ENVIRONMENT_NOT_FOUND")
     async with inproc.client() as anonymous:
         assert_error(await anonymous.get("/api/environments/local"), 401, "UNAUTHORIZED")
+
+
+def test_only_http_urls_are_taken_from_environment_hashes() -> None:
+    from nocosup.remote import _http_url
+
+    assert _http_url("http://127.0.0.1:8001") and _http_url("https://env-a.internal")
+    for bad in ("javascript:alert(1)", "file:///etc/passwd", "http://", "127.0.0.1:80", "x"):
+        assert not _http_url(bad)
