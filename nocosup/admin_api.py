@@ -76,6 +76,12 @@ async def list_environments(request: Request) -> Response:
 
 
 @admin_only
+async def get_environment(request: Request) -> Response:
+    env = await _supervisor(request).environments.get(request.path_params["name"])
+    return JSONResponse(env)
+
+
+@admin_only
 async def list_plugins(request: Request) -> Response:
     return JSONResponse({"plugins": request.app.hooks.describe()})
 
@@ -101,5 +107,6 @@ def routes() -> list[BaseRoute]:
         Route("/api/apps/{name}/start", start_app, methods=["POST"]),
         Route("/api/apps/{name}/stop", stop_app, methods=["POST"]),
         Route("/api/environments", list_environments, methods=["GET"]),
+        Route("/api/environments/{name}", get_environment, methods=["GET"]),
         Route("/api/plugins", list_plugins, methods=["GET"]),
     ]

@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import re
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -31,6 +32,8 @@ from redis.exceptions import RedisError, ResponseError
 from nocosup.errors import CommandTimeout
 from nocosup.heartbeat import Presence
 from nocosup.rediskeys import Keys
+from nocosup.registry import AppRecord, InvalidRecord, now_iso
+from nocosup.validation import APP_NAME
 
 log = logging.getLogger("nocosup.commands")
 
@@ -38,6 +41,12 @@ ACTIONS = ("create", "update", "start", "stop", "remove", "ping")
 PROTOCOL = "1"
 STREAM_MAXLEN = 10_000
 REPLY_MAXLEN = 10_000
+#: Dead letters kept per environment (approximately: XADD MAXLEN ~).
+DEAD_MAXLEN = 1_000
+#: Longest copy of an entry's fields kept in a dead letter.
+DEAD_FIELDS_MAX = 16_384
+#: Request ids go into key names ({p}:cmd:{id}).
+REQUEST_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 #: Long enough for late waiters and for redeliveries after a worker restart.
 RESULT_TTL = 600
 BLOCK_MS = 2_000
@@ -88,13 +97,25 @@ class Command:
                 raise MalformedCommand("args and record must be JSON objects")
             if action not in ("ping",) and record is None:
                 raise MalformedCommand(f"action {action!r} needs a record")
+            request_id, app = fields["id"], fields["app"]
+            if not REQUEST_ID.fullmatch(request_id):
+                raise MalformedCommand(f"invalid request id {request_id!r:.80}")
+            if not APP_NAME.fullmatch(app):
+                raise MalformedCommand(f"invalid app name {app!r:.80}")
+            if record is not None:
+                try:
+                    checked = AppRecord.from_json(record)
+                except InvalidRecord as exc:
+                    raise MalformedCommand(f"invalid record: {exc}") from None
+                if checked.name != app:
+                    raise MalformedCommand(f"the record is of {checked.name!r}, not {app!r}")
             return cls(
                 action=action,
-                app=fields["app"],
+                app=app,
                 record=record,
                 args=args,
                 reply_to=fields.get("reply_to"),
-                id=fields["id"],
+                id=request_id,
                 sent_at=float(fields.get("sent_at") or 0),
             )
         except MalformedCommand:
@@ -260,7 +281,14 @@ Handler = Callable[[Command], Awaitable[Reply]]
 
 
 class CommandConsumer:
-    """The worker's side: read its environment's stream, run commands, reply, then ack."""
+    """The worker's side: read its environment's stream, run commands, reply, then ack.
+
+    Nothing an entry holds can stop it: an entry that is malformed, whose ``reply_to`` is
+    not a reply stream, or whose processing or reply raised is moved to the environment's
+    dead-letter stream (``{p}:env:{env}:dead``) and acknowledged; an error anywhere in the
+    loop is logged and the loop starts over. :attr:`error` says what is failing now (None
+    when the last read succeeded), for ``/readyz``.
+    """
 
     def __init__(
         self,
@@ -277,6 +305,7 @@ class CommandConsumer:
         self.env = env
         self.instance = instance
         self.stream = keys.commands(env)
+        self.dead = keys.dead(env)
         self.group = instance
         self.handler = handler
         self.presence = presence
@@ -284,9 +313,28 @@ class CommandConsumer:
         self._tasks: set[asyncio.Task[None]] = set()
         #: Id of the last entry read: where a re-created group resumes.
         self._last_read: str | None = None
+        #: Why the consumer cannot read commands now; None while it can.
+        self.error: str | None = None
+        #: How many times the loop failed and started over.
+        self.restarts = 0
+        #: An entry could not be dead-lettered and stays pending: retry when Redis is back.
+        self._left_pending = False
 
     async def run(self) -> None:
-        """Consume until cancelled; survives Redis restarts (the group is re-created)."""
+        """Consume until cancelled: an exception is logged and the loop starts over (after
+        a pause), so it survives Redis restarts and anything an entry holds."""
+        while True:
+            try:
+                await self._consume()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self.restarts += 1
+                self.error = f"{type(exc).__name__}: {exc}"
+                log.exception("the command consumer failed; starting it over")
+                await asyncio.sleep(min(0.5 * self.restarts, 5))
+
+    async def _consume(self) -> None:
         await self._ensure_group()
         await self._drain_own_pending()
         await self.reclaim_dead()
@@ -307,18 +355,28 @@ class CommandConsumer:
                     )
                     await self._ensure_group(resume)
                     continue
+                if "UNBLOCKED" in str(exc):
+                    continue  # the stream was deleted while we waited: the next read says more
+                self.error = f"{type(exc).__name__}: {exc}"
                 log.warning("reading commands failed, retrying: %r", exc)
                 await asyncio.sleep(0.5)
                 continue
             except Exception as exc:
+                self.error = f"{type(exc).__name__}: {exc}"
                 log.warning("reading commands failed, retrying: %r", exc)
                 await asyncio.sleep(0.5)
                 continue
-            assert isinstance(batches, list)  # RESP2 (not RESP3's dict): [[stream, entries]]
+            self.error = None
+            if self._left_pending and not self._tasks:
+                # a dead letter could not be written: Redis answers again, so try once more
+                self._left_pending = False
+                await self._drain_own_pending()
+            if not isinstance(batches, list):  # RESP2 (not RESP3's dict): [[stream, entries]]
+                raise TypeError(f"unexpected XREADGROUP reply {batches!r:.200}")
             for _stream, entries in batches or []:
                 for entry_id, fields in entries:
                     self._last_read = entry_id
-                    await self._spawn(self.group, entry_id, fields, redelivered=False)
+                    await self._spawn(self.group, entry_id, fields or {}, redelivered=False)
 
     async def close(self) -> None:
         if self._tasks:
@@ -335,6 +393,7 @@ class CommandConsumer:
                     return
                 raise
             except (RedisError, OSError) as exc:
+                self.error = f"{type(exc).__name__}: {exc}"
                 log.warning("cannot create the command group yet: %r", exc)
                 await asyncio.sleep(0.5)
 
@@ -371,7 +430,7 @@ class CommandConsumer:
                 # the clients decode replies (redisconn): str ids, dict[str, str] fields
                 for entry_id, fields in cast("list[tuple[str, dict[str, str]]]", entries):
                     log.info("reclaiming %s left by dead instance %s", entry_id, group)
-                    await self._process(group, entry_id, fields)
+                    await self._process(group, entry_id, fields or {})
             with contextlib.suppress(ResponseError):
                 await self.redis.xgroup_destroy(self.stream, group)
 
@@ -388,6 +447,8 @@ class CommandConsumer:
     ) -> None:
         try:
             await self._process(group, entry_id, fields, redelivered)
+        except Exception:  # _process dead-letters what fails: this guards its own bugs
+            log.exception("processing command entry %s failed", entry_id)
         finally:
             self._slots.release()
 
@@ -396,28 +457,28 @@ class CommandConsumer:
     ) -> None:
         """Run one entry, reply, then acknowledge. A ``redelivered`` entry (this instance's
         pending list after a restart, or a dead instance's) may have been answered before:
-        its stored answer is sent again instead of running it twice."""
+        its stored answer is sent again instead of running it twice. An entry that cannot
+        be run or answered goes to the dead letters."""
         try:
             command = Command.parse(fields)
+            if command.reply_to is not None and not self.keys.is_reply_stream(command.reply_to):
+                raise MalformedCommand(
+                    f"reply_to {command.reply_to!r:.120} is not a reply stream "
+                    f"({self.keys.replies('{instance}')})"
+                )
         except MalformedCommand as exc:
-            log.error(
-                "malformed command %s on %s acknowledged and dropped: %s (%r)",
-                entry_id,
-                self.stream,
-                exc,
-                fields,
-            )
-            await self._reply_to_malformed(fields, str(exc))
-            await self._ack(group, entry_id)
+            await self._dead_letter(group, entry_id, fields, f"malformed command: {exc}")
             return
         try:
             await self._answer(command, redelivered)
-        except Exception as exc:  # the handler reports failures; this is a bug guard
-            log.exception("command %s (%s %s) crashed", command.id, command.action, command.app)
-            reply = Reply(
-                command.id, self.env, self.instance, False, "error", f"{type(exc).__name__}: {exc}"
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.exception("command %s (%s %s) failed", command.id, command.action, command.app)
+            await self._dead_letter(
+                group, entry_id, fields, f"processing failed: {type(exc).__name__}: {exc}"
             )
-            await self._publish(command, reply)
+            return
         await self._ack(group, entry_id)
 
     async def _answer(self, command: Command, redelivered: bool) -> None:
@@ -425,9 +486,11 @@ class CommandConsumer:
         done = None
         if redelivered:
             done = await self.redis.hget(self.keys.command(command.id), self.instance)
+        reply = None
         if done is not None:
-            reply = Reply.from_fields(json.loads(done))
-        else:
+            with contextlib.suppress(ValueError, KeyError, TypeError, AttributeError):
+                reply = Reply.from_fields(json.loads(done))
+        if reply is None:
             reply = await self.handler(command)
         await self._publish(command, reply)
 
@@ -440,20 +503,61 @@ class CommandConsumer:
                 pipe.xadd(command.reply_to, reply.fields(), maxlen=REPLY_MAXLEN, approximate=True)  # type: ignore[arg-type]
             await pipe.execute()
 
-    async def _reply_to_malformed(self, fields: dict[str, str], error: str) -> None:
-        request_id, reply_to = fields.get("id"), fields.get("reply_to")
-        if request_id and reply_to:
-            reply = Reply(
-                request_id, self.env, self.instance, False, "error", f"malformed command: {error}"
+    async def _dead_letter(
+        self, group: str, entry_id: str, fields: dict[str, str], reason: str
+    ) -> None:
+        """Move the entry to the dead letters (with why, who and when), tell its sender
+        when it can be told safely, then acknowledge it. If the dead letter cannot be
+        written the entry stays pending (and in the log): it is not lost."""
+        log.error(
+            "command entry %s on %s dead-lettered: %s (%.500r)",
+            entry_id,
+            self.stream,
+            reason,
+            fields,
+        )
+        await self._reply_failure(fields, reason)
+        copy = json.dumps(fields)
+        if len(copy) > DEAD_FIELDS_MAX:
+            copy = json.dumps({"truncated": copy[:DEAD_FIELDS_MAX]})
+        letter = {
+            "entry": entry_id,
+            "fields": copy,
+            "reason": reason[:2000],
+            "instance": self.instance,
+            "at": now_iso(),
+        }
+        try:
+            # invariant dict of unions, as in CommandSender.send()
+            await self.redis.xadd(
+                self.dead,
+                letter,  # type: ignore[arg-type]
+                maxlen=DEAD_MAXLEN,
+                approximate=True,
             )
-            with contextlib.suppress(RedisError):
-                # invariant dict of unions, as in CommandSender.send()
-                await self.redis.xadd(
-                    reply_to,
-                    reply.fields(),  # type: ignore[arg-type]
-                    maxlen=REPLY_MAXLEN,
-                    approximate=True,
-                )
+        except RedisError as exc:
+            log.error("could not dead-letter %s, leaving it pending: %r", entry_id, exc)
+            self._left_pending = True
+            return
+        await self._ack(group, entry_id)
+
+    async def _reply_failure(self, fields: dict[str, str], error: str) -> None:
+        """Answer ``ok=0`` to an entry that failed: in ``{p}:cmd:{id}`` when its id is one,
+        on its ``reply_to`` only when that is a reply stream. Best effort."""
+        request_id, reply_to = fields.get("id"), fields.get("reply_to")
+        if not isinstance(request_id, str) or not REQUEST_ID.fullmatch(request_id):
+            return
+        reply = Reply(request_id, self.env, self.instance, False, "error", error)
+        try:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.hset(self.keys.command(request_id), self.instance, json.dumps(reply.fields()))
+                pipe.expire(self.keys.command(request_id), RESULT_TTL)
+                if isinstance(reply_to, str) and self.keys.is_reply_stream(reply_to):
+                    # invariant dict of unions, as in CommandSender.send()
+                    pipe.xadd(reply_to, reply.fields(), maxlen=REPLY_MAXLEN, approximate=True)  # type: ignore[arg-type]
+                await pipe.execute()
+        except RedisError as exc:
+            log.warning("could not answer failed command %s: %r", request_id, exc)
 
     async def _ack(self, group: str, entry_id: str) -> None:
         try:

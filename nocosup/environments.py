@@ -11,6 +11,7 @@ from typing import Any
 
 from nocosup import __version__
 from nocosup.config import Settings
+from nocosup.errors import EnvironmentNotFound
 from nocosup.registry import now_iso
 
 
@@ -19,6 +20,14 @@ class EnvironmentDirectory(ABC):
     async def list(self) -> list[dict[str, Any]]:
         """Every known environment: name, url, proxy_url, version, status, instances,
         last_heartbeat_at."""
+
+    async def get(self, name: str) -> dict[str, Any]:
+        """One environment as :meth:`list` shows it, plus ``dead_letters`` (None where
+        there is no command stream); EnvironmentNotFound when unknown."""
+        for env in await self.list():
+            if env["name"] == name:
+                return {**env, "dead_letters": None}
+        raise EnvironmentNotFound(f"environment {name!r} is not registered")
 
 
 class LocalEnvironments(EnvironmentDirectory):

@@ -24,8 +24,11 @@ from redis.asyncio import Redis
 
 from nocosup import __version__
 from nocosup.config import Settings
-from nocosup.rediskeys import Keys, member, split_member
+from nocosup.rediskeys import Keys, member, split_member, valid_member
 from nocosup.registry import now_iso
+from nocosup.status import AppStatus
+
+_STATUSES = frozenset(s.value for s in AppStatus)
 
 log = logging.getLogger("nocosup.heartbeat")
 
@@ -53,7 +56,22 @@ async def live_instances(redis: Redis, keys: Keys, env: str | None, ttl: float) 
     runs before every command."""
     since = (time.time() - ttl * 2) * 1000
     members = await redis.eval(_LIVE, 1, keys.instances, since, f"{keys.prefix}:env:", env or "")
-    return set(members)
+    return {m for m in members if valid_member(m)}
+
+
+def parse_status(raw: object) -> dict[str, Any] | None:
+    """A status field as :class:`StatusReporter` writes it (``{"status", "error", "at"}``),
+    or None when it is not one (whoever wrote it): callers skip it."""
+    try:
+        value = json.loads(raw) if isinstance(raw, str | bytes) else None
+    except ValueError:
+        return None
+    if not isinstance(value, dict):
+        return None
+    status, error = value.get("status"), value.get("error")
+    if status not in _STATUSES or not (error is None or isinstance(error, str)):
+        return None
+    return {"status": status, "error": error, "at": value.get("at")}
 
 
 class Presence:
@@ -85,6 +103,8 @@ class Heartbeat:
         self.ttl_ms = int(heartbeat_ttl(settings) * 1000)
         self.started_at = now_iso()
         self._task: asyncio.Task[None] | None = None
+        #: Why the last beat asked for the statuses to be written again.
+        self.reset_reason = ""
 
     def env_info(self) -> dict[str, str]:
         s = self.settings
@@ -109,7 +129,8 @@ class Heartbeat:
         }
 
     async def beat(self) -> bool:
-        """Renew the instance key; True when it had vanished (first beat, Redis reset)."""
+        """Renew the instance key; True when the statuses must be written again: the key
+        had vanished (first beat, Redis reset) or the supervisor asked (``resync``)."""
         key = self.keys.instance(self.env, self.instance)
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.set(key, json.dumps(self.instance_info()), px=self.ttl_ms, get=True)
@@ -118,8 +139,14 @@ class Heartbeat:
             # redis-py types mapping with an invariant key type that no dict[str, str] matches
             pipe.hset(self.keys.env(self.env), mapping=self.env_info())  # type: ignore[arg-type]
             pipe.sadd(self.keys.envs, self.env)
-            previous, *_ = await pipe.execute()
+            pipe.getdel(self.keys.resync(self.env, self.instance))
+            previous, *_, resync = await pipe.execute()
+        if resync is not None and previous is not None:
+            # the supervisor found a status of ours unreadable: write them all again
+            self.reset_reason = "the supervisor found a status unreadable"
+            return True
         if previous is None:
+            self.reset_reason = "the heartbeat key was gone: Redis restarted?"
             await self.redis.publish(
                 self.keys.events,
                 json.dumps(
@@ -139,7 +166,7 @@ class Heartbeat:
             await asyncio.sleep(interval)
             try:
                 if await self.beat():
-                    log.warning("heartbeat key was gone (Redis restarted?): re-registered")
+                    log.warning("re-registered and republishing statuses (%s)", self.reset_reason)
                     await self.on_reset()
             except asyncio.CancelledError:
                 raise

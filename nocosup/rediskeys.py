@@ -4,8 +4,8 @@
 key                                      type    what
 =======================================  ======  ===========================================
 ``{p}:meta``                             hash    marks the config cache as built
-                                                 (``schema``, ``built_at``); its absence tells
-                                                 the supervisor Redis lost the cache
+                                                 (``schema``, ``built_at``, ``count``); its
+                                                 absence tells the supervisor Redis lost it
 ``{p}:apps``                             hash    app name -> app record JSON (config cache)
 ``{p}:envs``                             set     names of environments that ever registered
 ``{p}:env:{env}``                        hash    environment info: name, url, proxy_url,
@@ -19,6 +19,10 @@ key                                      type    what
 ``{p}:env:{env}:cmds``                   stream  commands for an environment; one consumer
                                                  group per worker instance, so every replica
                                                  sees every command
+``{p}:env:{env}:dead``                   stream  dead letters: command entries a worker could
+                                                 not run or answer, with the reason (capped)
+``{p}:env:{env}:inst:{instance}:resync`` string  asks that instance to republish its statuses
+                                                 (the supervisor found one unreadable)
 ``{p}:sup:{instance}:replies``           stream  command results for one supervisor process
 ``{p}:cmd:{id}``                         hash    ``{instance}`` -> result JSON; kept 10 min:
                                                  lets a late waiter find its answer and makes
@@ -33,9 +37,13 @@ key                                      type    what
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 SCHEMA_VERSION = "1"
+#: What an environment or instance name may be (ENVIRONMENT_NAME, NOCOSUP_INSTANCE_ID):
+#: names read back from Redis are checked against it before they go into a key.
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
 
 
 @dataclass(frozen=True)
@@ -73,6 +81,19 @@ class Keys:
     def replies(self, instance: str) -> str:
         return f"{self.prefix}:sup:{instance}:replies"
 
+    def is_reply_stream(self, key: str) -> bool:
+        """Whether ``key`` is a supervisor's reply stream: the only keys a worker answers to."""
+        head, tail = f"{self.prefix}:sup:", ":replies"
+        if not (key.startswith(head) and key.endswith(tail)):
+            return False
+        return NAME.fullmatch(key[len(head) : len(key) - len(tail)]) is not None
+
+    def dead(self, env: str) -> str:
+        return f"{self.prefix}:env:{env}:dead"
+
+    def resync(self, env: str, instance: str) -> str:
+        return f"{self.prefix}:env:{env}:inst:{instance}:resync"
+
     def command(self, request_id: str) -> str:
         return f"{self.prefix}:cmd:{request_id}"
 
@@ -95,3 +116,11 @@ def member(env: str, instance: str) -> str:
 def split_member(value: str) -> tuple[str, str]:
     env, _, instance = value.partition("/")
     return env, instance
+
+
+def valid_member(value: object) -> bool:
+    """Whether ``value`` (read from Redis) is an ``{env}/{instance}`` of two valid names."""
+    if not isinstance(value, str):
+        return False
+    env, sep, instance = value.partition("/")
+    return bool(sep) and NAME.fullmatch(env) is not None and NAME.fullmatch(instance) is not None

@@ -16,6 +16,7 @@ from databases import Database
 from sqlalchemy.schema import CreateTable
 
 from nocosup.errors import AppExists, AppNotFound
+from nocosup.validation import APP_NAME
 
 metadata = sa.MetaData()
 apps_table = sa.Table(
@@ -67,6 +68,28 @@ def now_iso() -> str:
     return iso_time()
 
 
+class InvalidRecord(ValueError):
+    """An app record (from Redis or a command) that does not hold what a record must."""
+
+
+_REQUIRED = ("name", "title", "environments", "options", "database")
+_FIELD_TYPES: dict[str, type] = {
+    "title": str,
+    "options": dict,
+    "database": dict,
+    "desired_state": str,
+    "version": int,
+    "created_at": str,
+    "updated_at": str,
+}
+_DEFAULTS: dict[str, Any] = {
+    "desired_state": "running",
+    "version": 1,
+    "created_at": "",
+    "updated_at": "",
+}
+
+
 @dataclass(frozen=True)
 class AppRecord:
     """One registered app as stored; ``to_json`` gives its API shape minus live statuses."""
@@ -100,7 +123,34 @@ class AppRecord:
         }
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> AppRecord:
+    def from_json(cls, data: Any) -> AppRecord:
+        """The record ``data`` describes, every field checked (type, app name, state):
+        records also come from Redis (the config cache, commands), which may hold anything.
+        Raises :class:`InvalidRecord` naming the first bad field."""
+        if not isinstance(data, dict):
+            raise InvalidRecord(f"an app record must be a JSON object, not {type(data).__name__}")
+        missing = [k for k in _REQUIRED if k not in data]
+        if missing:
+            raise InvalidRecord(f"app record misses {', '.join(missing)}")
+        name = data["name"]
+        if not isinstance(name, str) or not APP_NAME.fullmatch(name):
+            raise InvalidRecord(f"app record has an invalid name {name!r:.80}")
+        envs = data["environments"]
+        if not isinstance(envs, list) or not envs or not all(isinstance(e, str) for e in envs):
+            raise InvalidRecord(f"app record {name!r}: environments must be a list of names")
+        for key, kind in _FIELD_TYPES.items():
+            value = data.get(key, _DEFAULTS.get(key))
+            if not isinstance(value, kind) or isinstance(value, bool):
+                raise InvalidRecord(f"app record {name!r}: {key} must be a {kind.__name__}")
+        db = data["database"]
+        if not (
+            isinstance(db.get("connType"), str)
+            and isinstance(db.get("name"), str)
+            and isinstance(db.get("schema"), str | None)
+        ):
+            raise InvalidRecord(f"app record {name!r}: database needs connType, name, schema")
+        if data.get("desired_state", "running") not in ("running", "stopped"):
+            raise InvalidRecord(f"app record {name!r}: desired_state must be running or stopped")
         return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
 
     def changed(self, **changes: Any) -> AppRecord:

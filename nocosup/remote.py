@@ -10,15 +10,17 @@ when Redis lost it, and sweeps what long-dead instances left behind.
 from __future__ import annotations
 
 import asyncio
+import builtins
 import contextlib
 import json
 import logging
 import time
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any, cast
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, urlsplit
 
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 from starlette.types import Receive, Scope, Send
 
 from nocosup.appcache import AppCache
@@ -34,9 +36,9 @@ from nocosup.errors import (
     EnvironmentUnavailable,
     NocosupError,
 )
-from nocosup.heartbeat import live_instances
+from nocosup.heartbeat import live_instances, parse_status
 from nocosup.process import EnvResult, ProcessAdapter, failure_type
-from nocosup.rediskeys import Keys, split_member
+from nocosup.rediskeys import NAME, Keys, split_member, valid_member
 from nocosup.registry import AppRecord, EnvironmentStore, Registry, iso_time
 from nocosup.responses import send_error
 from nocosup.status import BOOTING, AppStatus
@@ -45,6 +47,9 @@ if TYPE_CHECKING:
     from nocosup.host import Host
 
 log = logging.getLogger("nocosup.remote")
+
+#: Seconds between full checks of the config cache (every record parsed).
+FULL_CHECK_EVERY = 30
 
 #: Which status wins when the replicas of one environment disagree.
 _PRIORITY = [
@@ -66,18 +71,41 @@ def aggregate(statuses: list[str]) -> str:
     return min(statuses, key=lambda s: _RANK.get(s, len(_RANK)))
 
 
+def _http_url(value: str) -> bool:
+    """Whether ``value`` is an absolute http(s) URL (what a worker registers)."""
+    try:
+        parts = urlsplit(value)
+    except ValueError:
+        return False
+    return parts.scheme in ("http", "https") and bool(parts.netloc)
+
+
 def _iso_ms(ms: float | None) -> str | None:
     return iso_time(ms / 1000) if ms else None
 
 
 class RedisEnvironments(EnvironmentDirectory):
-    """Environments as the workers' heartbeats describe them."""
+    """Environments as the workers' heartbeats describe them.
+
+    Everything read here was written by workers, so it is checked: environment names
+    and ``{env}/{instance}`` members must be valid names, scores finite times not far in
+    the future, keys of the right type. What is not is logged, skipped and removed (the
+    workers write it again with their next heartbeat).
+    """
 
     def __init__(
-        self, host: Host, redis: Redis, keys: Keys, store: EnvironmentStore, ttl: float
+        self,
+        host: Host,
+        redis: Redis,
+        keys: Keys,
+        store: EnvironmentStore,
+        ttl: float,
+        commands: Redis | None = None,
     ) -> None:
         self.host = host
         self.redis = redis
+        #: The Redis of the command streams (and their dead letters).
+        self.commands = commands or redis
         self.keys = keys
         self.store = store
         self.ttl = ttl
@@ -86,6 +114,47 @@ class RedisEnvironments(EnvironmentDirectory):
 
     async def list(self) -> list[dict[str, Any]]:
         return sorted((await self.refresh()).values(), key=lambda e: e["name"])
+
+    async def get(self, name: str) -> dict[str, Any]:
+        """The environment with its dead letters: how many are kept, the last few."""
+        known = await self.refresh() if NAME.fullmatch(name) else {}
+        if name not in known:
+            raise EnvironmentNotFound(f"environment {name!r} is not registered")
+        try:
+            dead = await self.dead_letters(name)
+        except RedisError as exc:
+            raise BackendUnavailable(f"Redis did not answer: {exc}") from exc
+        return {**known[name], "dead_letters": dead}
+
+    async def dead_letters(self, env: str, last: int = 5) -> dict[str, Any]:
+        key = self.keys.dead(env)
+        try:
+            async with self.commands.pipeline(transaction=False) as pipe:
+                pipe.xlen(key)
+                pipe.xrevrange(key, count=last)
+                count, entries = await pipe.execute()
+        except ResponseError as exc:  # WRONGTYPE: not a stream
+            log.warning("dead letters of %s unreadable: %r", env, exc)
+            return {"count": 0, "recent": [], "error": str(exc)}
+        recent = []
+        for entry_id, fields in entries:
+            original: Any = None
+            with contextlib.suppress(TypeError, ValueError):
+                original = json.loads(fields.get("fields") or "null")
+            if not isinstance(original, dict):
+                original = {}
+            recent.append(
+                {
+                    "id": entry_id,
+                    "entry": fields.get("entry"),
+                    "reason": fields.get("reason"),
+                    "instance": fields.get("instance"),
+                    "at": fields.get("at"),
+                    "action": original.get("action"),
+                    "app": original.get("app"),
+                }
+            )
+        return {"count": count, "recent": recent}
 
     def is_online(self, name: str) -> bool:
         env = self.snapshot.get(name)
@@ -108,21 +177,80 @@ class RedisEnvironments(EnvironmentDirectory):
                 self._changed(env, old)
         return envs
 
-    async def _read(self) -> dict[str, dict[str, Any]]:
-        stored = await self.store.list()
-        # the clients decode replies (redisconn): the members are str
-        names = set(cast("set[str]", await self.redis.smembers(self.keys.envs))) | set(stored)
-        ordered = sorted(names)
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for name in ordered:
-                pipe.hgetall(self.keys.env(name))
-            pipe.zrange(self.keys.instances, 0, -1, withscores=True)
-            *infos, scored = await pipe.execute()
-        live = await live_instances(self.redis, self.keys, None, self.ttl)
+    async def _discard(self, key: str, why: str) -> None:
+        """Remove a key that holds what nocosup never writes there (logged)."""
+        log.warning("removing %s from Redis: %s", key, why)
+        await self.redis.unlink(key)
+
+    async def _names(self) -> set[str]:
+        try:
+            members = await self.redis.smembers(self.keys.envs)
+        except ResponseError as exc:
+            await self._discard(self.keys.envs, f"not a set ({exc})")
+            return set()
+        names = set()
+        for m in members:
+            if isinstance(m, str) and NAME.fullmatch(m):
+                names.add(m)
+            else:
+                log.warning("removing invalid environment name %.80r from %s", m, self.keys.envs)
+                await self.redis.srem(self.keys.envs, m)
+        return names
+
+    async def _last_seen(self) -> dict[str, float]:
+        """Latest heartbeat (ms) per environment from the instances zset; invalid members
+        and scores (not finite, negative, more than a day ahead) are removed."""
+        try:
+            # decoded members (redisconn), float scores
+            scored = cast(
+                "list[tuple[str, float]]",
+                await self.redis.zrange(self.keys.instances, 0, -1, withscores=True),
+            )
+        except ResponseError as exc:
+            await self._discard(self.keys.instances, f"not a sorted set ({exc})")
+            return {}
+        horizon = (time.time() + 86_400) * 1000
         last_seen: dict[str, float] = {}
         for m, score in scored:
+            if not valid_member(m) or not (0 <= score <= horizon):  # NaN and inf fail too
+                log.warning(
+                    "removing %.80r (score %r) from %s: not a heartbeat",
+                    m,
+                    score,
+                    self.keys.instances,
+                )
+                await self.redis.zrem(self.keys.instances, m)
+                continue
             env, _ = split_member(m)
             last_seen[env] = max(last_seen.get(env, 0), score)
+        return last_seen
+
+    async def _infos(self, names: Sequence[str]) -> builtins.list[dict[str, str]]:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for name in names:
+                pipe.hgetall(self.keys.env(name))
+            results = await pipe.execute(raise_on_error=False)
+        infos: builtins.list[dict[str, str]] = []
+        for name, result in zip(names, results, strict=True):
+            info: dict[str, str] = {} if isinstance(result, Exception) else result
+            if isinstance(result, ResponseError):
+                await self._discard(self.keys.env(name), f"not a hash ({result})")
+            elif isinstance(result, Exception):
+                raise result
+            kept = {k: v for k, v in info.items() if isinstance(v, str) and len(v) <= 2048}
+            for k in ("url", "proxy_url"):
+                if kept.get(k) and not _http_url(kept[k]):
+                    log.warning("ignoring %s %.80r of environment %s", k, kept.pop(k), name)
+            infos.append(kept)
+        return infos
+
+    async def _read(self) -> dict[str, dict[str, Any]]:
+        stored = await self.store.list()
+        names = await self._names() | set(stored)
+        ordered = sorted(names)
+        infos = await self._infos(ordered)
+        last_seen = await self._last_seen()
+        live = await live_instances(self.redis, self.keys, None, self.ttl)
         out = {}
         for name, info in zip(ordered, infos, strict=True):
             row = stored.get(name, {})
@@ -186,7 +314,10 @@ class RemoteProcess(ProcessAdapter):
             record.version,
             record.created_at,
         ):
-            await self.cache.put(record)
+            try:
+                await self.cache.put(record)
+            except ResponseError as exc:  # the cache is not what nocosup wrote: repaired
+                log.warning("config cache write of %s failed, left to repair: %r", record.name, exc)
 
     async def create(self, record: AppRecord) -> None:
         await self._learn(record)
@@ -244,7 +375,10 @@ class RemoteProcess(ProcessAdapter):
 
     async def forget(self, record: AppRecord) -> None:
         self.records.pop(record.name, None)
-        await self.cache.remove(record.name)
+        try:
+            await self.cache.remove(record.name)
+        except ResponseError as exc:
+            log.warning("config cache removal of %s failed, left to repair: %r", record.name, exc)
         await self.redis.delete(self.keys.status(record.name))
 
     async def _command(
@@ -276,17 +410,20 @@ class RemoteProcess(ProcessAdapter):
             async with self.redis.pipeline(transaction=False) as pipe:
                 for r in records:
                     pipe.hgetall(self.keys.status(r.name))
-                raw = await pipe.execute()
+                raw = await pipe.execute(raise_on_error=False)
             live = await live_instances(self.redis, self.keys, None, self.environments.ttl)
+            raw = [
+                await self._checked_statuses(r, f, live) for r, f in zip(records, raw, strict=True)
+            ]
         except RedisError as exc:
             raise BackendUnavailable(f"Redis did not answer: {exc}") from exc
         online = {split_member(m)[0] for m in live}
         out: dict[str, dict[str, dict[str, Any]]] = {}
         for record, fields in zip(records, raw, strict=True):
             per_env: dict[str, list[dict[str, Any]]] = {}
-            for field, value in fields.items():
+            for field, report in fields.items():
                 if field in live:
-                    per_env.setdefault(split_member(field)[0], []).append(json.loads(value))
+                    per_env.setdefault(split_member(field)[0], []).append(report)
             out[record.name] = {}
             for env in record.environments:
                 if env not in online:
@@ -302,6 +439,39 @@ class RemoteProcess(ProcessAdapter):
                     "error": "; ".join(errors) or None,
                 }
         return out
+
+    async def _checked_statuses(
+        self, record: AppRecord, fields: Any, live: set[str]
+    ) -> dict[str, dict[str, Any]]:
+        """The readable status reports of ``record`` by ``{env}/{instance}``. An unreadable
+        field (or a status key that is not a hash) is logged and removed, and the live
+        instances it concerns are asked to write their statuses again (``resync``)."""
+        key = self.keys.status(record.name)
+        if isinstance(fields, ResponseError):
+            log.warning("removing %s: not a hash (%s)", key, fields)
+            await self.redis.unlink(key)
+            await self._resync(m for m in live if split_member(m)[0] in record.environments)
+            return {}
+        if isinstance(fields, Exception):
+            raise fields
+        out: dict[str, dict[str, Any]] = {}
+        bad: list[str] = []
+        for field, value in fields.items():
+            report = parse_status(value)
+            if report is None or not valid_member(field):
+                bad.append(field)
+            else:
+                out[field] = report
+        if bad:
+            log.warning("removing unreadable status fields %.200r of %s", bad, key)
+            await self.redis.hdel(key, *bad)
+            await self._resync(m for m in bad if m in live)
+        return out
+
+    async def _resync(self, members: Iterable[str]) -> None:
+        """Ask these instances to write every status of theirs again (next heartbeat)."""
+        for m in members:
+            await self.redis.set(self.keys.resync(*split_member(m)), "1", ex=60)
 
 
 def _combine(env: str, replies: list[Reply]) -> EnvResult:
@@ -408,6 +578,8 @@ class Watcher:
         self.period = min(1.0, host.settings.heartbeat_interval / 2)
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+        #: A worker reported an unreadable cache entry: parse every record next round.
+        self._verify_cache = False
 
     async def start(self) -> None:
         await self.environments.refresh()
@@ -421,18 +593,34 @@ class Watcher:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
+    async def check_cache(self, full: bool = False) -> None:
+        """Rebuild the config cache from the registry when any part of it is missing or
+        invalid (``full``: every record parsed, every registered app present)."""
+        cache = self.process.cache
+        problem = await cache.problem(full)
+        if problem is None and full:
+            cached = set(await self.redis.hkeys(self.keys.apps))
+            missing = sorted(set(self.process.records) - cached)
+            if missing:
+                problem = f"{len(missing)} registered apps missing ({', '.join(missing[:5])})"
+        if problem is not None:
+            log.warning("config cache unsound (%s): rebuilding it from the registry", problem)
+            await cache.rebuild(await self.registry.list())
+
     async def _loop(self) -> None:
-        last_sweep = time.monotonic()
+        last_sweep = last_verify = time.monotonic()
         while True:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.period)
             self._wake.clear()
             try:
                 await self.environments.refresh()
-                if not await self.process.cache.is_built():
-                    log.warning("config cache missing in Redis: rebuilding from the registry")
-                    records = await self.registry.list()
-                    await self.process.cache.rebuild(records)
+                full, self._verify_cache = self._verify_cache, False
+                if time.monotonic() - last_verify > FULL_CHECK_EVERY:
+                    full = True
+                await self.check_cache(full)
+                if full:
+                    last_verify = time.monotonic()
                 if time.monotonic() - last_sweep > 60:
                     last_sweep = time.monotonic()
                     await self.sweep()
@@ -467,6 +655,10 @@ class Watcher:
         if not isinstance(event, dict):
             return
         if event.get("type") == "environment":
+            self._wake.set()
+        elif event.get("type") == "cache_invalid":
+            # only a hint: the next round checks the cache itself (at most once a round)
+            self._verify_cache = True
             self._wake.set()
         elif event.get("type") == "app_status":
             app = self._status_report(event)
@@ -507,6 +699,9 @@ class Watcher:
         names = list(self.process.records)
         for m in stale:
             assert isinstance(m, str)  # decoded (redisconn), and no scores were asked for
+            if not valid_member(m):
+                await self.redis.zrem(self.keys.instances, m)
+                continue
             env, instance = split_member(m)
             async with self.redis.pipeline(transaction=False) as pipe:
                 for name in names:

@@ -7,15 +7,15 @@ It only ever runs apps whose ``environments`` include its ``ENVIRONMENT_NAME``.
 
 from __future__ import annotations
 
-import json
 import logging
 
+from redis.exceptions import ResponseError
 from starlette.types import Receive, Scope, Send
 
 from nocosup.appcache import AppCache
 from nocosup.commands import Command, Reply
 from nocosup.errors import AppNotFound, NocosupError
-from nocosup.heartbeat import StatusReporter
+from nocosup.heartbeat import StatusReporter, parse_status
 from nocosup.rediskeys import Keys, split_member
 from nocosup.registry import AppRecord
 from nocosup.responses import send_error
@@ -86,10 +86,13 @@ class Worker:
 
     # --- start-up ----------------------------------------------------------------------
 
-    async def restore(self) -> list[str]:
+    async def restore(self, only_new: bool = False) -> list[str]:
         """Learn this environment's apps from the cache; boot those that should run now:
-        ``with_supervisor`` apps, and apps this environment last reported running."""
+        ``with_supervisor`` apps, and apps this environment last reported running.
+        ``only_new``: leave the apps this worker knows already alone."""
         records = [r for r in await self.cache.all() if self.runs_here(r)]
+        if only_new:
+            records = [r for r in records if r.name not in self.runtime.tenants]
         eager = []
         for record in records:
             self.runtime.load(record)
@@ -100,10 +103,20 @@ class Worker:
         return eager
 
     async def _was_running(self, app: str) -> bool:
-        for field, raw in (await self.cache.redis.hgetall(self.keys.status(app))).items():
-            assert isinstance(field, str)  # the clients decode replies (redisconn)
-            env, _ = split_member(field)
-            if env == self.env and json.loads(raw).get("status") == AppStatus.RUNNING.value:
+        """Whether a replica of this environment last reported ``app`` running; unreadable
+        reports (and a status key that is not a hash) count as not running."""
+        try:
+            fields = await self.cache.redis.hgetall(self.keys.status(app))
+        except ResponseError as exc:
+            log.warning("statuses of %s unreadable, taken as not running: %r", app, exc)
+            return False
+        for field, raw in fields.items():
+            report = parse_status(raw)
+            if report is None:
+                log.warning("skipping an unreadable status of %s (%.80r)", app, field)
+                continue
+            env, _ = split_member(str(field))
+            if env == self.env and report["status"] == AppStatus.RUNNING.value:
                 return True
         return False
 

@@ -16,11 +16,14 @@ from nocosup.commands import Command, CommandConsumer, CommandSender, MalformedC
 from nocosup.errors import CommandTimeout
 from nocosup.heartbeat import Presence
 from nocosup.rediskeys import Keys, member
+from nocosup.registry import AppRecord
 from nocosup.remote import aggregate
 from tests.cluster import wait_for
 from tests.conftest import REDIS_URL
 
 TTL = 5.0
+#: A valid record of app "a" (commands carrying a record are checked).
+REC = AppRecord("a", "A", ["e"], {}, {"connType": "new_database", "name": "a"}).to_json()
 
 
 @pytest.fixture
@@ -83,7 +86,7 @@ class Recorder:
 
 
 def test_parse_rejects_what_is_not_a_command() -> None:
-    good = Command("start", "a", {"name": "a"}).fields()
+    good = Command("start", "a", REC).fields()
     assert Command.parse(good).app == "a"
     for bad in (
         {},
@@ -119,7 +122,7 @@ async def test_every_instance_gets_the_command_and_the_sender_waits_for_all(
     await sender.start()
     try:
         await have_groups(redis, keys.commands("e"), "i1", "i2")
-        replies = await sender.send("e", Command("start", "a", {"name": "a"}), timeout=10)
+        replies = await sender.send("e", Command("start", "a", REC), timeout=10)
         assert {r.instance for r in replies} == {"i1", "i2"}
         assert all(len(h.ran) == 1 for h in handlers)
         # nobody alive in another environment: no wait, no reply
@@ -158,7 +161,7 @@ async def test_redelivered_command_is_answered_not_rerun(redis: aioredis.Redis, 
     handler = Recorder("e", "i1")
     consumer = CommandConsumer(redis, keys, "e", "i1", handler, Presence(redis, keys, TTL))
     await beat(redis, keys, "e", "i1")
-    command = Command("start", "a", {"name": "a"}, reply_to=keys.replies("sup"))
+    command = Command("start", "a", REC, reply_to=keys.replies("sup"))
     await consumer._process("i1", "0-1", command.fields())
     await consumer._process("i1", "0-2", command.fields())
     assert handler.ran == [command.id]
@@ -172,7 +175,7 @@ async def test_a_new_instance_reclaims_what_a_dead_one_left(
 ) -> None:
     stream = keys.commands("e")
     await redis.xgroup_create(stream, "dead", id="$", mkstream=True)
-    command = Command("create", "a", {"name": "a"}, reply_to=keys.replies("sup"))
+    command = Command("create", "a", REC, reply_to=keys.replies("sup"))
     await redis.xadd(stream, command.fields())
     # the dead instance read it and never acknowledged it
     await redis.xreadgroup("dead", "dead", {stream: ">"})
@@ -247,3 +250,154 @@ async def test_commands_sent_while_redis_lost_the_group_are_not_skipped(
         assert handler.ran == [first.id, second.id]
     finally:
         await stop([task], [consumer])
+
+
+def test_parse_rejects_ids_names_and_records_that_do_not_fit() -> None:
+    good = Command("start", "a", REC).fields()
+    for bad, reason in (
+        ({**good, "id": "../x"}, "request id"),
+        ({**good, "id": "x" * 65}, "request id"),
+        ({**good, "app": "A b"}, "app name"),
+        ({**good, "app": "b"}, "record is of 'a'"),
+        ({**good, "record": json.dumps({**REC, "version": "2"})}, "version"),
+        ({**good, "record": json.dumps({**REC, "environments": "e"})}, "environments"),
+    ):
+        with pytest.raises(MalformedCommand, match=reason):
+            Command.parse(bad)
+
+
+class Exploding(Recorder):
+    """Raises on the app named ``boom``."""
+
+    async def __call__(self, command: Command) -> Reply:
+        if command.app == "boom":
+            raise RuntimeError("handler bug")
+        return await super().__call__(command)
+
+
+async def settled(redis: aioredis.Redis, stream: str) -> None:
+    """Wait until every group of ``stream`` read and acknowledged everything."""
+    for _ in range(200):
+        groups = await redis.xinfo_groups(stream)
+        if groups and all(g["pending"] == 0 and g["lag"] == 0 for g in groups):
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"{stream} never settled: {groups}")
+
+
+async def dead_letters(redis: aioredis.Redis, keys: Keys) -> list[dict[str, str]]:
+    return [fields for _id, fields in await redis.xrange(keys.dead("e"))]
+
+
+async def test_poison_entries_go_to_the_dead_letters_and_the_consumer_goes_on(
+    redis: aioredis.Redis, keys: Keys
+) -> None:
+    """Finding 3: a reply_to naming a key of another type (here the cache's meta hash)
+    killed the consumer; a handler that raises, or a reply stream of the wrong type, too."""
+    handler = Exploding("e", "i1")
+    await beat(redis, keys, "e", "i1")
+    consumer = CommandConsumer(redis, keys, "e", "i1", handler, Presence(redis, keys, TTL))
+    task = asyncio.create_task(consumer.run())
+    stream = keys.commands("e")
+    await redis.hset(keys.meta, "schema", "1")
+    await redis.set(keys.replies("wrongtype"), "a string")
+    try:
+        await have_groups(redis, stream, "i1")
+        poison = {"v": "1", "action": "ping", "app": "x", "id": "g5", "reply_to": keys.meta}
+        await redis.xadd(stream, poison)
+        crash = Command("start", "boom", {**REC, "name": "boom"}, reply_to=keys.replies("sup"))
+        await redis.xadd(stream, crash.fields())
+        bad_reply = Command("ping", "a", reply_to=keys.replies("wrongtype"))
+        await redis.xadd(stream, bad_reply.fields())
+        fine = Command("ping", "a", reply_to=keys.replies("sup"))
+        await redis.xadd(stream, fine.fields())
+        await settled(redis, stream)
+        assert not task.done() and consumer.error is None
+        assert await redis.hgetall(keys.meta) == {"schema": "1"}  # never written to
+        letters = await dead_letters(redis, keys)
+        assert len(letters) == 3
+        reasons = {json.loads(x["fields"])["id"]: x["reason"] for x in letters}
+        assert "is not a reply stream" in reasons["g5"]
+        assert "processing failed: RuntimeError: handler bug" in reasons[crash.id]
+        assert "WRONGTYPE" in reasons[bad_reply.id]
+        assert all(x["instance"] == "i1" and x["at"] and x["entry"] for x in letters)
+        assert json.loads(letters[0]["fields"]) == poison
+        # the crash was answered ok=0 on its (valid) reply stream; the good one ran
+        replies = {f["id"]: f for _id, f in await redis.xrange(keys.replies("sup"))}
+        assert replies[crash.id]["ok"] == "0" and "handler bug" in replies[crash.id]["error"]
+        assert replies[fine.id]["ok"] == "1"
+        # the poison's sender (if any) can still find the refusal by its id
+        stored = json.loads(await redis.hget(keys.command("g5"), "i1"))
+        assert stored["ok"] == "0" and "reply stream" in stored["error"]
+    finally:
+        await stop([task], [consumer])
+
+
+async def test_a_poison_entry_left_by_a_dead_instance_does_not_kill_the_reclaimer(
+    redis: aioredis.Redis, keys: Keys
+) -> None:
+    """The repro's path: the worker was killed with the poison pending; its successor
+    reclaims it at start (outside the per-entry tasks) and must go on."""
+    stream = keys.commands("e")
+    await redis.xgroup_create(stream, "dead", id="$", mkstream=True)
+    await redis.hset(keys.meta, "schema", "1")
+    await redis.xadd(
+        stream, {"v": "1", "action": "ping", "app": "x", "id": "g5", "reply_to": keys.meta}
+    )
+    await redis.xreadgroup("dead", "dead", {stream: ">"})
+    handler = Recorder("e", "fresh")
+    await beat(redis, keys, "e", "fresh")
+    consumer = CommandConsumer(redis, keys, "e", "fresh", handler, Presence(redis, keys, TTL))
+    task = asyncio.create_task(consumer.run())
+    try:
+        for _ in range(100):
+            if await redis.xlen(keys.dead("e")):
+                break
+            await asyncio.sleep(0.05)
+        assert "is not a reply stream" in (await dead_letters(redis, keys))[0]["reason"]
+        later = Command("ping", "a", reply_to=keys.replies("sup"))
+        await redis.xadd(stream, later.fields())
+        await settled(redis, stream)
+        assert handler.ran == [later.id] and not task.done()
+    finally:
+        await stop([task], [consumer])
+
+
+class FailsOnce(CommandConsumer):
+    """A consumer whose start-up step raises the first time."""
+
+    failed = False
+
+    async def reclaim_dead(self) -> None:
+        if not self.failed:
+            self.failed = True
+            raise RuntimeError("reclaim bug")
+        await super().reclaim_dead()
+
+
+async def test_the_consumer_loop_starts_over_after_an_exception(
+    redis: aioredis.Redis, keys: Keys
+) -> None:
+    handler = Recorder("e", "i1")
+    await beat(redis, keys, "e", "i1")
+    consumer = FailsOnce(redis, keys, "e", "i1", handler, Presence(redis, keys, TTL))
+    task = asyncio.create_task(consumer.run())
+    try:
+        for _ in range(100):
+            if consumer.restarts and consumer.error is None:
+                break
+            await asyncio.sleep(0.05)
+        assert consumer.restarts == 1
+        command = Command("ping", "a", reply_to=keys.replies("sup"))
+        await redis.xadd(keys.commands("e"), command.fields())
+        await settled(redis, keys.commands("e"))
+        assert handler.ran == [command.id]
+    finally:
+        await stop([task], [consumer])
+
+
+def test_reply_streams_are_recognised() -> None:
+    keys = Keys("p")
+    assert keys.is_reply_stream(keys.replies("80eb498033b5"))
+    for key in ("p:meta", "p:sup::replies", "q:sup:x:replies", "p:sup:a:b:replies", "p:apps"):
+        assert not keys.is_reply_stream(key)

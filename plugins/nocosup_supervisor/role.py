@@ -92,7 +92,9 @@ class SupervisorRole(Role):
             commands, keys, settings.instance_id, Presence(redis, keys, ttl)
         )
         await self.sender.start()
-        environments = RedisEnvironments(host, redis, keys, EnvironmentStore(db), ttl)
+        environments = RedisEnvironments(
+            host, redis, keys, EnvironmentStore(db), ttl, commands=commands
+        )
         process = RemoteProcess(host, redis, keys, AppCache(redis, keys), self.sender, environments)
         self.proxy = Proxy(read_timeout=settings.proxy_timeout)
         self.gateway = ProxyGateway(host, process, environments, self.proxy)

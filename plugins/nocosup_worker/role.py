@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from typing import TYPE_CHECKING
 
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from nocosup.appcache import AppCache
 from nocosup.commands import CommandConsumer
@@ -42,6 +44,9 @@ class WorkerRole(Role):
         self.heartbeat: Heartbeat | None = None
         self.consumer: CommandConsumer | None = None
         self.consumer_task: asyncio.Task[None] | None = None
+        self._restarter: asyncio.Task[None] | None = None
+        #: Why the consumer task last died (None while it runs).
+        self.consumer_death: str | None = None
 
     async def start(self) -> None:
         host, settings = self.host, self.settings
@@ -61,7 +66,8 @@ class WorkerRole(Role):
         )
         reporter.start()
         runtime.status_listeners.append(reporter.report)
-        worker = self.worker = Worker(runtime, AppCache(redis, keys), keys, reporter)
+        cache = AppCache(redis, keys, on_invalid=self._cache_invalid)
+        worker = self.worker = Worker(runtime, cache, keys, reporter)
         self.gateway = worker
 
         async def republish() -> None:
@@ -73,6 +79,12 @@ class WorkerRole(Role):
 
         for name in await worker.restore():
             host.spawn(_start_logged(runtime, name))
+        problem = await cache.problem()
+        if problem is None and cache.skipped:
+            problem = f"{cache.skipped} unreadable records skipped"
+        if problem is not None:
+            log.warning("config cache incomplete (%s): restoring again once repaired", problem)
+            host.spawn(self._restore_when_repaired(worker, cache))
         self.consumer = CommandConsumer(
             commands,
             keys,
@@ -81,7 +93,8 @@ class WorkerRole(Role):
             worker.handle_command,
             Presence(redis, keys, heartbeat_ttl(settings)),
         )
-        self.consumer_task = asyncio.create_task(self.consumer.run(), name="commands")
+        self._run_consumer()
+        host.readiness["commands"] = self._consumer_ready
         log.info(
             "worker %s of environment %s registered (%s)",
             settings.instance_id,
@@ -89,12 +102,76 @@ class WorkerRole(Role):
             settings.proxy_url,
         )
 
+    def _cache_invalid(self, name: str, reason: str) -> None:
+        """Tell the supervisor (a hint on ``{p}:events``) that the config cache needs it."""
+        if self.redis is None:
+            return
+        keys, settings = Keys(self.settings.redis_prefix), self.settings
+        hint = {
+            "type": "cache_invalid",
+            "app": name,
+            "reason": reason,
+            "environment": settings.environment_name,
+            "instance": settings.instance_id,
+        }
+        self.host.spawn(_publish(self.redis, keys.events, json.dumps(hint)))
+
+    async def _restore_when_repaired(self, worker: Worker, cache: AppCache) -> None:
+        """The cache was incomplete at start: once the supervisor rebuilt it, learn (and
+        boot) the apps the first restore missed."""
+        while True:
+            await asyncio.sleep(self.settings.heartbeat_interval)
+            try:
+                if await cache.problem(full=True) is None:
+                    break
+            except RedisError as exc:
+                log.warning("cannot check the config cache yet: %r", exc)
+        runtime = worker.runtime
+        for name in await worker.restore(only_new=True):
+            self.host.spawn(_start_logged(runtime, name))
+        log.info("config cache repaired: apps restored")
+
+    def _run_consumer(self) -> None:
+        """Start the consumer's task; if it ever ends other than cancelled, start it again."""
+        assert self.consumer is not None
+        task = self.consumer_task = asyncio.create_task(self.consumer.run(), name="commands")
+        task.add_done_callback(self._consumer_ended)
+
+    def _consumer_ended(self, task: asyncio.Task[None]) -> None:
+        if task.cancelled() or task is not self.consumer_task or self.consumer is None:
+            return
+        exc = task.exception()
+        self.consumer_death = f"{type(exc).__name__}: {exc}" if exc else "it returned"
+        log.error(
+            "the command consumer died (%s); restarting it", self.consumer_death, exc_info=exc
+        )
+        self._restarter = asyncio.create_task(self._restart_consumer(), name="commands-restart")
+
+    async def _restart_consumer(self) -> None:
+        await asyncio.sleep(1)
+        if self.consumer is not None:
+            self.consumer_death = None
+            self._run_consumer()
+
+    async def _consumer_ready(self) -> None:
+        """/readyz: commands are read (the consumer task runs and its last read worked)."""
+        task, consumer = self.consumer_task, self.consumer
+        if consumer is None or task is None or task.done():
+            raise RuntimeError(f"command consumer is dead: {self.consumer_death or 'not running'}")
+        if consumer.error is not None:
+            raise RuntimeError(f"command consumer cannot read commands: {consumer.error}")
+
     async def stop(self) -> None:
         self.gateway = None
+        self.host.readiness.pop("commands", None)
+        if self._restarter is not None:
+            self._restarter.cancel()
+            await asyncio.gather(self._restarter, return_exceptions=True)
+            self._restarter = None
         if self.consumer_task is not None:
-            self.consumer_task.cancel()
-            await asyncio.gather(self.consumer_task, return_exceptions=True)
-            self.consumer_task = None
+            task, self.consumer_task = self.consumer_task, None
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
         if self.consumer is not None:
             await self.consumer.close()
             self.consumer = None
@@ -116,3 +193,7 @@ async def _start_logged(runtime: LocalRuntime, name: str) -> None:
     tenant = await runtime.start(name)
     if tenant.error:
         log.error("app %s did not come back: %s", name, tenant.error)
+
+
+async def _publish(redis: Redis, channel: str, message: str) -> None:
+    await redis.publish(channel, message)
