@@ -6,8 +6,9 @@ from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import BaseRoute, Route
+from starlette.routing import BaseRoute, Match, Route
 
+from nocosup import openapi
 from nocosup import validation as v
 from nocosup.auth import Endpoint, admin_only
 from nocosup.errors import ShuttingDown
@@ -86,6 +87,18 @@ async def list_plugins(request: Request) -> Response:
     return JSONResponse({"plugins": request.app.hooks.describe()})
 
 
+@admin_only
+async def openapi_document(request: Request) -> Response:
+    host = request.app
+
+    def served(path: str) -> bool:
+        probe = {"type": "http", "method": "GET", "path": path.replace("{name}", "x")}
+        probe["root_path"] = ""
+        return any(r.matches(probe)[0] is not Match.NONE for r in host.router.routes)
+
+    return JSONResponse(openapi.document(served))
+
+
 def _by_method(**endpoints: Endpoint) -> Endpoint:
     """One endpoint per path, so a 405 lists every method the path takes in Allow."""
 
@@ -109,4 +122,5 @@ def routes() -> list[BaseRoute]:
         Route("/api/environments", list_environments, methods=["GET"]),
         Route("/api/environments/{name}", get_environment, methods=["GET"]),
         Route("/api/plugins", list_plugins, methods=["GET"]),
+        Route("/api/openapi.json", openapi_document, methods=["GET"]),
     ]

@@ -10,6 +10,7 @@
     │   ├── AppNotFound             404 APP_NOT_FOUND
     │   └── EnvironmentNotFound     404 ENVIRONMENT_NOT_FOUND
     ├── AppExists                   409 APP_EXISTS
+    ├── AppStateConflict            409 APP_STATE_CONFLICT (a stop came during a start, or back)
     ├── AppUnavailable              503 (base of the gateway's "cannot serve now" answers)
     │   ├── AppStopped              503 APP_STOPPED
     │   ├── AppInitializing         503 APP_INITIALIZING (Retry-After)
@@ -118,6 +119,14 @@ class AppExists(NocosupError):
 
     def __init__(self, name: str) -> None:
         super().__init__(f"application {name!r} already exists")
+
+
+class AppStateConflict(NocosupError):
+    """Another request changed what the app should be doing while this one ran (a stop
+    that came in during a start, or the other way round)."""
+
+    status = 409
+    code = "APP_STATE_CONFLICT"
 
 
 class AppUnavailable(NocosupError):

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from nocosup import validation as v
 from nocosup.appctx import AppContext
 from nocosup.environments import EnvironmentDirectory
-from nocosup.errors import DatabaseError, InvalidInput, NocosupError
+from nocosup.errors import AppStateConflict, DatabaseError, InvalidInput, NocosupError
 from nocosup.plugins import await_me_maybe
 from nocosup.process import EnvResult, ProcessAdapter, failure_type
 from nocosup.registry import AppRecord, Registry
@@ -260,12 +260,33 @@ class Supervisor:
         results = await self.process.stop(record)
         return await self._checked(record, results, "stop"), True
 
+    async def _check_still_wanted(
+        self, record: AppRecord, verb: str, results: list[EnvResult]
+    ) -> None:
+        """A start (stop) that did not end running (stopped) because a stop (start) of the
+        same app came in meanwhile is a conflict between the two requests (409), not a
+        failure of the environments."""
+        try:
+            fresh = await self.registry.get(record.name)
+        except NocosupError:
+            return
+        wanted = "running" if verb == "start" else "stopped"
+        if fresh.desired_state != wanted:
+            other = "stop" if verb == "start" else "start"
+            raise AppStateConflict(
+                f"application {record.name!r} did not {verb}: a {other} of it came in "
+                f"meanwhile (desired state now {fresh.desired_state!r})",
+                app=await self._describe(fresh),
+                results=_results_json(results),
+            )
+
     async def _checked(
         self, record: AppRecord, results: list[EnvResult], verb: str
     ) -> dict[str, Any]:
         app = await self._describe(record)
         failed = [r for r in results if not r.ok]
         if failed:
+            await self._check_still_wanted(record, verb, results)
             detail = "; ".join(f"{r.environment}: {r.error or r.status}" for r in failed)
             raise failure_type(failed)(
                 f"application {record.name!r} did not {verb}: {detail}",

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import httpx
 
+from nocosup import hookimpl
+from nocosup.appctx import AppContext
 from tests.cluster import wait_for
 from tests.inproc import InProc, inproc_settings, running_host
 from tests.test_admin_api import assert_error
@@ -182,3 +184,38 @@ async def test_with_supervisor_create_that_fails_to_start_is_still_created(
         assert app["results"]["local"]["ok"] is False
         assert "factory exploded" in app["results"]["local"]["error"]
         assert (await c.get("/api/apps/eagerbad")).status_code == 200
+
+
+class HoldsTheStartUntilAStop:
+    """Keeps a start from answering until a stop of the same app took over the app."""
+
+    def __init__(self) -> None:
+        self.stopping = asyncio.Event()
+
+    @hookimpl
+    async def after_app_start(self, app: AppContext) -> None:
+        await self.stopping.wait()
+
+    @hookimpl
+    def before_app_stop(self, app: AppContext) -> None:
+        self.stopping.set()
+
+
+async def test_a_stop_during_a_start_is_a_conflict_not_a_failure(tmp_path: Path) -> None:
+    """Found by schemathesis: the start answered 502 COMMAND_FAILED ('local: stopping')
+    because a stop came in between its boot and its answer."""
+    async with running_host(inproc_settings(tmp_path), [HoldsTheStartUntilAStop()]) as server:
+        c = server.api
+        await create(c, "raced")
+        start = asyncio.create_task(c.post("/api/apps/raced/start"))
+
+        async def booted() -> bool:
+            return (await c.get("/api/apps/raced")).json()["statuses"]["local"] == "running"
+
+        await wait_for(booted)
+        stopped = await c.post("/api/apps/raced/stop")
+        assert stopped.status_code == 200 and stopped.json()["statuses"] == {"local": "stopped"}
+        r = await start
+        assert_error(r, 409, "APP_STATE_CONFLICT")
+        assert "a stop of it came in meanwhile" in r.json()["error"]["message"]
+        assert r.json()["error"]["app"]["desired_state"] == "stopped"

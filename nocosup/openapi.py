@@ -1,0 +1,438 @@
+"""The admin API's OpenAPI 3.1 document, served at ``GET /api/openapi.json``.
+
+Written by hand next to the routes it describes (nocosup/admin_api.py and the web page's
+login routes) rather than generated: the shapes are few and stable, and CI holds the
+document to the code twice, with openapi-spec-validator and with schemathesis calling
+every operation of a live supervisor (tests/test_openapi.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from nocosup import __version__
+
+JSON = "application/json"
+APP_NAME_PATTERN = "^[a-z][a-z0-9_-]{0,39}$"
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {JSON: {"schema": schema}}}
+
+
+def _errors(*statuses: int) -> dict[str, Any]:
+    """Error answers: every one has the body ``{"error": {"code", "message", ...}}``."""
+    what = {
+        400: "Bad request",
+        401: "Missing or wrong admin token (UNAUTHORIZED)",
+        403: "A cookie-authenticated write that is not from the page (CSRF_REJECTED)",
+        404: "No such app, environment or route",
+        405: "Method not allowed (the Allow header lists the path's methods)",
+        409: "The name is taken (APP_EXISTS), or a later stop/start took over (APP_STATE_CONFLICT)",
+        413: "The body is over its limit (PAYLOAD_TOO_LARGE)",
+        422: "Invalid input (VALIDATION_ERROR naming the field, or INVALID_JSON)",
+        429: "Too many failed logins from this address (TOO_MANY_LOGINS, Retry-After)",
+        500: "A database could not be made or dropped (DATABASE_ERROR)",
+        502: "An environment failed the command (COMMAND_FAILED)",
+        503: "An environment, Redis or the supervisor cannot serve now (Retry-After)",
+        504: "An environment did not answer in time (COMMAND_TIMEOUT)",
+    }
+    return {str(s): _json(_ref("Error"), what[s]) for s in statuses}
+
+
+_NAME = {
+    "name": "name",
+    "in": "path",
+    "required": True,
+    "description": "The app's name.",
+    "schema": {"type": "string", "pattern": APP_NAME_PATTERN},
+}
+
+
+def _flag(name: str, description: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "in": "query",
+        "required": False,
+        "description": description + " (1/true/yes/on or 0/false/no/off).",
+        "schema": {"type": "string"},
+    }
+
+
+_WAIT = _flag("wait", "false answers 202 at once and carries on in the background")
+_ADMIN: list[dict[str, list[str]]] = [{"bearerAuth": []}, {"sessionCookie": []}]
+
+_SCHEMAS: dict[str, Any] = {
+    "Error": {
+        "type": "object",
+        "required": ["error"],
+        "properties": {
+            "error": {
+                "type": "object",
+                "required": ["code", "message"],
+                "properties": {
+                    "code": {"type": "string"},
+                    "message": {"type": "string"},
+                    "field": {"type": "string"},
+                },
+            }
+        },
+    },
+    "Options": {
+        "type": "object",
+        "description": "startMode, dbConnType, dbProvisioner, and any keys of the app's own.",
+        "properties": {
+            "startMode": {"enum": ["on_first_request", "with_supervisor"]},
+            "dbConnType": {"type": "string"},
+            "dbProvisioner": {"type": "string"},
+        },
+    },
+    "Database": {
+        "type": "object",
+        "required": ["connType", "name", "schema"],
+        "properties": {
+            "connType": {"type": "string"},
+            "name": {"type": "string"},
+            "schema": {"type": ["string", "null"]},
+            "provisioner": {"type": "string"},
+        },
+    },
+    "EnvResult": {
+        "type": "object",
+        "required": ["ok", "status", "error"],
+        "properties": {
+            "ok": {"type": "boolean"},
+            "status": {"type": "string"},
+            "error": {"type": ["string", "null"]},
+        },
+    },
+    "App": {
+        "type": "object",
+        "required": [
+            "name",
+            "title",
+            "environments",
+            "options",
+            "database",
+            "desired_state",
+            "version",
+            "created_at",
+            "updated_at",
+            "statuses",
+            "errors",
+        ],
+        "properties": {
+            "name": {"type": "string", "pattern": APP_NAME_PATTERN},
+            "title": {"type": "string"},
+            "environments": {"type": "array", "items": {"type": "string"}},
+            "options": _ref("Options"),
+            "database": _ref("Database"),
+            "desired_state": {"enum": ["running", "stopped"]},
+            "version": {"type": "integer", "minimum": 1},
+            "created_at": {"type": "string"},
+            "updated_at": {"type": "string"},
+            "statuses": {"type": "object", "additionalProperties": {"type": "string"}},
+            "errors": {"type": "object", "additionalProperties": {"type": "string"}},
+            "results": {"type": "object", "additionalProperties": _ref("EnvResult")},
+        },
+    },
+    "NewApp": {
+        "type": "object",
+        "required": ["name"],
+        "additionalProperties": False,
+        "properties": {
+            "name": {"type": "string", "pattern": APP_NAME_PATTERN},
+            "title": {"type": "string", "minLength": 1, "maxLength": 200},
+            "environments": {
+                "oneOf": [
+                    {"type": "string"},
+                    {"type": "array", "items": {"type": "string"}, "minItems": 1},
+                ]
+            },
+            "options": _ref("Options"),
+        },
+    },
+    "AppPatch": {
+        "type": "object",
+        "additionalProperties": False,
+        "description": "A JSON merge patch (RFC 7386) of the title and options.",
+        "properties": {
+            "title": {"type": "string", "minLength": 1, "maxLength": 200},
+            "options": {"type": "object"},
+        },
+    },
+    "Removed": {
+        "type": "object",
+        "required": ["name", "removed", "database_dropped", "results"],
+        "properties": {
+            "name": {"type": "string"},
+            "removed": {"type": "boolean"},
+            "database_dropped": {"type": "boolean"},
+            "results": {"type": "object", "additionalProperties": _ref("EnvResult")},
+        },
+    },
+    "Environment": {
+        "type": "object",
+        "required": ["name", "status", "instances"],
+        "properties": {
+            "name": {"type": "string"},
+            "url": {"type": ["string", "null"]},
+            "proxy_url": {"type": ["string", "null"]},
+            "version": {"type": ["string", "null"]},
+            "status": {"enum": ["online", "offline"]},
+            "instances": {"type": "array", "items": {"type": "string"}},
+            "last_heartbeat_at": {"type": ["string", "null"]},
+            "registered_at": {"type": ["string", "null"]},
+        },
+    },
+    "EnvironmentDetail": {
+        "allOf": [
+            _ref("Environment"),
+            {
+                "type": "object",
+                "required": ["dead_letters"],
+                "properties": {
+                    "dead_letters": {
+                        "oneOf": [
+                            {"type": "null"},
+                            {
+                                "type": "object",
+                                "required": ["count", "recent"],
+                                "properties": {
+                                    "count": {"type": "integer", "minimum": 0},
+                                    "recent": {"type": "array", "items": {"type": "object"}},
+                                },
+                            },
+                        ]
+                    }
+                },
+            },
+        ]
+    },
+    "Plugin": {
+        "type": "object",
+        "required": ["name", "source", "builtin", "version", "hooks"],
+        "properties": {
+            "name": {"type": "string"},
+            "source": {"type": "string"},
+            "builtin": {"type": "boolean"},
+            "version": {"type": ["string", "null"]},
+            "hooks": {"type": "array", "items": {"type": "string"}},
+        },
+    },
+}
+
+
+def _op(
+    summary: str,
+    responses: dict[str, Any],
+    *,
+    parameters: list[dict[str, Any]] | None = None,
+    body: dict[str, Any] | None = None,
+    admin: bool = True,
+) -> dict[str, Any]:
+    op: dict[str, Any] = {"summary": summary, "responses": responses}
+    if parameters:
+        op["parameters"] = parameters
+    if body is not None:
+        op["requestBody"] = {"required": True, "content": {JSON: {"schema": body}}}
+    op["security"] = _ADMIN if admin else []
+    return op
+
+
+def _app_answer(description: str) -> dict[str, Any]:
+    return _json(_ref("App"), description)
+
+
+def document(served: Callable[[str], bool] = lambda path: True) -> dict[str, Any]:
+    """The OpenAPI 3.1 document of the admin API (a fresh dict each call), with the paths
+    for which ``served(path)`` holds: the web page's routes go with its plugin."""
+    listing = {"type": "object", "required": ["apps"], "properties": {"apps": _array("App")}}
+    envs = {
+        "type": "object",
+        "required": ["environments"],
+        "properties": {"environments": _array("Environment")},
+    }
+    plugins = {
+        "type": "object",
+        "required": ["plugins"],
+        "properties": {"plugins": _array("Plugin")},
+    }
+    writes = (401, 403, 413, 422)
+    commands = (502, 503, 504)
+    paths: dict[str, Any] = {
+        "/healthz": {
+            "get": _op(
+                "Liveness",
+                {"200": _json({"type": "object", "required": ["status"]}, "Serving")},
+                admin=False,
+            )
+        },
+        "/readyz": {
+            "get": _op(
+                "Readiness: the host started and every probe passed",
+                {
+                    "200": _json(_readiness(), "Ready"),
+                    "503": _json(_readiness(), "Not ready: the failing checks say why"),
+                },
+                admin=False,
+            )
+        },
+        "/api/apps": {
+            "get": _op(
+                "Every app with its statuses",
+                {"200": _json(listing, "The apps"), **_errors(401, 503)},
+            ),
+            "post": _op(
+                "Create an app (and start it if its startMode is with_supervisor)",
+                {"201": _app_answer("Created"), **_errors(*writes, 409, 500, *commands)},
+                body=_ref("NewApp"),
+            ),
+        },
+        "/api/apps/{name}": {
+            "get": _op(
+                "One app",
+                {"200": _app_answer("The app"), **_errors(401, 404, 422, 503)},
+                parameters=[_NAME],
+            ),
+            "patch": _op(
+                "Change the title or options (a merge patch)",
+                {"200": _app_answer("The app as changed"), **_errors(*writes, 404, *commands)},
+                parameters=[_NAME],
+                body=_ref("AppPatch"),
+            ),
+            "delete": _op(
+                "Stop the app everywhere and forget it",
+                {
+                    "200": _json(_ref("Removed"), "Removed"),
+                    **_errors(401, 403, 404, 422, 500, *commands),
+                },
+                parameters=[
+                    _NAME,
+                    _flag("drop_database", "true drops the app's database"),
+                    _flag("force", "true forgets the app even if an environment could not"),
+                ],
+            ),
+        },
+        "/api/apps/{name}/start": {
+            "post": _op(
+                "Start the app in each of its environments",
+                {
+                    "200": _app_answer("Running everywhere"),
+                    "202": _app_answer("Starting (wait=false)"),
+                    **_errors(401, 403, 404, 409, 422, *commands),
+                },
+                parameters=[_NAME, _WAIT],
+            )
+        },
+        "/api/apps/{name}/stop": {
+            "post": _op(
+                "Stop the app in each of its environments",
+                {
+                    "200": _app_answer("Stopped everywhere"),
+                    "202": _app_answer("Stopping (wait=false)"),
+                    **_errors(401, 403, 404, 409, 422, *commands),
+                },
+                parameters=[_NAME, _WAIT],
+            )
+        },
+        "/api/environments": {
+            "get": _op(
+                "Every environment, online or not",
+                {"200": _json(envs, "The environments"), **_errors(401, 503)},
+            )
+        },
+        "/api/environments/{name}": {
+            "get": _op(
+                "One environment, with the commands its workers dead-lettered",
+                {
+                    "200": _json(_ref("EnvironmentDetail"), "The environment"),
+                    **_errors(401, 404, 503),
+                },
+                parameters=[
+                    {
+                        **_NAME,
+                        "description": "The environment's name.",
+                        "schema": {"type": "string"},
+                    }
+                ],
+            )
+        },
+        "/api/plugins": {
+            "get": _op("The loaded plugins", {"200": _json(plugins, "The plugins"), **_errors(401)})
+        },
+        "/api/login": {
+            "post": _op(
+                "Sign the web page in: a session cookie for the admin token",
+                {"204": {"description": "Signed in (Set-Cookie)"}, **_errors(401, 413, 422, 429)},
+                body={
+                    "type": "object",
+                    "required": ["token"],
+                    "additionalProperties": False,
+                    "properties": {"token": {"type": "string"}},
+                },
+                admin=False,
+            )
+        },
+        "/api/logout": {
+            "post": _op(
+                "End the page's session",
+                {"204": {"description": "Signed out"}, **_errors(403)},
+                admin=False,
+            )
+        },
+        "/api/events": {
+            "get": _op(
+                "Live changes as server-sent events",
+                {
+                    "200": {
+                        "description": "An endless text/event-stream",
+                        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+                    },
+                    **_errors(401, 503),
+                },
+            )
+        },
+        "/api/openapi.json": {
+            "get": _op(
+                "This document",
+                {"200": _json({"type": "object"}, "The OpenAPI document"), **_errors(401)},
+            )
+        },
+    }
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "nocosup admin API",
+            "version": __version__,
+            "description": "Create, start, stop and remove the apps of a nocosup supervisor.",
+        },
+        "paths": {path: ops for path, ops in paths.items() if served(path)},
+        "components": {
+            "schemas": _SCHEMAS,
+            "securitySchemes": {
+                "bearerAuth": {"type": "http", "scheme": "bearer"},
+                "sessionCookie": {"type": "apiKey", "in": "cookie", "name": "nocosup_admin"},
+            },
+        },
+    }
+
+
+def _array(item: str) -> dict[str, Any]:
+    return {"type": "array", "items": _ref(item)}
+
+
+def _readiness() -> dict[str, Any]:
+    return {
+        "type": "object",
+        "required": ["status", "checks"],
+        "properties": {
+            "status": {"enum": ["ready", "unavailable"]},
+            "checks": {"type": "object"},
+        },
+    }
