@@ -378,9 +378,18 @@ class CommandConsumer:
                     self._last_read = entry_id
                     await self._spawn(self.group, entry_id, fields or {}, redelivered=False)
 
-    async def close(self) -> None:
-        if self._tasks:
-            await asyncio.wait(self._tasks, timeout=10)
+    async def close(self, grace: float = 10) -> None:
+        """Let the commands under way finish (for ``grace`` seconds), then cancel the rest:
+        nothing of the consumer may touch Redis after this returns (its client closes next).
+        A cancelled command stays unacknowledged and is finished by a later instance."""
+        if not self._tasks:
+            return
+        _done, pending = await asyncio.wait(self._tasks, timeout=grace)
+        if pending:
+            log.warning("%d commands still running at shutdown: cancelled", len(pending))
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
 
     async def _ensure_group(self, start: str = "$") -> None:
         """Create this instance's group (new entries only, unless ``start`` says where)."""

@@ -401,3 +401,41 @@ def test_reply_streams_are_recognised() -> None:
     assert keys.is_reply_stream(keys.replies("80eb498033b5"))
     for key in ("p:meta", "p:sup::replies", "q:sup:x:replies", "p:sup:a:b:replies", "p:apps"):
         assert not keys.is_reply_stream(key)
+
+
+class Stuck(Recorder):
+    """Never finishes a command (a start held up by a boot that never ends)."""
+
+    async def __call__(self, command: Command) -> Reply:
+        self.ran.append(command.id)
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+
+async def test_close_cancels_commands_still_running_and_leaves_them_pending(
+    redis: aioredis.Redis, keys: Keys
+) -> None:
+    """Nothing of a closed consumer may use Redis afterwards (its client closes next): a
+    command still running past the grace is cancelled, unacknowledged, for a later
+    instance to finish."""
+    handler = Stuck("e", "i1")
+    await beat(redis, keys, "e", "i1")
+    consumer = CommandConsumer(redis, keys, "e", "i1", handler, Presence(redis, keys, TTL))
+    task = asyncio.create_task(consumer.run())
+    try:
+        await have_groups(redis, keys.commands("e"), "i1")
+        command = Command("ping", "a", reply_to=keys.replies("sup"))
+        await redis.xadd(keys.commands("e"), command.fields())
+
+        async def running() -> bool:
+            return command.id in handler.ran
+
+        await wait_for(running)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await consumer.close(grace=0.1)
+    assert all(t.done() for t in consumer._tasks) and not consumer._tasks
+    pending = await redis.xpending(keys.commands("e"), "i1")
+    assert pending["pending"] == 1
+    assert await redis.xlen(keys.replies("sup")) == 0
