@@ -10,6 +10,7 @@ import json
 import signal
 from pathlib import Path
 
+import httpx
 import pytest
 import redis.asyncio as aioredis
 import websockets
@@ -257,7 +258,14 @@ async def test_redis_restart_rebuilds_the_cache(
                 return "durable" in cached and app.get("statuses") == {"env_r": "running"}
 
             await wait_for(recovered, timeout=30)
-            records = (await c.get("/apps/durable/api/records")).json()["records"]
+
+            async def served() -> httpx.Response | None:
+                # the proxy routes by the watcher's snapshot of who is online, refreshed
+                # every heartbeat or so: it may lag the statuses read above by a round
+                r = await c.get("/apps/durable/api/records")
+                return r if r.status_code == 200 else None
+
+            records = (await wait_for(served, timeout=30)).json()["records"]
             assert [x["title"] for x in records] == ["t"]
             # commands flow again (the worker re-created its consumer group)
             r = await c.post("/api/apps/durable/stop")
