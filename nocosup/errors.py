@@ -8,6 +8,8 @@
     │   ├── AppNotFound             404 APP_NOT_FOUND
     │   └── EnvironmentNotFound     404 ENVIRONMENT_NOT_FOUND
     ├── AppExists                   409 APP_EXISTS
+    ├── PayloadTooLarge             413 PAYLOAD_TOO_LARGE (a body over its limit)
+    ├── HeadersTooLarge             431 HEADERS_TOO_LARGE (a header block over its limit)
     ├── AppUnavailable              503 (base of the gateway's "cannot serve now" answers)
     │   ├── AppStopped              503 APP_STOPPED
     │   ├── AppInitializing         503 APP_INITIALIZING (Retry-After)
@@ -97,6 +99,32 @@ class AppExists(NocosupError):
 
     def __init__(self, name: str) -> None:
         super().__init__(f"application {name!r} already exists")
+
+
+class PayloadTooLarge(NocosupError):
+    """A request body over its limit: reading stopped at the limit."""
+
+    status = 413
+    code = "PAYLOAD_TOO_LARGE"
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"request body is larger than the limit of {limit} bytes", limit=limit)
+
+    def headers(self) -> dict[str, str]:
+        # the rest of the body is not read: the connection cannot carry another request
+        return {"Connection": "close"}
+
+
+class HeadersTooLarge(NocosupError):
+    """A request header block over its limit (answered by the server layer)."""
+
+    status = 431
+    code = "HEADERS_TOO_LARGE"
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(
+            f"request line and headers are larger than the limit of {limit} bytes", limit=limit
+        )
 
 
 class AppUnavailable(NocosupError):

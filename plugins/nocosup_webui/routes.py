@@ -63,7 +63,7 @@ def _cookie_path(request: Request) -> str:
 
 
 async def login(request: Request) -> Response:
-    data = v.parse_json_object(await request.body())
+    data = v.parse_json_object(await v.read_body(request))
     v.check_fields(data, ("token",))
     token = data.get("token")
     if not isinstance(token, str) or not token_matches(request.app.state.admin_token, token):
