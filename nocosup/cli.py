@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TextIO
 
-from nocosup import __version__
+from nocosup import __version__, strictjson
 from nocosup.client import (
     AdminClient,
     ApiError,
@@ -58,6 +58,7 @@ def _serve(args: argparse.Namespace) -> int:
     from nocosup.config import Settings
     from nocosup.host import create_host
     from nocosup.server import attach_limits, uvicorn_options
+    from nocosup.storage import check_storage
 
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -66,6 +67,7 @@ def _serve(args: argparse.Namespace) -> int:
     logging.getLogger("databases").setLevel(logging.WARNING)
     try:
         settings = Settings.from_env()
+        check_storage(settings)
         host = create_host(settings)
     except ConfigError as exc:
         print(f"nocosup: configuration error: {exc}", file=sys.stderr)
@@ -254,11 +256,15 @@ def parse_options(args: argparse.Namespace) -> dict[str, Any]:
         if key in options:
             raise UsageError(f"--option {key} is given twice")
         try:
-            options[key] = json.loads(raw)
-        except json.JSONDecodeError:
-            raise UsageError(
-                f"--option {item!r}: the value must be JSON; for a string write {key}='\"{raw}\"'"
-            ) from None
+            options[key] = strictjson.loads(raw)
+        except strictjson.JSONRejected as exc:
+            if exc.message.startswith("not valid JSON"):
+                raise UsageError(
+                    f"--option {item!r}: the value must be JSON; for a string write "
+                    f"{key}='\"{raw}\"'"
+                ) from None
+            where = exc.message.removeprefix("value: ")
+            raise UsageError(f"--option {key}: {where}") from None
     for flag, key, value in (
         ("--start-mode", "startMode", args.start_mode),
         ("--db-conn-type", "dbConnType", args.db_conn_type),
