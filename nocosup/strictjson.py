@@ -26,7 +26,9 @@ MAX_INT = (1 << 63) - 1
 MAX_NUMBER_CHARS = 40
 
 #: Strings (so that their brackets do not count) and brackets: enough to measure depth.
-_TOKENS = re.compile(rb'"(?:[^"\\]|\\.)*"|[\[\]{}]', re.S)
+#: A string always matches, closed or not (up to the end), so that the scan stays linear:
+#: requiring the closing quote made ``"`` followed by many ``\"`` quadratic.
+_TOKENS = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*(?:"|\\?\Z)|[\[\]{}]', re.S)
 
 
 class JSONRejected(ValueError):

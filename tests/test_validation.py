@@ -49,3 +49,10 @@ def test_strict_json_takes_ordinary_json() -> None:
     text = '{"a": [1, -9223372036854775808, 2.5e10, "é", null, true], "b": {"c": "]"}}'
     assert strictjson.loads(text.encode()) == json.loads(text)
     assert strictjson.loads(b"[" * 32 + b"]" * 32) is not None
+
+
+def test_strict_json_depth_scan_is_linear_on_unterminated_strings() -> None:
+    # '"' then \" half a million times: a scan that needed the closing quote took hours
+    for raw in (b'"' + b'\\"' * 500_000, b'"' + b'\\"' * 500_000 + b"\\"):
+        with pytest.raises(strictjson.JSONRejected, match="not valid JSON"):
+            strictjson.loads(raw)
