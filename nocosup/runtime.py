@@ -319,7 +319,9 @@ class _BodyLimit:
     """Counts a request body while the app reads it. Past ``limit`` the app is told the
     client left (``http.disconnect``) and the client gets 413 PAYLOAD_TOO_LARGE, unless the
     response had already started (then the response is left incomplete and the server
-    drops the connection). Nothing past the limit is read, so nothing past it is held."""
+    drops the connection). Past the limit at most ``validation.DRAIN`` more bytes are read,
+    and dropped, so that a client that overshoots a little sees the 413: nothing past the
+    limit is held."""
 
     def __init__(self, limit: int, scope: Scope, receive: Receive, send: Send) -> None:
         self.limit = limit
