@@ -23,7 +23,7 @@ def _supervisor(request: Request) -> Supervisor:
 
 
 async def _body(request: Request) -> dict[str, Any]:
-    return v.parse_json_object(await request.body())
+    return v.parse_json_object(await v.read_body(request))
 
 
 @admin_only

@@ -16,9 +16,9 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
-from nocosup import __version__
+from nocosup import __version__, strictjson
 from nocosup.client import (
     AdminClient,
     ApiError,
@@ -27,6 +27,9 @@ from nocosup.client import (
     RequestTimedOut,
 )
 from nocosup.errors import ConfigError
+
+if TYPE_CHECKING:
+    from nocosup.config import Settings
 
 DESCRIPTION = """\
 serve runs a host under uvicorn; apps and envs drive a running supervisor through its
@@ -54,6 +57,8 @@ def _serve(args: argparse.Namespace) -> int:
 
     from nocosup.config import Settings
     from nocosup.host import create_host
+    from nocosup.server import attach_limits, uvicorn_options
+    from nocosup.storage import check_storage
 
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -62,6 +67,7 @@ def _serve(args: argparse.Namespace) -> int:
     logging.getLogger("databases").setLevel(logging.WARNING)
     try:
         settings = Settings.from_env()
+        check_storage(settings)
         host = create_host(settings)
     except ConfigError as exc:
         print(f"nocosup: configuration error: {exc}", file=sys.stderr)
@@ -85,10 +91,11 @@ def _serve(args: argparse.Namespace) -> int:
         "proxy_headers": True,
         "forwarded_allow_ips": args.forwarded_allow_ips,
         "timeout_graceful_shutdown": settings.stop_grace + 5,
+        **uvicorn_options(settings, args.http),
     }
     if args.workers > 1:
-        return _serve_replicas(args.workers, options)
-    server = uvicorn.Server(uvicorn.Config(host, **options))
+        return _serve_replicas(args.workers, options, settings)
+    server = uvicorn.Server(attach_limits(uvicorn.Config(host, **options), settings))
     server.run()
     return 0 if server.started else STARTUP_FAILED
 
@@ -97,13 +104,16 @@ def _serve(args: argparse.Namespace) -> int:
 STARTUP_FAILED = 3
 
 
-def _serve_replicas(workers: int, options: dict[str, Any]) -> int:
+def _serve_replicas(workers: int, options: dict[str, Any], settings: Settings) -> int:
     """Each process builds its own host (own instance id) on one shared socket; exits 3
     when a replica failed to start (uvicorn.run would exit 0 there)."""
     import uvicorn
     from uvicorn.supervisors import Multiprocess
 
+    from nocosup.server import attach_limits
+
     config = uvicorn.Config("nocosup.host:create_host", factory=True, workers=workers, **options)
+    attach_limits(config, settings)
     supervisor = Multiprocess(config, sockets=[config.bind_socket()])
     supervisor.run()
     failed = any(p.exitcode == STARTUP_FAILED for p in supervisor.processes)
@@ -246,11 +256,15 @@ def parse_options(args: argparse.Namespace) -> dict[str, Any]:
         if key in options:
             raise UsageError(f"--option {key} is given twice")
         try:
-            options[key] = json.loads(raw)
-        except json.JSONDecodeError:
-            raise UsageError(
-                f"--option {item!r}: the value must be JSON; for a string write {key}='\"{raw}\"'"
-            ) from None
+            options[key] = strictjson.loads(raw)
+        except strictjson.JSONRejected as exc:
+            if exc.message.startswith("not valid JSON"):
+                raise UsageError(
+                    f"--option {item!r}: the value must be JSON; for a string write "
+                    f"{key}='\"{raw}\"'"
+                ) from None
+            where = exc.message.removeprefix("value: ")
+            raise UsageError(f"--option {key}: {where}") from None
     for flag, key, value in (
         ("--start-mode", "startMode", args.start_mode),
         ("--db-conn-type", "dbConnType", args.db_conn_type),
@@ -609,6 +623,16 @@ def _positive(text: str) -> float:
     return value
 
 
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"a port is from 1 to 65535; got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="nocosup",
@@ -619,11 +643,17 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="command")
     serve = sub.add_parser("serve", help="run the supervisor or a worker (APP_MODE) under uvicorn")
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
-    serve.add_argument("--port", type=int, default=8000, help="port to bind (default 8000)")
+    serve.add_argument("--port", type=_port, default=8000, help="port to bind (default 8000)")
     serve.add_argument(
         "--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"]
     )
     serve.add_argument("--access-log", action="store_true", help="log every request")
+    serve.add_argument(
+        "--http",
+        default="auto",
+        choices=["auto", "h11", "httptools"],
+        help="HTTP/1.1 parser (default auto: httptools when installed)",
+    )
     serve.add_argument(
         "--workers",
         type=int,

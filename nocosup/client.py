@@ -94,6 +94,13 @@ class ClientConfig:
                 f"without {TOKEN_VARIABLE} keeps the token it generated in its storage dir: "
                 f"export {TOKEN_VARIABLE}=$(cat storage/admin_token)"
             )
+        if not raw_token.isascii() or not raw_token.isprintable():
+            source = "--token" if (token or "").strip() else TOKEN_VARIABLE
+            raise ConfigError(
+                f"{source} must be printable ASCII (it travels in an HTTP header); "
+                "it holds other characters: copy it again from the server's "
+                "NOCOSUP_ADMIN_TOKEN or storage/admin_token"
+            )
         # A trailing slash would make every path start with '//'.
         return cls(url=raw_url.rstrip("/"), token=raw_token)
 

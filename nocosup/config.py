@@ -179,6 +179,33 @@ VARIABLES: tuple[Variable, ...] = (
         "(504 UPSTREAM_TIMEOUT); a stream silent longer is cut.",
     ),
     Variable(
+        "NOCOSUP_MAX_BODY_SIZE",
+        "104857600",
+        "Bytes a tenant request body may hold unless the app's options.maxBodySize says "
+        "otherwise (413 PAYLOAD_TOO_LARGE).",
+    ),
+    Variable(
+        "NOCOSUP_MAX_HEADER_SIZE",
+        "65536",
+        "Bytes the request line and headers of one request may take (431 HEADERS_TOO_LARGE).",
+    ),
+    Variable(
+        "NOCOSUP_MAX_WS_MESSAGE",
+        "1048576",
+        "Bytes one WebSocket message may hold, in either direction (close 1009).",
+    ),
+    Variable(
+        "NOCOSUP_MAX_CONNECTIONS",
+        "1000",
+        "Connections one server process serves at once; requests past it get 503.",
+    ),
+    Variable(
+        "NOCOSUP_HEADER_TIMEOUT",
+        "30",
+        "Seconds a connection may take to send a complete request head (and stay idle "
+        "before its first request); then it is closed.",
+    ),
+    Variable(
         "NOCOSUP_INSTANCE_ID",
         None,
         "Name of this process among the replicas of its environment (default: random).",
@@ -298,6 +325,11 @@ def _parse(env: Mapping[str, str]) -> dict[str, Any]:
         "command_timeout": _number(env, "NOCOSUP_COMMAND_TIMEOUT", float, 0.1, 3600),
         "lock_ttl": _number(env, "NOCOSUP_LOCK_TTL", float, 0.3, 3600),
         "proxy_timeout": _number(env, "NOCOSUP_PROXY_TIMEOUT", float, 0.1, 86400),
+        "max_body_size": _number(env, "NOCOSUP_MAX_BODY_SIZE", int, 1, 1 << 36),
+        "max_header_size": _number(env, "NOCOSUP_MAX_HEADER_SIZE", int, 1024, 1 << 24),
+        "max_ws_message": _number(env, "NOCOSUP_MAX_WS_MESSAGE", int, 1024, 1 << 30),
+        "max_connections": _number(env, "NOCOSUP_MAX_CONNECTIONS", int, 1, 1_000_000),
+        "header_timeout": _number(env, "NOCOSUP_HEADER_TIMEOUT", float, 0.1, 3600),
         **_instance(env),
     }
 
@@ -391,6 +423,11 @@ class Settings:
     command_timeout: float = _DEFAULTS["command_timeout"]
     lock_ttl: float = _DEFAULTS["lock_ttl"]
     proxy_timeout: float = _DEFAULTS["proxy_timeout"]
+    max_body_size: int = _DEFAULTS["max_body_size"]
+    max_header_size: int = _DEFAULTS["max_header_size"]
+    max_ws_message: int = _DEFAULTS["max_ws_message"]
+    max_connections: int = _DEFAULTS["max_connections"]
+    header_timeout: float = _DEFAULTS["header_timeout"]
     #: Unique per process: tells replicas of one environment apart.
     instance_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
 

@@ -17,6 +17,7 @@ from databases import Database
 from nocosup.config import Settings
 from nocosup.errors import DatabaseError, InvalidInput
 from nocosup.sqlite import sqlite_database
+from nocosup.storage import private_dir
 
 log = logging.getLogger("nocosup.db")
 
@@ -41,7 +42,7 @@ def registry_database(settings: Settings) -> Database:
     """The supervisor's own database (not yet connected)."""
     if settings.db_dialect == "postgres":
         return Database(pg_url(settings, settings.db_database), min_size=1, max_size=10)
-    settings.storage_dir.mkdir(parents=True, exist_ok=True)
+    private_dir(settings.storage_dir)
     return sqlite_database(settings.storage_dir / "nocosup.sqlite")
 
 

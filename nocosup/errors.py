@@ -11,6 +11,8 @@
     │   └── EnvironmentNotFound     404 ENVIRONMENT_NOT_FOUND
     ├── AppExists                   409 APP_EXISTS
     ├── AppStateConflict            409 APP_STATE_CONFLICT (a stop came during a start, or back)
+    ├── PayloadTooLarge             413 PAYLOAD_TOO_LARGE (a body over its limit)
+    ├── HeadersTooLarge             431 HEADERS_TOO_LARGE (a header block over its limit)
     ├── AppUnavailable              503 (base of the gateway's "cannot serve now" answers)
     │   ├── AppStopped              503 APP_STOPPED
     │   ├── AppInitializing         503 APP_INITIALIZING (Retry-After)
@@ -127,6 +129,32 @@ class AppStateConflict(NocosupError):
 
     status = 409
     code = "APP_STATE_CONFLICT"
+
+
+class PayloadTooLarge(NocosupError):
+    """A request body over its limit: reading stopped at the limit."""
+
+    status = 413
+    code = "PAYLOAD_TOO_LARGE"
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"request body is larger than the limit of {limit} bytes", limit=limit)
+
+    def headers(self) -> dict[str, str]:
+        # the rest of the body is not read: the connection cannot carry another request
+        return {"Connection": "close"}
+
+
+class HeadersTooLarge(NocosupError):
+    """A request header block over its limit (answered by the server layer)."""
+
+    status = 431
+    code = "HEADERS_TOO_LARGE"
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(
+            f"request line and headers are larger than the limit of {limit} bytes", limit=limit
+        )
 
 
 class AppUnavailable(NocosupError):

@@ -22,6 +22,7 @@ from nocosup.config import Settings
 from nocosup.db import create_pg_database, pg_connect, pg_url, quote_ident
 from nocosup.errors import ConfigError, DatabaseError, InvalidInput
 from nocosup.sqlite import sqlite_database
+from nocosup.storage import private_dir
 
 
 @dataclass(frozen=True)
@@ -97,7 +98,7 @@ class SqliteProvisioner(Provisioner):
         return sqlite_database(self.path(spec))
 
     async def create(self, spec: TenantDatabase) -> None:
-        self.files.mkdir(parents=True, exist_ok=True)
+        private_dir(self.files)
         db = sqlite_database(self.path(spec))
         try:
             await db.connect()

@@ -494,11 +494,16 @@ async def _pump(ws: ClientConnection, receive: Receive, send: Send) -> None:
         client_there = await to_client
         to_upstream.cancel()
         if client_there:
+            code, reason = ws.close_code, ws.close_reason
+            sent = ws.protocol.close_sent
+            if sent is not None and sent.code == 1009:
+                # we closed the upstream: its message was over ws_max_size; say so
+                code, reason = sent.code, sent.reason
             await send(
                 {
                     "type": "websocket.close",
-                    "code": close_code(ws.close_code),
-                    "reason": close_reason(ws.close_reason),
+                    "code": close_code(code),
+                    "reason": close_reason(reason),
                 }
             )
         else:

@@ -17,14 +17,23 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.datastructures import Headers
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from nocosup import validation
 from nocosup.appctx import AppContext
-from nocosup.errors import AppFailed, AppInitializing, AppNotFound, AppStopped, NocosupError
+from nocosup.errors import (
+    AppFailed,
+    AppInitializing,
+    AppNotFound,
+    AppStopped,
+    NocosupError,
+    PayloadTooLarge,
+)
 from nocosup.lifespan import LifespanRunner
 from nocosup.provisioning import TenantDatabase
 from nocosup.registry import AppRecord
-from nocosup.responses import send_error
+from nocosup.responses import error_response, send_error
 from nocosup.status import BOOTING, AppStatus
 
 if TYPE_CHECKING:
@@ -242,9 +251,25 @@ class LocalRuntime:
         assert app is not None
         if tenant.lifespan is not None:
             scope["state"] = tenant.lifespan.state.copy()
+        limiter: _BodyLimit | None = None
+        if scope["type"] == "http":
+            limit = validation.body_limit(tenant.record.options, self.settings.max_body_size)
+            declared = validation.declared_length(Headers(scope=scope))
+            if declared is not None and declared > limit:
+                if declared <= limit + validation.DRAIN:  # a little over: read it, so
+                    await drain(receive)  # that the client gets the 413, not a reset
+                await send_error(scope, receive, send, PayloadTooLarge(limit))
+                return
+            limiter = _BodyLimit(limit, scope, receive, send)
+            receive, send = limiter.receive, limiter.send
         tenant.inflight += 1
         try:
             await app(scope, receive, send)
+        except Exception:
+            if limiter is None or not limiter.tripped:
+                raise
+            # the app saw a disconnect where the body went over: its complaint is expected
+            log.info("app %s: request body over %d bytes cut short", name, limiter.limit)
         finally:
             tenant.inflight -= 1
             if tenant.drained is not None and tenant.inflight == 0:
@@ -277,3 +302,56 @@ class LocalRuntime:
         if tenant is None:
             return {"status": AppStatus.NOT_FOUND.value, "error": None}
         return {"status": tenant.status.value, "error": tenant.error}
+
+
+async def drain(receive: Receive, budget: int = validation.DRAIN) -> None:
+    """Read and drop at most ``budget`` more bytes of a request body."""
+    while budget >= 0:
+        message = await receive()
+        if message["type"] != "http.request":
+            return
+        budget -= len(message.get("body", b""))
+        if not message.get("more_body", False):
+            return
+
+
+class _BodyLimit:
+    """Counts a request body while the app reads it. Past ``limit`` the app is told the
+    client left (``http.disconnect``) and the client gets 413 PAYLOAD_TOO_LARGE, unless the
+    response had already started (then the response is left incomplete and the server
+    drops the connection). Past the limit at most ``validation.DRAIN`` more bytes are read,
+    and dropped, so that a client that overshoots a little sees the 413: nothing past the
+    limit is held."""
+
+    def __init__(self, limit: int, scope: Scope, receive: Receive, send: Send) -> None:
+        self.limit = limit
+        self._scope = scope
+        self.size = 0
+        self.tripped = False
+        self.started = False
+        self._receive = receive
+        self._send = send
+
+    async def receive(self) -> Message:
+        if self.tripped:
+            return {"type": "http.disconnect"}
+        message = await self._receive()
+        if message["type"] == "http.request":
+            self.size += len(message.get("body", b""))
+            if self.size > self.limit:
+                self.tripped = True
+                if message.get("more_body", False):
+                    await drain(self._receive)
+                if not self.started:
+                    self.started = True
+                    response = error_response(PayloadTooLarge(self.limit))
+                    await response(self._scope, self._receive, self._send)
+                return {"type": "http.disconnect"}
+        return message
+
+    async def send(self, message: Message) -> None:
+        if self.tripped:
+            return  # the 413 (or a cut-short response) is what the client gets
+        if message["type"] == "http.response.start":
+            self.started = True
+        await self._send(message)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import ctypes.util
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -74,6 +75,7 @@ class SharedSQLitePool(SQLitePool):
         await self._lock.acquire()
         try:
             if self._connection is None:
+                create_private(self._database)
                 connection = aiosqlite.connect(
                     self._database, isolation_level=None, **self._options
                 )
@@ -129,6 +131,14 @@ class SharedSQLiteBackend(SQLiteBackend):
 
 
 Database.SUPPORTED_BACKENDS[SCHEME] = f"{__name__}:SharedSQLiteBackend"
+
+
+def create_private(database: str) -> None:
+    """Create the SQLite file ``database`` readable by its owner only (0600), unless it
+    exists; SQLite gives its -wal and -shm files the mode of the database file."""
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return
+    os.close(os.open(database, os.O_RDWR | os.O_CREAT, 0o600))
 
 
 def sqlite_database(path: Path, timeout: float = 30) -> Database:

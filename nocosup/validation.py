@@ -2,31 +2,81 @@
 
 from __future__ import annotations
 
-import json
 import re
+from collections.abc import AsyncIterator
 from typing import Any
 
-from nocosup.errors import InvalidInput
+from starlette.requests import ClientDisconnect, Request
+
+from nocosup import strictjson
+from nocosup.errors import InvalidInput, PayloadTooLarge
 
 #: Matched with fullmatch: a "$" anchor would let a trailing newline through.
 APP_NAME = re.compile(r"[a-z][a-z0-9_-]{0,39}")
 START_MODES = ("on_first_request", "with_supervisor")
 MAX_TITLE = 200
+#: Largest JSON body the admin API (and the login) reads: reading stops there (413).
 MAX_BODY = 1 << 20
+#: Bytes past a limit still read (and dropped) before the 413, so that a client that
+#: overshoots a little gets the answer rather than a reset connection.
+DRAIN = 1 << 20
+#: Largest per-app body limit an app may ask for (options.maxBodySize): 64 GiB.
+MAX_APP_BODY_SIZE = 1 << 36
 CREATE_FIELDS = ("name", "title", "environments", "options")
 PATCH_FIELDS = ("title", "options")
 TRUE_WORDS = ("1", "true", "yes", "on")
 FALSE_WORDS = ("0", "false", "no", "off", "")
 
 
-def parse_json_object(raw: bytes) -> dict[str, Any]:
-    """The request body as a JSON object, or 422 INVALID_JSON."""
-    if len(raw) > MAX_BODY:
-        raise InvalidInput(f"request body is larger than {MAX_BODY} bytes", code="INVALID_JSON")
+def declared_length(headers: Any) -> int | None:
+    """The Content-Length of a request (a Headers mapping), None when absent or unreadable
+    (the server checks its syntax; an unreadable one is no promise to rely on)."""
+    raw = headers.get("content-length")
+    if raw is None or not raw.isdigit() or len(raw) > 20:
+        return None
+    return int(raw)
+
+
+async def read_body(request: Request, limit: int = MAX_BODY) -> bytes:
+    """The request body, read as a stream that stops at ``limit`` bytes: 413
+    PAYLOAD_TOO_LARGE, before reading at all when Content-Length announces more."""
+    stream = request.stream()
+    declared = declared_length(request.headers)
+    if declared is not None and declared > limit:
+        if declared <= limit + DRAIN:  # a little over: read it so the 413 arrives
+            await _discard(stream)
+        raise PayloadTooLarge(limit)
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in stream:
+        size += len(chunk)
+        if size > limit:
+            await _discard(stream)
+            raise PayloadTooLarge(limit)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def _discard(stream: AsyncIterator[bytes], budget: int = DRAIN) -> None:
+    """Read and drop at most ``budget`` more bytes of ``stream``."""
     try:
-        data = json.loads(raw or b"{}")
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InvalidInput(f"request body is not valid JSON: {exc}", code="INVALID_JSON") from None
+        async for chunk in stream:
+            budget -= len(chunk)
+            if budget < 0:
+                return
+    except ClientDisconnect:
+        return
+
+
+def parse_json_object(raw: bytes) -> dict[str, Any]:
+    """The request body as a strict JSON object, or 422 INVALID_JSON naming the problem."""
+    if len(raw) > MAX_BODY:
+        raise PayloadTooLarge(MAX_BODY)
+    try:
+        data = strictjson.loads(raw or b"{}")
+    except strictjson.JSONRejected as exc:
+        message = f"request body is not acceptable JSON: {exc.message}"
+        raise InvalidInput(message, field=exc.path, code="INVALID_JSON") from None
     if not isinstance(data, dict):
         raise InvalidInput("request body must be a JSON object", code="INVALID_JSON")
     return data
@@ -86,11 +136,31 @@ def options(value: Any) -> dict[str, Any]:
             f"options.startMode must be one of {', '.join(START_MODES)}; got {mode!r}",
             field="options.startMode",
         )
+    if "maxBodySize" in out:
+        size = out["maxBodySize"]
+        if (
+            not isinstance(size, int)
+            or isinstance(size, bool)
+            or not 1 <= size <= MAX_APP_BODY_SIZE
+        ):
+            raise InvalidInput(
+                f"options.maxBodySize must be a whole number of bytes from 1 to "
+                f"{MAX_APP_BODY_SIZE}; got {size!r}",
+                field="options.maxBodySize",
+            )
     for key in ("dbConnType", "dbProvisioner"):
         # their values are checked against the loaded provisioners (TenantDatabases)
         if key in out and not isinstance(out[key], str):
             raise InvalidInput(f"options.{key} must be a string", field=f"options.{key}")
     return out
+
+
+def body_limit(options: Any, default: int) -> int:
+    """The body limit of an app: its options.maxBodySize when valid, else ``default``."""
+    size = options.get("maxBodySize") if isinstance(options, dict) else None
+    if isinstance(size, int) and not isinstance(size, bool) and 1 <= size <= MAX_APP_BODY_SIZE:
+        return size
+    return default
 
 
 def merge_patch(target: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:

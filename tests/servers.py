@@ -28,8 +28,16 @@ def free_port() -> int:
 class NocosupServer:
     """One host process. ``url`` is its base URL; ``log`` the file it writes to."""
 
-    def __init__(self, env: dict[str, str], port: int, log: Path, replicas: int = 1) -> None:
+    def __init__(
+        self,
+        env: dict[str, str],
+        port: int,
+        log: Path,
+        replicas: int = 1,
+        args: tuple[str, ...] = (),
+    ) -> None:
         self.env = env
+        self.args = args
         self.port = port
         self.log = log
         self.replicas = replicas
@@ -52,6 +60,7 @@ class NocosupServer:
             "info",
             "--workers",
             str(self.replicas),
+            *self.args,
         ]
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(
@@ -138,12 +147,27 @@ class ServerFactory:
         return env
 
     def start(
-        self, storage: Path | None = None, port: int | None = None, replicas: int = 1, **extra: str
+        self,
+        storage: Path | None = None,
+        port: int | None = None,
+        replicas: int = 1,
+        **extra: str,
     ) -> NocosupServer:
+        """A started server; ``extra`` goes to its environment."""
+        return self.start_with_args((), storage, port, replicas, **extra)
+
+    def start_with_args(
+        self,
+        args: tuple[str, ...],
+        storage: Path | None = None,
+        port: int | None = None,
+        replicas: int = 1,
+        **extra: str,
+    ) -> NocosupServer:
+        """A started server whose ``nocosup serve`` also gets ``args`` (``--http h11``)."""
         port = port or free_port()
-        server = NocosupServer(
-            self.env(storage, **extra), port, self.tmp_path / f"server-{port}.log", replicas
-        )
+        log = self.tmp_path / f"server-{port}.log"
+        server = NocosupServer(self.env(storage, **extra), port, log, replicas, args)
         self.servers.append(server)
         return server.start()
 

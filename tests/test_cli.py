@@ -461,3 +461,64 @@ def test_helpers() -> None:
     assert cli.gist(traceback) == "LifespanError: RuntimeError: no"
     assert cli.gist("OSError: disk\nfull") == "OSError: disk full"
     assert cli.gist(None) == ""
+
+
+# --- bad input the CLI must explain (trust-boundary issue, smaller findings) -----------------
+
+
+@pytest.mark.parametrize("port", ["99999", "0", "-1", "http"])
+def test_serve_refuses_a_port_out_of_range(port: str) -> None:
+    err = failed(run(None, "serve", "--port", port), 2)
+    assert "--port" in err
+
+
+@pytest.mark.parametrize(
+    ("value", "words"),
+    [
+        ("1e999", "out of range"),
+        ("NaN", "NaN and Infinity"),
+        ("9" * 5000, "too long"),
+        ('"\\ud800"', "lone surrogate"),
+        ("[" * 40 + "]" * 40, "deeper than 32"),
+    ],
+)
+def test_create_refuses_option_values_that_are_not_strict_json(value: str, words: str) -> None:
+    # refused before any request: the URL need not answer
+    err = failed(
+        run(None, "apps", "create", "x", "--option", f"n={value}", url="http://127.0.0.1:1"), 2
+    )
+    assert words in err and "--option n" in err
+
+
+@pytest.mark.parametrize("token", ["tökén", "a\x01b"])
+def test_a_token_that_cannot_travel_in_a_header_is_a_usage_error(token: str) -> None:
+    err = failed(run(None, "apps", "list", token=token, url="http://127.0.0.1:1"), 2)
+    assert "NOCOSUP_ADMIN_TOKEN must be printable ASCII" in err
+    err = failed(run(None, "apps", "list", "--token", token, url="http://127.0.0.1:1"), 2)
+    assert "--token must be printable ASCII" in err
+
+
+def test_serve_explains_an_unusable_storage_dir(tmp_path: Path) -> None:
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    unusable = [afile, afile / "storage"]
+    if os.geteuid() == 0:
+        unusable.append(Path("/sys/nocosup-storage-test"))  # a read-only filesystem
+    else:
+        readonly = tmp_path / "ro"
+        readonly.mkdir(mode=0o500)
+        unusable.append(readonly)
+    for storage in unusable:
+        env = {**cli_env(None), "NOCOSUP_STORAGE_DIR": str(storage)}
+        proc = subprocess.run(
+            [*CLI, "serve", "--port", str(free_port())],
+            env=env,
+            cwd=ROOT,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        err = failed(proc, 2)
+        assert "NOCOSUP_STORAGE_DIR" in err and str(storage) in err
+        assert len(err.strip().splitlines()) == 1, err

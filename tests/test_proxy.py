@@ -654,6 +654,19 @@ async def test_websocket_echo_text_and_binary(proxied: ProxyServer) -> None:
         assert seen["x-forwarded-for"] == "127.0.0.1"
 
 
+async def test_websocket_message_over_the_limit_from_upstream_closes_1009(upstream: str) -> None:
+    """The proxy's ws_max_size (NOCOSUP_MAX_WS_MESSAGE in the supervisor) caps what a
+    worker sends: the relay closes both sides with 1009 instead of buffering it."""
+    async with proxy_server(upstream, ws_max_size=64 * 1024) as proxied:
+        async with ws_connect(proxied.ws_url + PREFIX + "/ws", proxy=None, max_size=None) as ws:
+            await ws.send(b"x" * (60 * 1024))
+            assert len(await ws.recv()) == 60 * 1024
+            await ws.send(b"x" * (100 * 1024))  # the echo coming back is too big
+            with pytest.raises(ConnectionClosed) as info:
+                await ws.recv()
+    assert info.value.rcvd is not None and info.value.rcvd.code == 1009
+
+
 async def test_websocket_upstream_close_code_reaches_the_client(proxied: ProxyServer) -> None:
     async with ws_connect(proxied.ws_url + PREFIX + "/ws", proxy=None) as ws:
         await ws.send("close:4001:bye now")

@@ -22,6 +22,7 @@ from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingR
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
+from nocosup import strictjson
 from nocosup.appctx import AppContext
 from nocosup.registry import now_iso
 
@@ -29,6 +30,8 @@ MAX_BLOB = 64 * 1024 * 1024
 BLOB_CHUNK = 64 * 1024
 MAX_TITLE = 200
 MAX_LIMIT = 1000
+#: Largest record body read: a record is a title and a little JSON (413 past it).
+MAX_RECORD_BODY = 1 << 20
 
 metadata = sa.MetaData()
 records = sa.Table(
@@ -49,6 +52,27 @@ class _Invalid(HTTPException):
 
 def _error(code: str, message: str, status: int, **details: Any) -> JSONResponse:
     return JSONResponse({"error": {"code": code, "message": message, **details}}, status)
+
+
+async def _read_limited(request: Request, limit: int) -> bytes | None:
+    """The body, read as a stream that stops past ``limit`` bytes (then None, once up to
+    ``limit`` more bytes were read and dropped so that the client gets the 413 rather
+    than a reset connection)."""
+    declared = request.headers.get("content-length", "")
+    chunks: list[bytes] = []
+    size = 0
+    over = declared.isdigit() and int(declared) > limit
+    if over and int(declared) > 2 * limit:
+        return None
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > 2 * limit:
+            return None
+        if size > limit:
+            over = True
+        if not over:
+            chunks.append(chunk)
+    return None if over else b"".join(chunks)
 
 
 def _record_json(row: Any) -> dict[str, Any]:
@@ -93,10 +117,19 @@ def build_app(ctx: AppContext) -> Starlette:
         return JSONResponse({"app": ctx.name, "records": [_record_json(r) for r in rows]})
 
     async def create_record(request: Request) -> Response:
+        raw = await _read_limited(request, MAX_RECORD_BODY)
+        if raw is None:
+            message = f"request body is larger than the limit of {MAX_RECORD_BODY} bytes"
+            response = _error("PAYLOAD_TOO_LARGE", message, 413, limit=MAX_RECORD_BODY)
+            response.headers["connection"] = "close"  # the rest of the body is not read
+            return response
         try:
-            body = json.loads(await request.body() or b"null")
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            return _error("INVALID_JSON", f"request body is not valid JSON: {exc}", 422)
+            body = strictjson.loads(raw or b"null")
+        except strictjson.JSONRejected as exc:
+            extra = {"field": exc.path} if exc.path else {}
+            return _error(
+                "INVALID_JSON", f"request body is not acceptable JSON: {exc}", 422, **extra
+            )
         if not isinstance(body, dict):
             return _error("INVALID_JSON", "request body must be a JSON object", 422)
         unknown = sorted(set(body) - {"title", "data"})

@@ -96,7 +96,7 @@ class SupervisorRole(Role):
             host, redis, keys, EnvironmentStore(db), ttl, commands=commands
         )
         process = RemoteProcess(host, redis, keys, AppCache(redis, keys), self.sender, environments)
-        self.proxy = Proxy(read_timeout=settings.proxy_timeout)
+        self.proxy = Proxy(read_timeout=settings.proxy_timeout, ws_max_size=settings.max_ws_message)
         self.gateway = ProxyGateway(host, process, environments, self.proxy)
         self.watcher = Watcher(host, redis, keys, registry, environments, process)
         return process, environments

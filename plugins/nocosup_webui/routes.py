@@ -80,7 +80,7 @@ async def login(request: Request) -> Response:
     address = client_address(request.scope, settings)
     limiter = request.app.state.login_limiter
     limiter.check(address)
-    data = v.parse_json_object(await request.body())
+    data = v.parse_json_object(await v.read_body(request))
     v.check_fields(data, ("token",))
     token = data.get("token")
     if not isinstance(token, str) or not token_matches(request.app.state.admin_token, token):

@@ -1,0 +1,219 @@
+"""The server layer of ``nocosup serve``: uvicorn's options and its HTTP protocols with the
+two limits uvicorn lacks.
+
+uvicorn 0.54 bounds the header block only with h11 (``h11_max_incomplete_event_size``,
+answered with a plain-text 400), not at all with httptools, and it has no deadline for a
+request head: a connection that sends nothing, or a header a byte a minute, is held
+forever. The protocols here (one per parser) add both, the same way for either parser:
+
+- a request line and headers over ``NOCOSUP_MAX_HEADER_SIZE`` bytes get 431
+  ``HEADERS_TOO_LARGE`` (JSON) and the connection is closed; the parser never buffers
+  more than the limit plus one read;
+- a connection that has not sent a complete request head ``NOCOSUP_HEADER_TIMEOUT``
+  seconds after it opened (or after its previous response) is closed.
+
+Everything else is uvicorn's own: ``limit_concurrency`` (503 past
+``NOCOSUP_MAX_CONNECTIONS``), ``ws_max_size`` (close 1009 past
+``NOCOSUP_MAX_WS_MESSAGE``), ``timeout_keep_alive``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import h11
+from uvicorn.config import Config
+from uvicorn.protocols.http.h11_impl import H11Protocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from nocosup.config import Settings
+from nocosup.errors import HeadersTooLarge
+
+#: ``--http`` choices: our protocol classes, by the parser they wrap.
+PROTOCOLS = {
+    "h11": "nocosup.server:LimitedH11Protocol",
+    "httptools": "nocosup.server:LimitedHttpToolsProtocol",
+}
+#: Seconds an idle keep-alive connection stays open between requests (uvicorn's default).
+KEEP_ALIVE = 5
+
+
+@dataclass(frozen=True)
+class HeadLimits:
+    max_header_size: int
+    header_timeout: float
+
+
+def head_limits(config: Config) -> HeadLimits:
+    """The limits ``nocosup serve`` attached to ``config`` (defaults for a bare Config)."""
+    limits = getattr(config, "nocosup_head_limits", None)
+    if isinstance(limits, HeadLimits):
+        return limits
+    defaults = Settings()
+    return HeadLimits(defaults.max_header_size, defaults.header_timeout)
+
+
+def uvicorn_options(settings: Settings, http: str) -> dict[str, Any]:
+    """The uvicorn options every ``nocosup serve`` process gets from ``settings``."""
+    if http == "auto":
+        try:
+            import httptools  # noqa: F401
+        except ImportError:  # pragma: no cover - httptools is a dependency
+            http = "h11"
+        else:
+            http = "httptools"
+    return {
+        "http": PROTOCOLS[http],
+        "h11_max_incomplete_event_size": settings.max_header_size,
+        "ws_max_size": settings.max_ws_message,
+        "limit_concurrency": settings.max_connections,
+        "timeout_keep_alive": KEEP_ALIVE,
+    }
+
+
+def attach_limits(config: Config, settings: Settings) -> Config:
+    """Hand the head limits to the protocols (the attribute survives the pickling of the
+    config into ``--workers`` processes)."""
+    config.nocosup_head_limits = HeadLimits(  # type: ignore[attr-defined]
+        settings.max_header_size, settings.header_timeout
+    )
+    return config
+
+
+class _HeadGuard:
+    """The head-size count and the head deadline of one connection."""
+
+    def __init__(
+        self, protocol: H11Protocol | HttpToolsProtocol, body_flowing: Callable[[], bool]
+    ) -> None:
+        self.protocol = protocol
+        #: True while the body of the previous request still arrives (after its response
+        #: went out, the server reads and drops the rest): those bytes are not a head.
+        self.body_flowing = body_flowing
+        self.limits = head_limits(protocol.config)
+        self.seen = 0
+        self.tail = b""
+        self.waiting_for: object = None
+        self.timer: asyncio.TimerHandle | None = None
+        self.rejected = False
+
+    def arm(self) -> None:
+        """Wait for a new request head: from now on, count its bytes and time it."""
+        self.cancel()
+        self.seen = 0
+        self.tail = b""
+        # a new cycle object appears once the parser has read a complete head
+        self.waiting_for = self.protocol.cycle
+        self.timer = self.protocol.loop.call_later(self.limits.header_timeout, self.expire)
+
+    def cancel(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+    def pending(self) -> bool:
+        transport = self.protocol.transport
+        return (
+            self.protocol.cycle is self.waiting_for
+            and transport is not None
+            and transport.get_protocol() is self.protocol
+            and not self.body_flowing()
+        )
+
+    def admit(self, data: bytes) -> bool:
+        """Whether ``data`` may go to the parser: False once the head is over its limit."""
+        if self.rejected:
+            return False
+        if not self.pending():
+            return True
+        joined = self.tail + data
+        end = joined.find(b"\r\n\r\n")
+        used = self.seen + (len(data) if end < 0 else end + 4 - len(self.tail))
+        if used > self.limits.max_header_size:
+            self.reject()
+            return False
+        self.seen += len(data)
+        self.tail = joined[-3:]
+        return True
+
+    def reject(self) -> None:
+        self.rejected = True
+        self.cancel()
+        error = HeadersTooLarge(self.limits.max_header_size)
+        body = json.dumps(error.body()).encode()
+        head = (
+            b"HTTP/1.1 431 Request Header Fields Too Large\r\n"
+            b"content-type: application/json\r\n"
+            b"content-length: %d\r\n"
+            b"connection: close\r\n\r\n" % len(body)
+        )
+        transport = self.protocol.transport
+        transport.write(head + body)
+        transport.close()
+
+    def expire(self) -> None:
+        self.timer = None
+        transport = self.protocol.transport
+        if transport.is_closing() or transport.get_protocol() is not self.protocol:
+            return
+        if self.pending():
+            transport.close()
+        elif self.protocol.cycle is self.waiting_for:
+            # the previous body is still arriving: look again after another period
+            self.timer = self.protocol.loop.call_later(self.limits.header_timeout, self.expire)
+
+
+class LimitedH11Protocol(H11Protocol):
+    """uvicorn's h11 protocol with a head-size limit (431) and a head deadline."""
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        self.guard = _HeadGuard(self, lambda: self.conn.their_state is h11.SEND_BODY)
+        super().connection_made(transport)
+        self.guard.arm()
+
+    def data_received(self, data: bytes) -> None:
+        if self.guard.admit(data):
+            super().data_received(data)
+
+    def on_response_complete(self) -> None:
+        self.guard.arm()
+        super().on_response_complete()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.guard.cancel()
+        super().connection_lost(exc)
+
+
+class LimitedHttpToolsProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol with a head-size limit (431) and a head deadline."""
+
+    body_flowing = False
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        self.guard = _HeadGuard(self, lambda: self.body_flowing)
+        super().connection_made(transport)
+        self.guard.arm()
+
+    def data_received(self, data: bytes) -> None:
+        if self.guard.admit(data):
+            super().data_received(data)
+
+    def on_response_complete(self) -> None:
+        self.guard.arm()
+        super().on_response_complete()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.guard.cancel()
+        super().connection_lost(exc)
+
+    def on_headers_complete(self) -> None:
+        self.body_flowing = True
+        super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        self.body_flowing = False
+        super().on_message_complete()
