@@ -27,6 +27,10 @@ from starlette.types import Scope
 
 from nocosup.config import Settings
 
+#: Scope key holding the peer's address when a trusted proxy's client replaced it (the
+#: proxy to workers appends it to ``X-Forwarded-For``, as every hop must).
+PEER = "nocosup.peer"
+
 #: Request headers a client could use to pass itself off as someone or somewhere else.
 FORWARDING = frozenset(
     {
@@ -70,6 +74,7 @@ def resolve(scope: Scope, settings: Settings) -> Scope:
     if hops:
         untrusted = [hop for hop in hops if not is_trusted(hop, settings)]
         out["client"] = (untrusted[-1] if untrusted else hops[0], 0)
+        out[PEER] = peer
     proto = _last(headers, b"x-forwarded-proto").lower()
     if proto in ("http", "https"):
         secure = proto == "https"

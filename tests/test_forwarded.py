@@ -143,3 +143,20 @@ async def test_through_the_proxy_tenants_see_the_public_client_and_host(
         seen = _seen(await c.get("/apps/echo/x", headers=SPOOF))
     assert seen["client"] == ELSEWHERE
     assert not seen["names"] & {n.lower() for n in SPOOF}
+
+
+async def test_a_chain_of_trusted_proxies_reaches_the_tenant(
+    servers: ServerFactory, pg_env: dict[str, str], redis_prefix: str
+) -> None:
+    """Load balancer (the test, from 127.0.0.1) -> supervisor -> worker: each hop appends
+    its peer to X-Forwarded-For, and the tenant's client is the last untrusted hop."""
+    cluster = Cluster(servers, pg_env, redis_prefix, REDIS_URL)
+    supervisor = cluster.start_supervisor(NOCOSUP_TRUSTED_PROXIES="127.0.0.1")
+    cluster.start_worker("env_a")
+    async with supervisor.admin() as c:
+        await cluster.wait_environments(c, {"env_a": 1})
+        await create(c, "echo", environments=["env_a"], options={"test": {"echo": True}})
+        front = {"X-Forwarded-For": "203.0.113.9", "X-Forwarded-Proto": "https"}
+        seen = _seen(await c.get("/apps/echo/x", headers=front))
+    assert seen["client"] == "203.0.113.9" and seen["scheme"] == "https"
+    assert ["x-forwarded-for", "203.0.113.9, 127.0.0.1"] in seen["headers"]
