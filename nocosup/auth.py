@@ -10,7 +10,6 @@ the token. A write authenticated by the cookie must also look like the page sent
 from __future__ import annotations
 
 import hmac
-import ipaddress
 import logging
 import math
 import os
@@ -58,57 +57,18 @@ def token_matches(expected: str, given: str | None) -> bool:
     return given is not None and hmac.compare_digest(expected.encode(), given.encode())
 
 
-# --- who is asking: the peer, trusted proxies, the public scheme ---------------------------
+# --- who is asking: the host resolved forwarded headers already (nocosup.forwarded) ---------
 
 
-def _trusted(address: str, settings: Settings) -> bool:
-    if not settings.trusted_proxies:
-        return False
-    try:
-        ip = ipaddress.ip_address(address.strip())
-    except ValueError:
-        return False
-    return any(ip in network for network in settings.trusted_proxies)
-
-
-def _header(scope: Scope, name: bytes) -> str | None:
-    """The last value of header ``name`` (a proxy appends, so the last one is its own)."""
-    found = None
-    for key, value in scope["headers"]:
-        if key == name:
-            found = value
-    return None if found is None else found.decode("latin-1")
-
-
-def _peer(scope: Scope) -> str:
+def client_address(scope: Scope) -> str:
+    """The client's address: the peer's, or the one a trusted proxy vouched for."""
     client = scope.get("client")
     return str(client[0]) if client else ""
 
 
-def client_address(scope: Scope, settings: Settings) -> str:
-    """The client's address: the peer's, or, when the peer is a trusted proxy
-    (``NOCOSUP_TRUSTED_PROXIES``), the last untrusted hop of ``X-Forwarded-For``."""
-    peer = _peer(scope)
-    if not _trusted(peer, settings):
-        return peer
-    forwarded = _header(scope, b"x-forwarded-for")
-    hops = [h.strip() for h in (forwarded or "").split(",") if h.strip()]
-    for hop in reversed(hops):
-        if not _trusted(hop, settings):
-            return hop
-    return hops[0] if hops else peer
-
-
-def is_https(scope: Scope, settings: Settings) -> bool:
-    """Whether the client reached us over https: directly (or as the front server's
-    ``--forwarded-allow-ips`` already applied), or through a trusted proxy that says
-    ``X-Forwarded-Proto: https``. The header from any other peer is ignored."""
-    if scope.get("scheme") in ("https", "wss"):
-        return True
-    if not _trusted(_peer(scope), settings):
-        return False
-    proto = _header(scope, b"x-forwarded-proto") or ""
-    return proto.rsplit(",", 1)[-1].strip().lower() == "https"
+def is_https(scope: Scope) -> bool:
+    """Whether the client reached us over https, directly or through a trusted proxy."""
+    return scope.get("scheme") in ("https", "wss")
 
 
 # --- the checks --------------------------------------------------------------------------
@@ -133,8 +93,7 @@ def check_csrf(conn: HTTPConnection) -> None:
     if headers.get("sec-fetch-site", "").strip().lower() == "same-origin":
         return
     origin = headers.get("origin", "").strip().lower()
-    settings: Settings = conn.app.settings
-    scheme = "https" if is_https(conn.scope, settings) else "http"
+    scheme = "https" if is_https(conn.scope) else "http"
     host = headers.get("host", "").strip().lower()
     if origin and host and origin == f"{scheme}://{host}":
         return

@@ -65,6 +65,13 @@ def _serve(args: argparse.Namespace) -> int:
     )
     # `databases` logs every connect at INFO: one line per tenant start is noise.
     logging.getLogger("databases").setLevel(logging.WARNING)
+    if args.forwarded_allow_ips is not None:
+        print(
+            "nocosup: --forwarded-allow-ips is gone: list the proxies whose X-Forwarded-* "
+            "headers are believed in NOCOSUP_TRUSTED_PROXIES (IPs or CIDRs)",
+            file=sys.stderr,
+        )
+        return 2
     try:
         settings = Settings.from_env()
         check_storage(settings)
@@ -88,8 +95,9 @@ def _serve(args: argparse.Namespace) -> int:
         "lifespan": "on",
         "access_log": args.access_log,
         "log_level": args.log_level,
-        "proxy_headers": True,
-        "forwarded_allow_ips": args.forwarded_allow_ips,
+        # forwarded headers are the host's business (nocosup.forwarded): the client,
+        # scheme and Host it sees come from NOCOSUP_TRUSTED_PROXIES only
+        "proxy_headers": False,
         "timeout_graceful_shutdown": settings.stop_grace + 5,
         **uvicorn_options(settings, args.http),
     }
@@ -660,11 +668,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=1,
         help="processes sharing the port: replicas of one environment (APP_MODE=worker only)",
     )
-    serve.add_argument(
-        "--forwarded-allow-ips",
-        default="127.0.0.1",
-        help="proxies whose X-Forwarded-* headers are trusted",
-    )
+    serve.add_argument("--forwarded-allow-ips", help=argparse.SUPPRESS)
     serve.set_defaults(func=_serve)
 
     common = [_client_options()]

@@ -33,6 +33,7 @@ from nocosup.auth import COOKIE_NAME
 from nocosup.config import Settings
 from nocosup.errors import AppNotFound, ConfigError, NocosupError, NotFound, error_body
 from nocosup.events import EventBus
+from nocosup.forwarded import resolve as resolve_forwarded
 from nocosup.plugins import load_plugins
 from nocosup.provisioning import TenantDatabases
 from nocosup.responses import error_response, send_error
@@ -195,6 +196,7 @@ class Host(Starlette):
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
         if kind == "http" or kind == "websocket":
+            scope = resolve_forwarded(scope, self.settings)
             target = _tenant_target(scope)
             if target is None:
                 name = _header_app(scope)

@@ -40,6 +40,7 @@ from nocosup.errors import (
     UpstreamTimeout,
     UpstreamUnreachable,
 )
+from nocosup.forwarded import PEER
 from nocosup.proxy_client import (
     Body,
     Headers,
@@ -349,14 +350,20 @@ def request_headers(scope: Scope, upstream: Upstream) -> tuple[Headers, int]:
         named = {token.strip().lower() for token in connection.split(b",")}
         out = [item for item in out if item[0] not in named]
     out.append((b"host", upstream.host_header))
+    # The host kept X-Forwarded-For only from a trusted proxy (nocosup.forwarded); this
+    # hop appends the address it got the request from, as every proxy does.
     client = scope.get("client")
-    if client:
+    peer: str | None = scope.get(PEER)
+    if peer is not None:
+        ip = peer.encode("latin-1")
+        forwarded_for = forwarded_for + b", " + ip if forwarded_for else ip
+    elif client:
         ip = client[0].encode("latin-1")
         if not forwarded_for:
             forwarded_for = ip
         elif forwarded_for.rpartition(b",")[2].strip() != ip:
-            # Not already the last hop: the front server resolved ``client`` from a
-            # trusted X-Forwarded-For (uvicorn --proxy-headers) without removing it.
+            # Not already the last hop; when it is, an outer server that embeds the host
+            # resolved ``client`` from a trusted X-Forwarded-For without removing it.
             forwarded_for += b", " + ip
     if forwarded_for:
         out.append((b"x-forwarded-for", forwarded_for))

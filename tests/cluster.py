@@ -73,6 +73,8 @@ class Cluster:
             "APP_PROCESS_ADAPTER": "local",
             "ENVIRONMENT_NAME": name,
             "ENVIRONMENT_URL": f"http://127.0.0.1:{port}",
+            # as deployed: a worker believes its supervisor's X-Forwarded-* (and only its)
+            "NOCOSUP_TRUSTED_PROXIES": "127.0.0.1",
             **extra,
         }
         worker = self.servers.start(storage=storage, port=port, replicas=replicas, **env)

@@ -82,8 +82,8 @@ def build(ctx: AppContext) -> Any:
 
 
 async def echo_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
-    """A tenant that shows what it was sent: ``{"path", "root_path", "headers"}`` with
-    every header as a ``[name, value]`` pair of latin-1 strings, in order."""
+    """A tenant that shows what it was sent: ``{"path", "root_path", "client", "scheme",
+    "headers"}``, every header as a ``[name, value]`` pair of latin-1 strings, in order."""
     if scope["type"] == "lifespan":
         while (await receive())["type"] != "lifespan.shutdown":
             await send({"type": "lifespan.startup.complete"})
@@ -93,6 +93,8 @@ async def echo_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         {
             "path": scope["path"],
             "root_path": scope.get("root_path", ""),
+            "client": (scope.get("client") or [None])[0],
+            "scheme": scope.get("scheme"),
             "headers": [[k.decode("latin-1"), v.decode("latin-1")] for k, v in scope["headers"]],
         }
     ).encode()

@@ -77,7 +77,7 @@ def _cookie_path(request: Request) -> str:
 
 async def login(request: Request) -> Response:
     settings: Settings = request.app.settings
-    address = client_address(request.scope, settings)
+    address = client_address(request.scope)
     limiter = request.app.state.login_limiter
     limiter.check(address)
     data = v.parse_json_object(await v.read_body(request))
@@ -97,7 +97,7 @@ async def login(request: Request) -> Response:
         path=_cookie_path(request),
         httponly=True,
         samesite="strict",
-        secure=is_https(request.scope, settings),
+        secure=is_https(request.scope),
     )
     return response
 
@@ -115,7 +115,7 @@ async def logout(request: Request) -> Response:
         path=_cookie_path(request),
         httponly=True,
         samesite="strict",
-        secure=is_https(request.scope, request.app.settings),
+        secure=is_https(request.scope),
     )
     return response
 
