@@ -62,7 +62,10 @@ def resolve(scope: Scope, settings: Settings) -> Scope:
     every forwarding header removed when the peer is not trusted; the same object when
     there is nothing to change (the common case of a direct client)."""
     headers: list[tuple[bytes, bytes]] = scope["headers"]
-    if not any(name in FORWARDING for name, _ in headers):
+    for name, _value in headers:
+        if name in FORWARDING:
+            break
+    else:  # a plain loop: this runs on every request
         return scope
     client = scope.get("client")
     peer = str(client[0]) if client else ""

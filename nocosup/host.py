@@ -43,6 +43,8 @@ from nocosup.status import AppStatus
 log = logging.getLogger("nocosup.host")
 
 ReadinessCheck = Callable[[], Awaitable[object]]
+#: Request headers that may carry admin credentials (filtered by Host._tenant_headers).
+_GUARDED = frozenset({b"cookie", b"authorization"})
 #: Plugin notifications queued at most (status and environment changes, registry events).
 MAX_NOTICES = 10_000
 
@@ -217,7 +219,10 @@ class Host(Starlette):
                 scope = dict(scope)
                 scope["root_path"] = prefix
                 scope["app"] = self
-                scope["headers"] = self._tenant_headers(scope["headers"])
+                for key, _value in scope["headers"]:
+                    if key in _GUARDED:  # rare: most requests carry neither header
+                        scope["headers"] = self._tenant_headers(scope["headers"])
+                        break
                 await gateway.handle(name, scope, receive, send)
                 return
             if not self.started and scope["type"] == "http":

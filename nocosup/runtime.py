@@ -17,7 +17,6 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from nocosup import validation
@@ -63,6 +62,8 @@ class Tenant:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     inflight: int = 0
     drained: asyncio.Event | None = None
+    #: Request body limit in bytes (options.maxBodySize, else NOCOSUP_MAX_BODY_SIZE).
+    body_limit: int = 0
 
     @property
     def name(self) -> str:
@@ -95,6 +96,8 @@ class LocalRuntime:
             tenant = self.tenants[record.name] = Tenant(record)
         else:
             tenant.record = record
+        # worked out once per config, not per request
+        tenant.body_limit = validation.body_limit(record.options, self.settings.max_body_size)
         return tenant
 
     def get(self, name: str) -> Tenant:
@@ -253,15 +256,19 @@ class LocalRuntime:
             scope["state"] = tenant.lifespan.state.copy()
         limiter: _BodyLimit | None = None
         if scope["type"] == "http":
-            limit = validation.body_limit(tenant.record.options, self.settings.max_body_size)
-            declared = validation.declared_length(Headers(scope=scope))
+            limit = tenant.body_limit
+            declared, chunked = _framing(scope["headers"])
             if declared is not None and declared > limit:
                 if declared <= limit + validation.DRAIN:  # a little over: read it, so
                     await drain(receive)  # that the client gets the 413, not a reset
                 await send_error(scope, receive, send, PayloadTooLarge(limit))
                 return
-            limiter = _BodyLimit(limit, scope, receive, send)
-            receive, send = limiter.receive, limiter.send
+            # A Content-Length within the limit is held by the server (HTTP/1.1 framing:
+            # it never hands over more), and a GET or HEAD without one has no body: only
+            # other bodies are counted as they stream.
+            if declared is None and (chunked or scope["method"] not in ("GET", "HEAD")):
+                limiter = _BodyLimit(limit, scope, receive, send)
+                receive, send = limiter.receive, limiter.send
         tenant.inflight += 1
         try:
             await app(scope, receive, send)
@@ -302,6 +309,19 @@ class LocalRuntime:
         if tenant is None:
             return {"status": AppStatus.NOT_FOUND.value, "error": None}
         return {"status": tenant.status.value, "error": tenant.error}
+
+
+def _framing(headers: list[tuple[bytes, bytes]]) -> tuple[int | None, bool]:
+    """(Content-Length when given and readable, whether a Transfer-Encoding is), in one
+    pass over the raw headers (no Headers object on the hot path)."""
+    declared: int | None = None
+    chunked = False
+    for name, value in headers:
+        if name == b"content-length":
+            declared = int(value) if value.isdigit() and len(value) <= 20 else None
+        elif name == b"transfer-encoding":
+            chunked = True
+    return declared, chunked
 
 
 async def drain(receive: Receive, budget: int = validation.DRAIN) -> None:

@@ -102,13 +102,19 @@ class _HeadGuard:
         self.rejected = False
 
     def arm(self) -> None:
-        """Wait for a new request head: from now on, count its bytes and time it."""
+        """A new request head may start: count it from zero. Its deadline starts with its
+        first bytes when they are not the whole head (most heads arrive whole: no timer
+        at all); an idle keep-alive connection is uvicorn's ``timeout_keep_alive``'s."""
         self.cancel()
         self.seen = 0
         self.tail = b""
         # a new cycle object appears once the parser has read a complete head
         self.waiting_for = self.protocol.cycle
-        self.timer = self.protocol.loop.call_later(self.limits.header_timeout, self.expire)
+
+    def start_clock(self) -> None:
+        """Give the head in progress ``header_timeout`` seconds to be complete."""
+        if self.timer is None:
+            self.timer = self.protocol.loop.call_later(self.limits.header_timeout, self.expire)
 
     def cancel(self) -> None:
         if self.timer is not None:
@@ -130,14 +136,23 @@ class _HeadGuard:
             return False
         if not self.pending():
             return True
-        joined = self.tail + data
-        end = joined.find(b"\r\n\r\n")
-        used = self.seen + (len(data) if end < 0 else end + 4 - len(self.tail))
+        if self.tail:  # the end of the head may straddle two reads
+            joined = self.tail + data
+            end = joined.find(b"\r\n\r\n")
+            used = self.seen + (len(data) if end < 0 else end + 4 - len(self.tail))
+        else:
+            joined = data
+            end = data.find(b"\r\n\r\n")
+            used = self.seen + (len(data) if end < 0 else end + 4)
         if used > self.limits.max_header_size:
             self.reject()
             return False
-        self.seen += len(data)
-        self.tail = joined[-3:]
+        if end < 0:
+            self.seen += len(data)
+            self.tail = joined[-3:]
+            self.start_clock()
+        else:
+            self.cancel()  # the head is complete: its request runs without a deadline
         return True
 
     def reject(self) -> None:
@@ -174,6 +189,7 @@ class LimitedH11Protocol(H11Protocol):
         self.guard = _HeadGuard(self, lambda: self.conn.their_state is h11.SEND_BODY)
         super().connection_made(transport)
         self.guard.arm()
+        self.guard.start_clock()  # a connection that never sends a byte is closed too
 
     def data_received(self, data: bytes) -> None:
         if self.guard.admit(data):
@@ -191,12 +207,12 @@ class LimitedH11Protocol(H11Protocol):
 class LimitedHttpToolsProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol with a head-size limit (431) and a head deadline."""
 
-    body_flowing = False
-
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        self.guard = _HeadGuard(self, lambda: self.body_flowing)
+        # a request's body still arrives while its cycle expects more of it
+        self.guard = _HeadGuard(self, lambda: self.cycle is not None and self.cycle.more_body)
         super().connection_made(transport)
         self.guard.arm()
+        self.guard.start_clock()  # a connection that never sends a byte is closed too
 
     def data_received(self, data: bytes) -> None:
         if self.guard.admit(data):
@@ -209,11 +225,3 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.guard.cancel()
         super().connection_lost(exc)
-
-    def on_headers_complete(self) -> None:
-        self.body_flowing = True
-        super().on_headers_complete()
-
-    def on_message_complete(self) -> None:
-        self.body_flowing = False
-        super().on_message_complete()
