@@ -31,6 +31,7 @@ from redis.exceptions import RedisError, ResponseError
 
 from nocosup.errors import CommandTimeout
 from nocosup.heartbeat import Presence
+from nocosup.redisconn import raise_if_cancelled
 from nocosup.rediskeys import Keys
 from nocosup.registry import AppRecord, InvalidRecord, now_iso
 from nocosup.validation import APP_NAME
@@ -257,9 +258,11 @@ class CommandSender:
                 batches = await self.redis.xread(
                     {self.reply_stream: last}, count=500, block=BLOCK_MS
                 )
+                raise_if_cancelled()  # redis-py may retry a read it was cancelled in
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
+                raise_if_cancelled()
                 log.warning("reading command replies failed, retrying: %r", exc)
                 await asyncio.sleep(0.5)
                 continue
@@ -329,6 +332,7 @@ class CommandConsumer:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
+                raise_if_cancelled()
                 self.restarts += 1
                 self.error = f"{type(exc).__name__}: {exc}"
                 log.exception("the command consumer failed; starting it over")
@@ -343,9 +347,11 @@ class CommandConsumer:
                 batches = await self.redis.xreadgroup(
                     self.group, self.instance, {self.stream: ">"}, count=100, block=BLOCK_MS
                 )
+                raise_if_cancelled()  # redis-py may retry a read it was cancelled in
             except asyncio.CancelledError:
                 raise
             except ResponseError as exc:
+                raise_if_cancelled()
                 if "NOGROUP" in str(exc):
                     # Redis lost the stream (restart) or the group: resume after the last
                     # entry read, so commands sent before the group is back are not skipped
@@ -362,6 +368,7 @@ class CommandConsumer:
                 await asyncio.sleep(0.5)
                 continue
             except Exception as exc:
+                raise_if_cancelled()
                 self.error = f"{type(exc).__name__}: {exc}"
                 log.warning("reading commands failed, retrying: %r", exc)
                 await asyncio.sleep(0.5)
@@ -398,10 +405,12 @@ class CommandConsumer:
                 await self.redis.xgroup_create(self.stream, self.group, id=start, mkstream=True)
                 return
             except ResponseError as exc:
+                raise_if_cancelled()
                 if "BUSYGROUP" in str(exc):
                     return
                 raise
             except (RedisError, OSError) as exc:
+                raise_if_cancelled()
                 self.error = f"{type(exc).__name__}: {exc}"
                 log.warning("cannot create the command group yet: %r", exc)
                 await asyncio.sleep(0.5)

@@ -24,6 +24,7 @@ from redis.asyncio import Redis
 
 from nocosup import __version__
 from nocosup.config import Settings
+from nocosup.redisconn import raise_if_cancelled
 from nocosup.rediskeys import Keys, member, split_member, valid_member
 from nocosup.registry import now_iso
 from nocosup.status import AppStatus
@@ -171,6 +172,7 @@ class Heartbeat:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
+                raise_if_cancelled()
                 log.warning("heartbeat failed, retrying: %r", exc)
                 await asyncio.sleep(min(interval / 4, 1))
 
@@ -224,6 +226,7 @@ class StatusReporter:
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:
+                    raise_if_cancelled()
                     log.warning("could not report %s status, retrying: %r", app, exc)
                     await asyncio.sleep(0.5)
             self._pending -= 1

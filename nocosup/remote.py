@@ -38,6 +38,7 @@ from nocosup.errors import (
 )
 from nocosup.heartbeat import live_instances, parse_status
 from nocosup.process import EnvResult, ProcessAdapter, failure_type
+from nocosup.redisconn import raise_if_cancelled
 from nocosup.rediskeys import NAME, Keys, split_member, valid_member
 from nocosup.registry import AppRecord, EnvironmentStore, Registry, iso_time
 from nocosup.responses import send_error
@@ -627,6 +628,7 @@ class Watcher:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
+                raise_if_cancelled()
                 log.warning("watcher round failed, retrying: %r", exc)
 
     async def _listen(self) -> None:
@@ -636,10 +638,12 @@ class Watcher:
             try:
                 await pubsub.subscribe(self.keys.events)
                 async for message in pubsub.listen():
+                    raise_if_cancelled()
                     self._relay(message.get("data"))
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
+                raise_if_cancelled()
                 log.warning("event subscription dropped, re-subscribing: %r", exc)
                 await asyncio.sleep(0.5)
             finally:

@@ -15,6 +15,7 @@ from redis.exceptions import ResponseError
 from nocosup.commands import Command, CommandConsumer, CommandSender, MalformedCommand, Reply
 from nocosup.errors import CommandTimeout
 from nocosup.heartbeat import Presence
+from nocosup.redisconn import raise_if_cancelled
 from nocosup.rediskeys import Keys, member
 from nocosup.registry import AppRecord
 from nocosup.remote import aggregate
@@ -439,3 +440,25 @@ async def test_close_cancels_commands_still_running_and_leaves_them_pending(
     pending = await redis.xpending(keys.commands("e"), "i1")
     assert pending["pending"] == 1
     assert await redis.xlen(keys.replies("sup")) == 0
+
+
+async def test_a_cancellation_swallowed_by_a_client_library_is_raised_again() -> None:
+    """redis-py, cancelled in a blocking XREADGROUP, sometimes retried the read instead of
+    letting CancelledError through: the consumer's loop then never stopped (1 run in 15).
+    Loops call raise_if_cancelled() after every read and every caught error."""
+    reached: list[str] = []
+
+    async def swallows() -> None:
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            reached.append("swallowed")  # what the library did
+        raise_if_cancelled()
+        reached.append("went on")
+
+    task = asyncio.create_task(swallows())
+    await asyncio.sleep(0)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert reached == ["swallowed"]
