@@ -182,46 +182,42 @@ class _HeadGuard:
             self.timer = self.protocol.loop.call_later(self.limits.header_timeout, self.expire)
 
 
-class LimitedH11Protocol(H11Protocol):
+class _Guarded:
+    """The head guard's hooks into a uvicorn HTTP protocol (mixed in before it)."""
+
+    guard: _HeadGuard
+
+    def _guard(self, body_flowing: Callable[[], bool]) -> None:
+        """Call from ``connection_made``, after the parent's."""
+        self.guard = _HeadGuard(self, body_flowing)  # type: ignore[arg-type]
+        self.guard.arm()
+        self.guard.start_clock()  # a connection that never sends a byte is closed too
+
+    def data_received(self, data: bytes) -> None:
+        if self.guard.admit(data):
+            super().data_received(data)  # type: ignore[misc]
+
+    def on_response_complete(self) -> None:
+        self.guard.arm()
+        super().on_response_complete()  # type: ignore[misc]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.guard.cancel()
+        super().connection_lost(exc)  # type: ignore[misc]
+
+
+class LimitedH11Protocol(_Guarded, H11Protocol):
     """uvicorn's h11 protocol with a head-size limit (431) and a head deadline."""
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        self.guard = _HeadGuard(self, lambda: self.conn.their_state is h11.SEND_BODY)
         super().connection_made(transport)
-        self.guard.arm()
-        self.guard.start_clock()  # a connection that never sends a byte is closed too
-
-    def data_received(self, data: bytes) -> None:
-        if self.guard.admit(data):
-            super().data_received(data)
-
-    def on_response_complete(self) -> None:
-        self.guard.arm()
-        super().on_response_complete()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.guard.cancel()
-        super().connection_lost(exc)
+        self._guard(lambda: self.conn.their_state is h11.SEND_BODY)
 
 
-class LimitedHttpToolsProtocol(HttpToolsProtocol):
+class LimitedHttpToolsProtocol(_Guarded, HttpToolsProtocol):
     """uvicorn's httptools protocol with a head-size limit (431) and a head deadline."""
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        # a request's body still arrives while its cycle expects more of it
-        self.guard = _HeadGuard(self, lambda: self.cycle is not None and self.cycle.more_body)
         super().connection_made(transport)
-        self.guard.arm()
-        self.guard.start_clock()  # a connection that never sends a byte is closed too
-
-    def data_received(self, data: bytes) -> None:
-        if self.guard.admit(data):
-            super().data_received(data)
-
-    def on_response_complete(self) -> None:
-        self.guard.arm()
-        super().on_response_complete()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.guard.cancel()
-        super().connection_lost(exc)
+        # a request's body still arrives while its cycle expects more of it
+        self._guard(lambda: self.cycle is not None and self.cycle.more_body)
