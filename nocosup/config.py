@@ -17,6 +17,14 @@ from pathlib import Path
 from typing import Any
 
 from nocosup.errors import ConfigError
+from nocosup.redisurl import (
+    SENTINEL_SCHEMES,
+    SERVICE_NAME,
+    is_sentinel_url,
+    parse_sentinel_url,
+    parse_sentinels,
+    through_sentinels,
+)
 
 MODES = ("supervisor", "worker")
 DISCOVERY_ADAPTERS = ("local", "remote")
@@ -69,7 +77,12 @@ VARIABLES: tuple[Variable, ...] = (
         "Misspelling of APP_COMMAND_ADAPTER in the reference docs; accepted as an alias.",
         COMMAND_ADAPTERS,
     ),
-    Variable("APP_SUPERVISOR_REDIS_URL", None, "Redis holding the config cache and heartbeats."),
+    Variable(
+        "APP_SUPERVISOR_REDIS_URL",
+        None,
+        "Redis holding the config cache and heartbeats: redis://, rediss:// (TLS), unix:// or "
+        "redis+sentinel://[user[:password]@]host[:port][,...]/master[/db].",
+    ),
     Variable(
         "APP_COMMAND_REDIS_URL",
         None,
@@ -206,6 +219,22 @@ VARIABLES: tuple[Variable, ...] = (
         "before its first request); then it is closed.",
     ),
     Variable(
+        "NOCOSUP_REDIS_SENTINELS",
+        None,
+        "Sentinels (host[:port],...) through which every redis:// URL reaches its master; "
+        "with NOCOSUP_REDIS_SENTINEL_MASTER.",
+    ),
+    Variable(
+        "NOCOSUP_REDIS_SENTINEL_MASTER",
+        None,
+        "Name of the master the sentinels watch (the service in a redis+sentinel:// URL).",
+    ),
+    Variable(
+        "NOCOSUP_REDIS_SENTINEL_PASSWORD",
+        None,
+        "Password of the sentinels themselves, when they require one (requirepass).",
+    ),
+    Variable(
         "NOCOSUP_INSTANCE_ID",
         None,
         "Name of this process among the replicas of its environment (default: random).",
@@ -292,8 +321,7 @@ def _parse(env: Mapping[str, str]) -> dict[str, Any]:
         "discovery_adapter": _choice(env, "APP_DISCOVERY_ADAPTER"),
         "process_adapter": _choice(env, "APP_PROCESS_ADAPTER"),
         "command_adapter": command,
-        "supervisor_redis_url": _url(env, "APP_SUPERVISOR_REDIS_URL", ("redis", "rediss", "unix")),
-        "command_redis_url": _url(env, "APP_COMMAND_REDIS_URL", ("redis", "rediss", "unix")),
+        **_redis(env),
         "environment_name": _pattern(
             env, "ENVIRONMENT_NAME", _ENV_NAME, "1-63 letters, digits, '_', '.' or '-'"
         ),
@@ -332,6 +360,38 @@ def _parse(env: Mapping[str, str]) -> dict[str, Any]:
         "header_timeout": _number(env, "NOCOSUP_HEADER_TIMEOUT", float, 0.1, 3600),
         **_instance(env),
     }
+
+
+def _redis(env: Mapping[str, str]) -> dict[str, Any]:
+    """The Redis URLs and Sentinel settings, each checked as it will be used."""
+    sentinels_raw = _get(env, "NOCOSUP_REDIS_SENTINELS")
+    master = _pattern(
+        env, "NOCOSUP_REDIS_SENTINEL_MASTER", SERVICE_NAME, "a master name (letters, digits, _ . -)"
+    )
+    if bool(sentinels_raw) != bool(master):
+        raise ConfigError(
+            "NOCOSUP_REDIS_SENTINELS and NOCOSUP_REDIS_SENTINEL_MASTER go together: set both "
+            "or neither"
+        )
+    sentinels = parse_sentinels(sentinels_raw, "NOCOSUP_REDIS_SENTINELS") if sentinels_raw else ()
+    out: dict[str, Any] = {
+        "redis_sentinels": sentinels,
+        "redis_sentinel_master": master,
+        "redis_sentinel_password": _get(env, "NOCOSUP_REDIS_SENTINEL_PASSWORD"),
+    }
+    schemes = ("redis", "rediss", "unix", *SENTINEL_SCHEMES)
+    for variable, key in (
+        ("APP_SUPERVISOR_REDIS_URL", "supervisor_redis_url"),
+        ("APP_COMMAND_REDIS_URL", "command_redis_url"),
+    ):
+        url = out[key] = _url(env, variable, schemes)
+        if url is None:
+            continue
+        if is_sentinel_url(url):
+            parse_sentinel_url(url, variable)
+        elif master is not None:
+            through_sentinels(url, sentinels, master, variable)
+    return out
 
 
 def _admin_token(env: Mapping[str, str]) -> str | None:
@@ -397,6 +457,9 @@ class Settings:
     command_adapter: str = _DEFAULTS["command_adapter"]
     supervisor_redis_url: str | None = _DEFAULTS["supervisor_redis_url"]
     command_redis_url: str | None = _DEFAULTS["command_redis_url"]
+    redis_sentinels: tuple[tuple[str, int], ...] = _DEFAULTS["redis_sentinels"]
+    redis_sentinel_master: str | None = _DEFAULTS["redis_sentinel_master"]
+    redis_sentinel_password: str | None = _DEFAULTS["redis_sentinel_password"]
     environment_name: str = _DEFAULTS["environment_name"]
     environment_url: str | None = _DEFAULTS["environment_url"]
     environment_proxy_url: str | None = _DEFAULTS["environment_proxy_url"]

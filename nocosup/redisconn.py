@@ -3,38 +3,96 @@
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import redis.asyncio as aioredis
+from redis.asyncio.sentinel import Sentinel
 from redis.exceptions import RedisError
 
 from nocosup.errors import ConfigError
+from nocosup.redisurl import (
+    SentinelTarget,
+    is_sentinel_url,
+    mask_url,
+    parse_sentinel_url,
+    through_sentinels,
+)
 
 if TYPE_CHECKING:
+    from nocosup.config import Settings
     from nocosup.host import Host
 
 
-async def connect_redis(url: str, variable: str) -> aioredis.Redis:
+#: Options of every client nocosup opens. ``socket_timeout`` is None (redis-py 8 defaults
+#: to 5 s, which wraps every call in a timeout task): command streams block in XREAD for
+#: seconds, and health checks catch dead connections instead.
+_CLIENT_OPTIONS: dict[str, Any] = {
+    "decode_responses": True,
+    "health_check_interval": 15,
+    "socket_connect_timeout": 5,
+    "socket_timeout": None,
+    "retry_on_timeout": True,
+}
+
+
+async def connect_redis(
+    url: str, variable: str, settings: Settings | None = None
+) -> aioredis.Redis:
     """A client for ``url`` that has answered a PING (else ConfigError naming ``variable``).
 
-    Strings come back decoded. ``socket_timeout`` is None (redis-py 8 defaults to 5 s,
-    which wraps every call in a timeout task): command streams block in XREAD for seconds,
-    and health checks catch dead connections instead.
+    Strings come back decoded. A Sentinel address (``redis+sentinel://``, or any URL when
+    ``settings`` names sentinels) gives a client that asks the sentinels where the master
+    is on every new connection, so it follows a failover by reconnecting.
     """
-    client = aioredis.from_url(
-        url,
-        decode_responses=True,
-        health_check_interval=15,
-        socket_connect_timeout=5,
-        socket_timeout=None,
-        retry_on_timeout=True,
-    )
+    target = sentinel_target(url, variable, settings)
+    if target is None:
+        client = aioredis.from_url(url, **_CLIENT_OPTIONS)
+    else:
+        client = _sentinel_client(target, settings)
     try:
         await client.ping()
     except (RedisError, OSError) as exc:
         await client.aclose()
-        raise ConfigError(f"{variable}: cannot reach Redis at {url}: {exc}") from exc
+        raise ConfigError(f"{variable}: cannot reach Redis at {mask_url(url)}: {exc}") from exc
     return client
+
+
+def sentinel_target(url: str, variable: str, settings: Settings | None) -> SentinelTarget | None:
+    """How ``url`` is reached through Sentinel, or None for a direct connection."""
+    if is_sentinel_url(url):
+        return parse_sentinel_url(url, variable)
+    if settings is not None and settings.redis_sentinel_master is not None:
+        return through_sentinels(
+            url, settings.redis_sentinels, settings.redis_sentinel_master, variable
+        )
+    return None
+
+
+def _sentinel_client(target: SentinelTarget, settings: Settings | None) -> aioredis.Redis:
+    sentinel_options: dict[str, Any] = {"socket_connect_timeout": 5, "socket_timeout": 5}
+    if settings is not None and settings.redis_sentinel_password:
+        sentinel_options["password"] = settings.redis_sentinel_password
+    sentinel = Sentinel(  # type: ignore[no-untyped-call]
+        list(target.sentinels),
+        sentinel_kwargs=sentinel_options,
+        username=target.username,
+        password=target.password,
+        db=target.db,
+        ssl=target.ssl,
+        **_CLIENT_OPTIONS,
+    )
+    client: aioredis.Redis = sentinel.master_for(target.service, redis_class=_SentinelRedis)
+    return client
+
+
+class _SentinelRedis(aioredis.Redis):
+    """A client of a Sentinel-managed master that also closes its sentinel connections."""
+
+    async def aclose(self, close_connection_pool: bool | None = None) -> None:
+        await super().aclose(close_connection_pool)
+        manager = getattr(self.connection_pool, "sentinel_manager", None)
+        for sentinel in getattr(manager, "sentinels", ()):
+            await sentinel.aclose()
 
 
 async def connect_role_redis(host: Host) -> tuple[aioredis.Redis, aioredis.Redis]:
@@ -44,12 +102,14 @@ async def connect_role_redis(host: Host) -> tuple[aioredis.Redis, aioredis.Redis
     """
     settings = host.settings
     assert settings.supervisor_redis_url and settings.redis_command_url
-    redis = await connect_redis(settings.supervisor_redis_url, "APP_SUPERVISOR_REDIS_URL")
+    redis = await connect_redis(settings.supervisor_redis_url, "APP_SUPERVISOR_REDIS_URL", settings)
     host.readiness["redis"] = redis.ping
     if settings.redis_command_url == settings.supervisor_redis_url:
         return redis, redis
     try:
-        commands = await connect_redis(settings.redis_command_url, "APP_COMMAND_REDIS_URL")
+        commands = await connect_redis(
+            settings.redis_command_url, "APP_COMMAND_REDIS_URL", settings
+        )
     except BaseException:
         await redis.aclose()
         raise
