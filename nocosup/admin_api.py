@@ -12,6 +12,7 @@ from nocosup import openapi
 from nocosup import validation as v
 from nocosup.auth import Endpoint, admin_only
 from nocosup.errors import ShuttingDown
+from nocosup.listing import AppQuery
 from nocosup.supervisor import Supervisor
 
 
@@ -28,7 +29,8 @@ async def _body(request: Request) -> dict[str, Any]:
 
 @admin_only
 async def list_apps(request: Request) -> Response:
-    return JSONResponse({"apps": await _supervisor(request).list_apps()})
+    query = AppQuery.from_params(request.query_params)
+    return JSONResponse(await _supervisor(request).list_apps(query))
 
 
 @admin_only

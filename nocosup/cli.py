@@ -46,6 +46,8 @@ EXIT_INTERRUPTED = 130
 START_MODES = ("on_first_request", "with_supervisor")
 #: Seconds between two polls of an app's statuses while a start or stop runs.
 POLL_INTERVAL = 0.2
+#: Apps fetched per request by `apps list` (the API's largest page is 1000).
+LIST_PAGE = 500
 SPINNER = "|/-\\"
 
 
@@ -230,13 +232,24 @@ def print_api_error(exc: ApiError, as_json: bool) -> None:
 
 
 def _apps_list(api: AdminClient, args: argparse.Namespace) -> int:
-    data = api.list_apps()
+    filters = {
+        key: value
+        for key, value in (
+            ("status", args.status),
+            ("environment", args.environment),
+            ("prefix", args.prefix),
+        )
+        if value is not None
+    }
+    apps, total = _fetch_apps(api, filters, args.limit)
     if args.json:
-        print_json(data)
+        print_json({"apps": apps, "total": total})
         return 0
-    apps = data.get("apps", [])
     if not apps:
-        out("no apps (create one with: nocosup apps create NAME)")
+        if filters:
+            out("no apps match")
+        else:
+            out("no apps (create one with: nocosup apps create NAME)")
         return 0
     rows = [
         [
@@ -249,7 +262,31 @@ def _apps_list(api: AdminClient, args: argparse.Namespace) -> int:
         for a in apps
     ]
     out(table(["NAME", "TITLE", "ENVIRONMENTS", "STATUS", "DESIRED"], rows))
+    if len(apps) < total:
+        out(f"({len(apps)} of {total} shown; --limit N to see more)")
     return 0
+
+
+def _fetch_apps(
+    api: AdminClient, filters: dict[str, str], limit: int | None
+) -> tuple[list[dict[str, Any]], int]:
+    """Up to ``limit`` apps (all when ``None``) matching ``filters``, page by page, and
+    how many match in all."""
+    apps: list[dict[str, Any]] = []
+    cursor: str | None = None
+    total = 0
+    while limit is None or len(apps) < limit:
+        want = LIST_PAGE if limit is None else min(LIST_PAGE, limit - len(apps))
+        params: dict[str, str | int] = {"limit": want, **filters}
+        if cursor is not None:
+            params["cursor"] = cursor
+        data = api.list_apps(**params)
+        apps.extend(data["apps"])
+        total = data["total"] if isinstance(data.get("total"), int) else len(apps)
+        cursor = data.get("next_cursor")
+        if not isinstance(cursor, str) or not data["apps"]:
+            break
+    return apps, total
 
 
 def parse_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -631,6 +668,16 @@ def _positive(text: str) -> float:
     return value
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1: {text!r}")
+    return value
+
+
 def _port(text: str) -> int:
     try:
         value = int(text)
@@ -676,6 +723,12 @@ def build_parser() -> argparse.ArgumentParser:
     apps_sub = apps.add_subparsers(dest="action", required=True, metavar="action")
 
     p = apps_sub.add_parser("list", parents=common, help="table of apps and their statuses")
+    p.add_argument("--status", help="only apps with this status on one of their environments")
+    p.add_argument("--env", dest="environment", metavar="ENV", help="only apps on ENV")
+    p.add_argument("--prefix", help="only apps whose name starts with PREFIX")
+    p.add_argument(
+        "--limit", type=_positive_int, metavar="N", help="show at most N apps (default: all)"
+    )
     p.set_defaults(func=_client_command(_apps_list))
 
     p = apps_sub.add_parser("create", parents=common, help="register an app (and its database)")

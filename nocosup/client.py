@@ -148,8 +148,10 @@ class AdminClient:
 
     # --- the API -----------------------------------------------------------------------
 
-    def list_apps(self) -> dict[str, Any]:
-        return self._call("GET", "/api/apps", shape=_is_app_list)
+    def list_apps(self, **params: str | int) -> dict[str, Any]:
+        """One page: ``params`` are the query of ``GET /api/apps`` (limit, cursor, status,
+        environment, prefix)."""
+        return self._call("GET", "/api/apps", params=params, shape=_is_app_list)
 
     def get_app(self, name: str, timeout: float | None = None) -> dict[str, Any]:
         return self._call("GET", _app_path(name), timeout=timeout, shape=_is_app)

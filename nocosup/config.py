@@ -25,6 +25,7 @@ from nocosup.redisurl import (
     parse_sentinels,
     through_sentinels,
 )
+from nocosup.validation import ENV_NAME
 
 MODES = ("supervisor", "worker")
 DISCOVERY_ADAPTERS = ("local", "remote")
@@ -32,7 +33,7 @@ PROCESS_ADAPTERS = ("local", "remote")
 COMMAND_ADAPTERS = ("local", "redis")
 DB_DIALECTS = ("sqlite", "postgres")
 # Matched with fullmatch: a "$" anchor would let a trailing newline through.
-_ENV_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
+_ENV_NAME = ENV_NAME
 _PREFIX = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 _FACTORY = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
 _DB_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")

@@ -11,7 +11,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from nocosup import __version__
+from nocosup import __version__, listing
+from nocosup.status import AppStatus
 
 JSON = "application/json"
 APP_NAME_PATTERN = "^[a-z][a-z0-9_-]{0,39}$"
@@ -64,6 +65,43 @@ def _flag(name: str, description: str) -> dict[str, Any]:
     }
 
 
+def _query(name: str, description: str, schema: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "name": name,
+        "in": "query",
+        "required": False,
+        "description": description,
+        "schema": schema,
+    }
+
+
+_LISTING = [
+    _query(
+        "limit",
+        f"Apps per page, from 1 to {listing.MAX_LIMIT} (default {listing.DEFAULT_LIMIT}).",
+        {"type": "string", "pattern": "^[0-9]{1,4}$"},
+    ),
+    _query(
+        "cursor",
+        "The next_cursor of the previous page, unchanged.",
+        {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,56}$"},
+    ),
+    _query(
+        "status",
+        "Only apps with this status on at least one of their environments.",
+        {"enum": [s.value for s in AppStatus]},
+    ),
+    _query(
+        "environment",
+        "Only apps placed on this environment.",
+        {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"},
+    ),
+    _query(
+        "prefix",
+        "Only apps whose name starts with this.",
+        {"type": "string", "pattern": "^[a-z0-9_-]{0,40}$"},
+    ),
+]
 _WAIT = _flag("wait", "false answers 202 at once and carries on in the background")
 _ADMIN: list[dict[str, list[str]]] = [{"bearerAuth": []}, {"sessionCookie": []}]
 
@@ -252,7 +290,18 @@ def _app_answer(description: str) -> dict[str, Any]:
 def document(served: Callable[[str], bool] = lambda path: True) -> dict[str, Any]:
     """The OpenAPI 3.1 document of the admin API (a fresh dict each call), with the paths
     for which ``served(path)`` holds: the web page's routes go with its plugin."""
-    listing = {"type": "object", "required": ["apps"], "properties": {"apps": _array("App")}}
+    page = {
+        "type": "object",
+        "required": ["apps", "total", "next_cursor"],
+        "properties": {
+            "apps": _array("App"),
+            "total": {"type": "integer", "minimum": 0, "description": "Apps matching"},
+            "next_cursor": {
+                "type": ["string", "null"],
+                "description": "Pass as cursor for the next page; null on the last page.",
+            },
+        },
+    }
     envs = {
         "type": "object",
         "required": ["environments"],
@@ -285,8 +334,9 @@ def document(served: Callable[[str], bool] = lambda path: True) -> dict[str, Any
         },
         "/api/apps": {
             "get": _op(
-                "Every app with its statuses",
-                {"200": _json(listing, "The apps"), **_errors(401, 503)},
+                "A page of apps, in name order, with their statuses",
+                {"200": _json(page, "The apps"), **_errors(401, 422, 503)},
+                parameters=_LISTING,
             ),
             "post": _op(
                 "Create an app (and start it if its startMode is with_supervisor)",

@@ -16,6 +16,7 @@ from databases import Database
 from sqlalchemy.schema import CreateTable
 
 from nocosup.errors import AppExists, AppNotFound
+from nocosup.listing import AppQuery
 from nocosup.validation import APP_NAME
 
 metadata = sa.MetaData()
@@ -183,6 +184,26 @@ def _row_to_record(row: Any, parsed: dict[str, AppRecord]) -> AppRecord:
     return record
 
 
+def _filtered(stmt: Any, query: AppQuery) -> Any:
+    """``stmt`` narrowed by the filters the registry can answer (status is not one).
+
+    The LIKE patterns are built here and bound whole: a literal ``%`` in the SQL text
+    would break the ``databases`` package's parameter formatting.
+    """
+    if query.prefix is not None:
+        stmt = stmt.where(apps_table.c.name.like(_literal(query.prefix) + "%", escape="/"))
+    if query.environment is not None:
+        # environments is a JSON list of names, and a name cannot contain a quote
+        quoted = _literal(json.dumps(query.environment))
+        stmt = stmt.where(apps_table.c.environments.like("%" + quoted + "%", escape="/"))
+    return stmt
+
+
+def _literal(text: str) -> str:
+    """``text`` matched literally by a LIKE pattern with ``/`` as its escape character."""
+    return text.replace("/", "//").replace("%", "/%").replace("_", "/_")
+
+
 def _record_values(rec: AppRecord) -> dict[str, Any]:
     return {
         "name": rec.name,
@@ -211,6 +232,20 @@ class Registry:
         """
         for table in metadata.sorted_tables:
             await self.db.execute(CreateTable(table, if_not_exists=True))
+
+    async def page(self, query: AppQuery, limit: int) -> list[AppRecord]:
+        """Up to ``limit`` records matching ``query``'s registry filters, in name order,
+        after ``query.after``: a range scan of the primary key, however deep the page."""
+        stmt = _filtered(apps_table.select(), query)
+        if query.after is not None:
+            stmt = stmt.where(apps_table.c.name > query.after)
+        rows = await self.db.fetch_all(stmt.order_by(apps_table.c.name).limit(limit))
+        return [_row_to_record(r, self._parsed) for r in rows]
+
+    async def count(self, query: AppQuery) -> int:
+        """How many records match ``query``'s registry filters (its cursor aside)."""
+        stmt = _filtered(sa.select(sa.func.count()).select_from(apps_table), query)
+        return int(await self.db.fetch_val(stmt) or 0)
 
     async def list(self) -> list[AppRecord]:
         rows = await self.db.fetch_all(

@@ -10,12 +10,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from nocosup import validation as v
 from nocosup.appctx import AppContext
 from nocosup.environments import EnvironmentDirectory
 from nocosup.errors import AppStateConflict, DatabaseError, InvalidInput, NocosupError
+from nocosup.listing import AppQuery, encode_cursor
 from nocosup.plugins import await_me_maybe
 from nocosup.process import EnvResult, ProcessAdapter, failure_type
 from nocosup.registry import AppRecord, Registry
@@ -25,6 +27,8 @@ if TYPE_CHECKING:
     from nocosup.host import Host
 
 log = logging.getLogger("nocosup.supervisor")
+#: Records read per registry query while a status filter scans for matches.
+_STATUS_SCAN_BATCH = 500
 
 
 class Supervisor:
@@ -79,10 +83,53 @@ class Supervisor:
 
     # --- reads -----------------------------------------------------------------------
 
-    async def list_apps(self) -> list[dict[str, Any]]:
-        records = await self.registry.list()
-        statuses = await await_me_maybe(self.process.statuses(records))
-        return [self._app_json(r, statuses.get(r.name, {})) for r in records]
+    async def list_apps(self, query: AppQuery | None = None) -> dict[str, Any]:
+        """One page of apps in name order, the number of apps matching, and the cursor of
+        the next page (``None`` on the last one)."""
+        query = query or AppQuery()
+        if query.status is None:
+            total = await self.registry.count(query)
+            records = await self.registry.page(query, query.limit + 1)
+            more = len(records) > query.limit
+            records = records[: query.limit]
+            statuses = await await_me_maybe(self.process.statuses(records))
+        else:
+            records, statuses, total, more = await self._page_by_status(query)
+        return {
+            "apps": [self._app_json(r, statuses.get(r.name, {})) for r in records],
+            "total": total,
+            "next_cursor": encode_cursor(records[-1].name) if more and records else None,
+        }
+
+    async def _page_by_status(
+        self, query: AppQuery
+    ) -> tuple[list[AppRecord], dict[str, dict[str, dict[str, Any]]], int, bool]:
+        """Statuses live in the runtime (or Redis), not in the registry: a status filter
+        reads every candidate's status, in batches, to count the matches."""
+        scan = replace(query, after=None)
+        page: list[AppRecord] = []
+        statuses: dict[str, dict[str, dict[str, Any]]] = {}
+        total = 0
+        more = False
+        while True:
+            batch = await self.registry.page(scan, _STATUS_SCAN_BATCH)
+            if not batch:
+                break
+            found = await await_me_maybe(self.process.statuses(batch))
+            for record in batch:
+                per_env = found.get(record.name, {})
+                if query.status not in _env_statuses(record, per_env).values():
+                    continue
+                total += 1
+                if query.after is not None and record.name <= query.after:
+                    continue
+                if len(page) < query.limit:
+                    page.append(record)
+                    statuses[record.name] = per_env
+                else:
+                    more = True
+            scan = replace(scan, after=batch[-1].name)
+        return page, statuses, total, more
 
     async def get_app(self, name: str) -> dict[str, Any]:
         record = await self.registry.get(v.app_name(name))
@@ -94,10 +141,7 @@ class Supervisor:
 
     def _app_json(self, record: AppRecord, per_env: dict[str, dict[str, Any]]) -> dict[str, Any]:
         out = record.to_json()
-        out["statuses"] = {
-            env: per_env.get(env, {}).get("status", AppStatus.NOT_FOUND.value)
-            for env in record.environments
-        }
+        out["statuses"] = _env_statuses(record, per_env)
         out["errors"] = {env: info["error"] for env, info in per_env.items() if info.get("error")}
         return out
 
@@ -295,6 +339,14 @@ class Supervisor:
             )
         app["results"] = _results_json(results)
         return app
+
+
+def _env_statuses(record: AppRecord, per_env: dict[str, dict[str, Any]]) -> dict[str, str]:
+    """The status of ``record`` on each of its environments (``not_found`` where unknown)."""
+    return {
+        env: per_env.get(env, {}).get("status", AppStatus.NOT_FOUND.value)
+        for env in record.environments
+    }
 
 
 def _results_json(results: list[EnvResult]) -> dict[str, Any]:

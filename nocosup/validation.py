@@ -13,6 +13,8 @@ from nocosup.errors import InvalidInput, PayloadTooLarge
 
 #: Matched with fullmatch: a "$" anchor would let a trailing newline through.
 APP_NAME = re.compile(r"[a-z][a-z0-9_-]{0,39}")
+#: Environment and instance names (also checked with fullmatch).
+ENV_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
 START_MODES = ("on_first_request", "with_supervisor")
 MAX_TITLE = 200
 #: Largest JSON body the admin API (and the login) reads: reading stops there (413).

@@ -220,7 +220,7 @@ def test_round_trip_in_json(sqlite_server: NocosupServer) -> None:
     removed = as_json("apps", "rm", "shop", "--yes", "--drop-database")
     assert removed["removed"] is True and removed["database_dropped"] is True
     assert not tenant_file(s, "shop").exists()
-    assert as_json("apps", "list") == {"apps": []}
+    assert as_json("apps", "list") == {"apps": [], "total": 0}
 
 
 # --- failures the server reports ----------------------------------------------------------

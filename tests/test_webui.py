@@ -119,7 +119,7 @@ async def test_login_sets_a_strict_http_only_cookie(sqlite_server: NocosupServer
         # the cookie alone now opens the admin API; its writes must come from the page
         r = await c.get("/api/apps")
         assert r.status_code == 200, r.text
-        assert r.json() == {"apps": []}
+        assert r.json() == {"apps": [], "total": 0, "next_cursor": None}
         page = {"Origin": sqlite_server.url}
         assert (
             await c.post("/api/apps", json={"name": "bycookie"}, headers=page)
@@ -567,4 +567,46 @@ async def test_browser_multi_environment_mode(two_environments: Cluster, page: P
     await expect(row.locator(".status-error")).to_have_text("environment 'env_b' is offline")
     await expect(env_status(page, "split", "env_a")).to_have_text("running")
     await expect(link).to_have_attribute("href", "apps/split/admin?__env=env_a")
+    await assert_not_reloaded(page)
+
+
+async def test_browser_pages_and_filters_the_list(
+    sqlite_server: NocosupServer, page: Page
+) -> None:
+    async with sqlite_server.admin() as c:
+        for i in range(103):
+            await create(c, f"app{i:03d}")
+        await create(c, "blog")
+        await create(c, "blog_eu")
+        assert (await c.post("/api/apps/blog/start")).status_code == 200
+    await sign_in(page, sqlite_server)
+    rows = page.locator("#apps-body tr")
+    await expect(rows).to_have_count(100)  # one page
+    await expect(page.locator("#apps-count")).to_have_text("100 of 105 applications")
+    await page.click("#apps-more")
+    await expect(rows).to_have_count(105)
+    await expect(page.locator("#apps-more")).to_be_hidden()
+    await expect(page.locator("#apps-count")).to_have_text("105 applications")
+
+    await page.fill("#filter-prefix", "blog")
+    await expect(rows).to_have_count(2)
+    await page.select_option("#filter-status", "running")
+    await expect(rows).to_have_count(1)
+    await expect(app_row(page, "blog")).to_have_count(1)
+    await page.select_option("#filter-env", "local")
+    await expect(rows).to_have_count(1)
+
+    async with sqlite_server.admin() as c:
+        # a change elsewhere that the filters let through shows up; others do not
+        assert (await c.post("/api/apps/blog_eu/start")).status_code == 200
+        await expect(app_row(page, "blog_eu")).to_have_count(1)
+        assert (await c.post("/api/apps/app007/start")).status_code == 200
+        assert (await c.post("/api/apps/blog/stop")).status_code == 200
+        await expect(app_row(page, "blog")).to_have_count(0)  # no longer running
+    await expect(app_row(page, "app007")).to_have_count(0)
+    await expect(page.locator("#apps-count")).to_have_text("1 application")
+
+    await page.fill("#filter-prefix", "nothing")
+    await expect(page.locator("#apps-none-match")).to_be_visible()
+    await expect(page.locator("#apps-empty")).to_be_hidden()
     await assert_not_reloaded(page)

@@ -15,8 +15,21 @@
     error: "bad", unavailable: "bad", offline: "bad",
   };
 
+  // The statuses an app can have (the API's status filter takes one of them).
+  const APP_STATUSES = [
+    "running", "stopped", "error", "preparing", "initializing", "initialized",
+    "commanding", "stopping", "not_found", "unavailable",
+  ];
+  const PAGE = 100;         // apps per page of the list
+  const MAX_PAGE = 1000;    // the API's largest page
+
   const state = {
-    apps: new Map(),        // name -> app JSON from the API, kept current by events
+    apps: new Map(),        // name -> app JSON of the apps in view, kept current by events
+    view: { prefix: "", status: "", environment: "" },  // the list's filters
+    cursor: null,           // next_cursor of the last page shown (null: all shown)
+    lastName: null,         // the last name on the pages shown
+    total: 0,               // apps matching the filters
+    filterTimer: null,
     envs: new Map(),        // name -> environment JSON
     pending: new Map(),     // app name -> "starting" | "stopping" | "removing"
     openEnv: new Map(),     // app name -> environment chosen in its Open picker
@@ -329,7 +342,11 @@
         if (env && env.status === "offline") return;
         const app = state.apps.get(event.app);
         if (!app) {
-          loadApp(event.app);
+          // Fetched only if it may belong in the view (its name alone may rule it out).
+          if (inView({ name: event.app, environments: [event.environment],
+                       statuses: { [event.environment]: event.status } })) {
+            loadApp(event.app);
+          }
           return;
         }
         app.statuses = Object.assign({}, app.statuses, { [event.environment]: event.status });
@@ -337,7 +354,7 @@
         if (event.error) errors[event.environment] = event.error;
         else delete errors[event.environment];
         app.errors = errors;
-        renderApp(event.app);
+        upsertApp(app);  // a status filter may let it out of the view
         return;
       }
       case "app_changed":
@@ -411,14 +428,18 @@
     state.refreshing = true;
     state.globalQueue = [];
     try {
+      // As many apps as are shown now, so a refresh does not fold the list back up.
+      const limit = Math.min(MAX_PAGE, Math.max(PAGE, state.apps.size));
       const [apps, envs] = await guarded(Promise.all([
-        api("GET", "api/apps"),
+        api("GET", appsQuery(limit, null)),
         api("GET", "api/environments"),
       ]));
       state.apps = new Map(apps.apps.map((app) => [app.name, app]));
+      tookPage(apps);
       state.envs = new Map(envs.environments.map((env) => [env.name, env]));
       renderApps();
       renderEnvs();
+      renderEnvFilter();
     } catch (err) {
       showError(err);
     } finally {
@@ -435,18 +456,118 @@
 
   // --- applications ------------------------------------------------------------------
 
+  /** The admin API's URL for a page of the apps that the filters let through. */
+  function appsQuery(limit, cursor) {
+    const params = new URLSearchParams({ limit: String(limit) });
+    if (cursor) params.set("cursor", cursor);
+    for (const [key, value] of Object.entries(state.view)) {
+      if (value) params.set(key, value);
+    }
+    return "api/apps?" + params.toString();
+  }
+
+  function tookPage(page) {
+    state.cursor = page.next_cursor;
+    state.total = page.total;
+    if (page.apps.length) state.lastName = page.apps[page.apps.length - 1].name;
+  }
+
+  async function loadMore() {
+    if (!state.cursor) return;
+    const button = $("apps-more");
+    button.disabled = true;
+    try {
+      const page = await guarded(api("GET", appsQuery(PAGE, state.cursor)));
+      for (const app of page.apps) state.apps.set(app.name, app);
+      tookPage(page);
+      renderApps();
+    } catch (err) {
+      showError(err);
+    } finally {
+      button.disabled = false;
+    }
+  }
+
+  /** Whether ``app`` belongs in the list as filtered and paged now. */
+  function inView(app) {
+    const view = state.view;
+    if (view.prefix && !app.name.startsWith(view.prefix)) return false;
+    if (view.environment && !(app.environments || []).includes(view.environment)) return false;
+    if (view.status && !Object.values(app.statuses || {}).includes(view.status)) return false;
+    // Past the last page shown, an app waits for "Show more".
+    return !(state.cursor && state.lastName !== null && app.name > state.lastName);
+  }
+
   function upsertApp(app) {
+    if (!inView(app)) {
+      if (state.apps.has(app.name)) forgetApp(app.name);
+      return;
+    }
+    if (!state.apps.has(app.name)) state.total += 1;
     state.apps.set(app.name, app);
     renderApp(app.name);
+    renderCount();
   }
 
   function forgetApp(name) {
-    state.apps.delete(name);
+    if (state.apps.delete(name)) state.total = Math.max(0, state.total - 1);
     state.pending.delete(name);
     state.openEnv.delete(name);
     const row = findRow(name);
     if (row) row.remove();
-    $("apps-empty").hidden = state.apps.size > 0;
+    renderCount();
+  }
+
+  function filtering() {
+    return Object.values(state.view).some(Boolean);
+  }
+
+  function renderCount() {
+    const shown = state.apps.size;
+    $("apps-empty").hidden = shown > 0 || filtering();
+    $("apps-none-match").hidden = shown > 0 || !filtering();
+    $("apps-more").hidden = !state.cursor;
+    $("apps-count").textContent = shown
+      ? (shown < state.total ? shown + " of " + state.total : String(shown)) +
+        (state.total === 1 ? " application" : " applications")
+      : "";
+  }
+
+  function renderStatusFilter() {
+    const select = $("filter-status");
+    for (const status of APP_STATUSES) {
+      select.append(h("option", { value: status, text: status }));
+    }
+  }
+
+  /** The environment filter offers the environments known now (and keeps its choice). */
+  function renderEnvFilter() {
+    const select = $("filter-env");
+    const chosen = state.view.environment;
+    const names = [...state.envs.keys()].sort();
+    if (chosen && !names.includes(chosen)) names.push(chosen);
+    select.replaceChildren(
+      h("option", { value: "", text: "Any environment" }),
+      ...names.map((name) => h("option", { value: name, text: name, selected: name === chosen })),
+    );
+  }
+
+  /** Filters changed: show the first page of what they let through. */
+  function onFilter() {
+    const prefix = $("filter-prefix");
+    if (!prefix.checkValidity()) return;  // the browser shows why; the API would refuse it
+    clearTimeout(state.filterTimer);
+    state.filterTimer = setTimeout(() => {
+      state.view = {
+        prefix: prefix.value,
+        status: $("filter-status").value,
+        environment: $("filter-env").value,
+      };
+      state.apps = new Map();
+      state.cursor = null;
+      state.lastName = null;
+      refreshAll();
+    }, 200);
   }
 
   function findRow(name) {
@@ -459,7 +580,7 @@
   function renderApps() {
     const names = [...state.apps.keys()].sort();
     $("apps-body").replaceChildren(...names.map((name) => appRow(state.apps.get(name))));
-    $("apps-empty").hidden = names.length > 0;
+    renderCount();
   }
 
   /** Replace (or insert, in name order) the row of one app. */
@@ -480,7 +601,7 @@
       const next = [...$("apps-body").rows].find((r) => r.dataset.app > name);
       $("apps-body").insertBefore(row, next || null);
     }
-    $("apps-empty").hidden = state.apps.size > 0;
+    renderCount();
   }
 
   function appRow(app) {
@@ -697,6 +818,12 @@
       button.addEventListener("click", () => refreshAll());
     }
     $("new-app").addEventListener("click", openCreate);
+    renderStatusFilter();
+    $("filter-prefix").addEventListener("input", onFilter);
+    $("filter-status").addEventListener("change", onFilter);
+    $("filter-env").addEventListener("change", onFilter);
+    $("apps-filter").addEventListener("submit", (event) => event.preventDefault());
+    $("apps-more").addEventListener("click", loadMore);
     $("create-form").addEventListener("submit", onCreate);
     $("create-name").addEventListener("input", (event) => {
       $("create-name-echo").textContent = event.target.value || "name";
