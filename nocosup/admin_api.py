@@ -12,6 +12,7 @@ from nocosup import openapi
 from nocosup import validation as v
 from nocosup.auth import Endpoint, admin_only
 from nocosup.errors import ShuttingDown
+from nocosup.idempotency import idempotent
 from nocosup.listing import AppQuery
 from nocosup.supervisor import Supervisor
 
@@ -24,7 +25,8 @@ def _supervisor(request: Request) -> Supervisor:
 
 
 async def _body(request: Request) -> dict[str, Any]:
-    return v.parse_json_object(await v.read_body(request))
+    raw = getattr(request.state, "raw_body", None)  # read already by @idempotent
+    return v.parse_json_object(raw if raw is not None else await v.read_body(request))
 
 
 @admin_only
@@ -34,6 +36,7 @@ async def list_apps(request: Request) -> Response:
 
 
 @admin_only
+@idempotent
 async def create_app(request: Request) -> Response:
     app = await _supervisor(request).create_app(await _body(request))
     return JSONResponse(app, status_code=201, headers={"Location": f"/api/apps/{app['name']}"})
@@ -59,6 +62,7 @@ async def delete_app(request: Request) -> Response:
 
 
 @admin_only
+@idempotent
 async def start_app(request: Request) -> Response:
     wait = v.flag(request.query_params.get("wait"), "wait", True)
     app, done = await _supervisor(request).start_app(request.path_params["name"], wait)
@@ -66,6 +70,7 @@ async def start_app(request: Request) -> Response:
 
 
 @admin_only
+@idempotent
 async def stop_app(request: Request) -> Response:
     wait = v.flag(request.query_params.get("wait"), "wait", True)
     app, done = await _supervisor(request).stop_app(request.path_params["name"], wait)

@@ -131,6 +131,32 @@ class AppStateConflict(NocosupError):
     code = "APP_STATE_CONFLICT"
 
 
+class IdempotencyKeyInUse(NocosupError):
+    status = 409
+    code = "IDEMPOTENCY_KEY_IN_USE"
+
+    def __init__(self) -> None:
+        super().__init__(
+            "a request with this Idempotency-Key is still running; retry shortly",
+            field="Idempotency-Key",
+        )
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": "1"}
+
+
+class IdempotencyKeyReused(NocosupError):
+    status = 422
+    code = "IDEMPOTENCY_KEY_REUSED"
+
+    def __init__(self) -> None:
+        super().__init__(
+            "this Idempotency-Key was used for a different request (method, path, query or "
+            "body); use a new key for a new request",
+            field="Idempotency-Key",
+        )
+
+
 class PayloadTooLarge(NocosupError):
     """A request body over its limit: reading stopped at the limit."""
 

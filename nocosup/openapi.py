@@ -102,6 +102,15 @@ _LISTING = [
         {"type": "string", "pattern": "^[a-z0-9_-]{0,40}$"},
     ),
 ]
+_IDEMPOTENCY = {
+    "name": "Idempotency-Key",
+    "in": "header",
+    "required": False,
+    "description": "Any unique string (1-255 printable ASCII characters): a retry with the "
+    "same key and request gets the first answer (Idempotent-Replayed: true) instead of "
+    "running again; answers are kept 24 hours.",
+    "schema": {"type": "string", "pattern": "^[\\x21-\\x7e]{1,255}$"},
+}
 _WAIT = _flag("wait", "false answers 202 at once and carries on in the background")
 _ADMIN: list[dict[str, list[str]]] = [{"bearerAuth": []}, {"sessionCookie": []}]
 
@@ -342,6 +351,7 @@ def document(served: Callable[[str], bool] = lambda path: True) -> dict[str, Any
                 "Create an app (and start it if its startMode is with_supervisor)",
                 {"201": _app_answer("Created"), **_errors(*writes, 409, 500, *commands)},
                 body=_ref("NewApp"),
+                parameters=[_IDEMPOTENCY],
             ),
         },
         "/api/apps/{name}": {
@@ -377,7 +387,7 @@ def document(served: Callable[[str], bool] = lambda path: True) -> dict[str, Any
                     "202": _app_answer("Starting (wait=false)"),
                     **_errors(401, 403, 404, 409, 422, *commands),
                 },
-                parameters=[_NAME, _WAIT],
+                parameters=[_NAME, _WAIT, _IDEMPOTENCY],
             )
         },
         "/api/apps/{name}/stop": {
@@ -388,7 +398,7 @@ def document(served: Callable[[str], bool] = lambda path: True) -> dict[str, Any
                     "202": _app_answer("Stopping (wait=false)"),
                     **_errors(401, 403, 404, 409, 422, *commands),
                 },
-                parameters=[_NAME, _WAIT],
+                parameters=[_NAME, _WAIT, _IDEMPOTENCY],
             )
         },
         "/api/environments": {

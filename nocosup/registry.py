@@ -45,6 +45,21 @@ environments_table = sa.Table(
     sa.Column("last_seen_at", sa.String(32), nullable=False),
 )
 
+#: Answers of admin calls made with an Idempotency-Key (nocosup.idempotency), shared by
+#: every supervisor on this database so a retry on any replica gets the first answer.
+idempotency_table = sa.Table(
+    "nocosup_idempotency",
+    metadata,
+    sa.Column("key", sa.String(255), primary_key=True),
+    sa.Column("fingerprint", sa.String(64), nullable=False),
+    sa.Column("state", sa.String(8), nullable=False),
+    sa.Column("status", sa.Integer, nullable=True),
+    sa.Column("body", sa.Text, nullable=True),
+    sa.Column("location", sa.Text, nullable=True),
+    sa.Column("created_at", sa.String(32), nullable=False),
+    sa.Column("expires_at", sa.String(32), nullable=False),
+)
+
 #: Web page sessions: the login cookie holds a random id; only its keyed hash is kept here,
 #: shared by every supervisor on this database (nocosup.sessions).
 sessions_table = sa.Table(
@@ -264,7 +279,7 @@ class Registry:
         try:
             await self.db.execute(apps_table.insert().values(**_record_values(rec)))
         except Exception as exc:
-            if _is_unique_violation(exc):
+            if is_unique_violation(exc):
                 raise AppExists(rec.name) from None
             raise
         return rec
@@ -288,7 +303,7 @@ class Registry:
         self._parsed.pop(name, None)
 
 
-def _is_unique_violation(exc: Exception) -> bool:
+def is_unique_violation(exc: Exception) -> bool:
     text = f"{type(exc).__name__} {exc}".lower()
     return "unique" in text or "duplicate key" in text
 

@@ -16,6 +16,7 @@ from nocosup.commands import CommandSender
 from nocosup.db import connect_registry
 from nocosup.environments import EnvironmentDirectory, LocalEnvironments
 from nocosup.heartbeat import Presence, heartbeat_ttl
+from nocosup.idempotency import IdempotencyStore, pending_lease
 from nocosup.process import LocalProcess, ProcessAdapter
 from nocosup.proxy import Proxy
 from nocosup.redisconn import close_role_redis, connect_role_redis
@@ -44,6 +45,8 @@ class SupervisorRole(Role):
         self.registry_db: Database | None = None
         self.registry: Registry | None = None
         self.supervisor: Supervisor | None = None
+        #: Kept answers of admin writes sent with an Idempotency-Key.
+        self.idempotency: IdempotencyStore | None = None
         #: Shared-memory mode: the apps of this process.
         self.runtime: LocalRuntime | None = None
         #: Multi-environment mode: Redis, commands, the proxy and the background watcher.
@@ -65,6 +68,7 @@ class SupervisorRole(Role):
         await registry.migrate()
         host.state.sessions = SessionStore(db, host.state.admin_token, settings.session_ttl)
         host.state.login_limiter = LoginLimiter(settings.login_failures)
+        self.idempotency = IdempotencyStore(db, pending_lease(settings))
         process: ProcessAdapter
         environments: EnvironmentDirectory
         if settings.process_adapter == "local":
@@ -118,6 +122,7 @@ class SupervisorRole(Role):
         await close_role_redis(self.redis, self.command_redis)
         self.redis = self.command_redis = None
         self.supervisor = None
+        self.idempotency = None
         if self.registry_db is not None:
             await self.registry_db.disconnect()
             self.registry_db = None
