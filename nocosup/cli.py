@@ -84,10 +84,12 @@ def _serve(args: argparse.Namespace) -> int:
     if args.workers < 1:
         print("nocosup: --workers must be at least 1", file=sys.stderr)
         return 2
-    if args.workers > 1 and settings.mode != "worker":
-        # replicas share nothing but Redis: only workers are built for that
+    if args.workers > 1 and settings.mode != "worker" and settings.process_adapter != "remote":
+        # replicas share only the registry and Redis: a shared-memory host would run every
+        # tenant once per replica
         print(
-            "nocosup: --workers > 1 needs APP_MODE=worker (replicas of one environment)",
+            "nocosup: --workers > 1 needs APP_MODE=worker (replicas of one environment) or "
+            "a multi-environment supervisor (APP_PROCESS_ADAPTER=remote)",
             file=sys.stderr,
         )
         return 2

@@ -157,6 +157,21 @@ class IdempotencyKeyReused(NocosupError):
         )
 
 
+class AppBusy(NocosupError):
+    """Another supervisor replica's admin call on this app held it too long."""
+
+    status = 409
+    code = "APP_BUSY"
+
+    def __init__(self, name: str) -> None:
+        super().__init__(
+            f"another admin operation on application {name!r} is still running; retry shortly"
+        )
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": "2"}
+
+
 class PayloadTooLarge(NocosupError):
     """A request body over its limit: reading stopped at the limit."""
 

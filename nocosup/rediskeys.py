@@ -103,6 +103,20 @@ class Keys:
     def lock(self, app: str) -> str:
         return f"{self.prefix}:lock:app:{app}"
 
+    def admin_lock(self, app: str) -> str:
+        """Serialises admin operations on one app across supervisor replicas."""
+        return f"{self.prefix}:lock:admin:{app}"
+
+    @property
+    def registry_stamp(self) -> str:
+        """Bumped on every registry write: replicas reload when it moves."""
+        return f"{self.prefix}:registry:stamp"
+
+    @property
+    def upkeep_lease(self) -> str:
+        """Held by the one supervisor replica that does the background duties."""
+        return f"{self.prefix}:lease:upkeep"
+
     @property
     def events(self) -> str:
         return f"{self.prefix}:events"

@@ -88,9 +88,14 @@ class RedisLock:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._renewer
         try:
-            await asyncio.shield(self.redis.eval(_RELEASE, 1, self.key, self.token))
+            await asyncio.shield(compare_and_delete(self.redis, self.key, self.token))
         except Exception as exc:
             log.warning("could not release %s (it expires by itself): %r", self.key, exc)
+
+
+async def compare_and_delete(redis: Redis, key: str, token: str) -> bool:
+    """Delete ``key`` only if it still holds ``token``: never another holder's."""
+    return bool(await redis.eval(_RELEASE, 1, key, token))
 
 
 @contextlib.asynccontextmanager

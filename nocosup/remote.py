@@ -46,6 +46,7 @@ from nocosup.status import BOOTING, AppStatus
 
 if TYPE_CHECKING:
     from nocosup.host import Host
+    from nocosup.replicas import Replicas
 
 log = logging.getLogger("nocosup.remote")
 
@@ -558,6 +559,22 @@ def _requested_environment(scope: Scope) -> str | None:
     return None
 
 
+def _cache_drift(records: dict[str, AppRecord], cached: list[AppRecord]) -> str | None:
+    """How the config cache differs from the registry's records (versions included: a
+    replica's rebuild may have raced another's write), or None."""
+    versions = {r.name: r.version for r in cached}
+    missing = sorted(set(records) - set(versions))
+    if missing:
+        return f"{len(missing)} registered apps missing ({', '.join(missing[:5])})"
+    stale = sorted(n for n, r in records.items() if versions[n] != r.version)
+    if stale:
+        return f"{len(stale)} records at another version ({', '.join(stale[:5])})"
+    extra = sorted(set(versions) - set(records))
+    if extra:
+        return f"{len(extra)} apps the registry does not hold ({', '.join(extra[:5])})"
+    return None
+
+
 class Watcher:
     """Background upkeep of a supervisor in multi-environment mode."""
 
@@ -581,6 +598,8 @@ class Watcher:
         self._tasks: list[asyncio.Task[None]] = []
         #: A worker reported an unreadable cache entry: parse every record next round.
         self._verify_cache = False
+        #: Set when supervisors may run as replicas: the table sync and the upkeep lease.
+        self.replicas: Replicas | None = None
 
     async def start(self) -> None:
         await self.environments.refresh()
@@ -600,10 +619,7 @@ class Watcher:
         cache = self.process.cache
         problem = await cache.problem(full)
         if problem is None and full:
-            cached = set(await self.redis.hkeys(self.keys.apps))
-            missing = sorted(set(self.process.records) - cached)
-            if missing:
-                problem = f"{len(missing)} registered apps missing ({', '.join(missing[:5])})"
+            problem = _cache_drift(self.process.records, await cache.all())
         if problem is not None:
             log.warning("config cache unsound (%s): rebuilding it from the registry", problem)
             await cache.rebuild(await self.registry.list())
@@ -616,6 +632,10 @@ class Watcher:
             self._wake.clear()
             try:
                 await self.environments.refresh()
+                if self.replicas is not None:
+                    await self.replicas.check()
+                    if not await self.replicas.lead():
+                        continue  # another replica does the upkeep
                 full, self._verify_cache = self._verify_cache, False
                 if time.monotonic() - last_verify > FULL_CHECK_EVERY:
                     full = True
@@ -664,6 +684,8 @@ class Watcher:
             # only a hint: the next round checks the cache itself (at most once a round)
             self._verify_cache = True
             self._wake.set()
+        elif event.get("type") == "registry" and self.replicas is not None:
+            self.host.spawn(self.replicas.on_hint(event))
         elif event.get("type") == "app_status":
             app = self._status_report(event)
             if app is not None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import AsyncIterator
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
@@ -25,6 +26,7 @@ from nocosup.status import AppStatus
 
 if TYPE_CHECKING:
     from nocosup.host import Host
+    from nocosup.replicas import Replicas
 
 log = logging.getLogger("nocosup.supervisor")
 #: Records read per registry query while a status filter scans for matches.
@@ -45,6 +47,8 @@ class Supervisor:
         self.process = process
         self.environments = environments
         self._locks: dict[str, asyncio.Lock] = {}
+        #: Multi-environment mode: what this supervisor shares with its replicas.
+        self.replicas: Replicas | None = None
 
     # --- start-up --------------------------------------------------------------------
 
@@ -68,18 +72,32 @@ class Supervisor:
             if not r.ok:
                 log.error("app %s did not start in %s: %s", record.name, r.environment, r.error)
 
-    def _changed(self, record: AppRecord, action: str, **details: Any) -> None:
-        """Tell live listeners (the web page) at once, and plugins in order, that an app's
-        registration changed (``action``: created, updated or removed)."""
+    async def _changed(self, record: AppRecord, action: str, **details: Any) -> None:
+        """Tell live listeners (the web page) at once, plugins in order, and the other
+        replicas, that an app's registration changed (``action``: created, updated or
+        removed)."""
         self.host.events.publish({"type": "app_changed", "app": record.name, "action": action})
         hook = {"created": "app_registered", "updated": "app_updated"}.get(
             action, "app_unregistered"
         )
         app = AppContext(record, None, self.settings.instance_id, self.host)
         self.host.notify_later(hook, app=app, **details)
+        if self.replicas is not None:
+            try:
+                await self.replicas.announce(record.name, action)
+            except Exception as exc:  # the stamp check in every round catches up
+                log.warning("could not tell the other replicas about %s: %r", record.name, exc)
 
-    def _locked(self, name: str) -> asyncio.Lock:
-        return self._locks.setdefault(name, asyncio.Lock())
+    @contextlib.asynccontextmanager
+    async def _serialized(self, name: str) -> AsyncIterator[None]:
+        """One admin operation on ``name`` at a time: in this process, then (replicas)
+        across every supervisor on the registry."""
+        async with self._locks.setdefault(name, asyncio.Lock()):
+            if self.replicas is None:
+                yield
+                return
+            async with self.replicas.admin_lock(name):
+                yield
 
     # --- reads -----------------------------------------------------------------------
 
@@ -164,14 +182,14 @@ class Supervisor:
         record = AppRecord(
             name=name, title=title, environments=environments, options=options, database=database
         )
-        async with self._locked(name):
+        async with self._serialized(name):
             await self.registry.insert(record)
             try:
                 await self.process.create(record)
             except BaseException as exc:
                 await self._undo_create(record, exc)
                 raise
-        self._changed(record, "created")
+        await self._changed(record, "created")
         app = await self._describe(record)
         if record.start_mode == "with_supervisor":
             # created either way: a failed first start shows in statuses and results
@@ -219,7 +237,7 @@ class Supervisor:
 
     async def update_app(self, name: str, data: dict[str, Any]) -> dict[str, Any]:
         v.check_fields(data, v.PATCH_FIELDS)
-        async with self._locked(name):
+        async with self._serialized(name):
             record = await self.registry.get(v.app_name(name))
             changes: dict[str, Any] = {}
             if "title" in data:
@@ -239,7 +257,7 @@ class Supervisor:
             if changes:
                 record = await self.registry.update(record.changed(**changes))
                 await self.process.update(record)
-                self._changed(record, "updated", changed=sorted(changes))
+                await self._changed(record, "updated", changed=sorted(changes))
         return await self._describe(record)
 
     async def delete_app(
@@ -247,7 +265,7 @@ class Supervisor:
     ) -> dict[str, Any]:
         """Remove the app everywhere; keep it registered if an environment could not
         remove it, unless ``force`` (an environment gone for good keeps its data)."""
-        async with self._locked(name):
+        async with self._serialized(name):
             record = await self.registry.get(v.app_name(name))
             stopped = record.changed(desired_state="stopped")
             await self.registry.update(stopped)
@@ -265,7 +283,7 @@ class Supervisor:
                 await self.process.forget(stopped)
         self._locks.pop(name, None)
         dropped = drop_database and not failed
-        self._changed(stopped, "removed", database_dropped=dropped)
+        await self._changed(stopped, "removed", database_dropped=dropped)
         return {
             "name": name,
             "removed": True,
@@ -275,11 +293,11 @@ class Supervisor:
 
     async def start_app(self, name: str, wait: bool = True) -> tuple[dict[str, Any], bool]:
         """Start the app; returns (app JSON, finished)."""
-        async with self._locked(name):
+        async with self._serialized(name):
             record = await self.registry.get(v.app_name(name))
             if record.desired_state != "running":
                 record = await self.registry.update(record.changed(desired_state="running"))
-                self._changed(record, "updated", changed=["desired_state"])
+                await self._changed(record, "updated", changed=["desired_state"])
         if not wait:
             self.host.spawn(self._start_logged(record))
             # let it take its first step, so the 202 shows the start under way (locally)
@@ -292,11 +310,11 @@ class Supervisor:
         return await self._checked(record, results, "start")
 
     async def stop_app(self, name: str, wait: bool = True) -> tuple[dict[str, Any], bool]:
-        async with self._locked(name):
+        async with self._serialized(name):
             record = await self.registry.get(v.app_name(name))
             if record.desired_state != "stopped":
                 record = await self.registry.update(record.changed(desired_state="stopped"))
-                self._changed(record, "updated", changed=["desired_state"])
+                await self._changed(record, "updated", changed=["desired_state"])
         if not wait:
             self.host.spawn(self.process.stop(record))
             await asyncio.sleep(0)

@@ -23,6 +23,7 @@ from nocosup.redisconn import close_role_redis, connect_role_redis
 from nocosup.rediskeys import Keys
 from nocosup.registry import EnvironmentStore, Registry
 from nocosup.remote import ProxyGateway, RedisEnvironments, RemoteProcess, Watcher
+from nocosup.replicas import Replicas
 from nocosup.role import Role
 from nocosup.runtime import LocalRuntime
 from nocosup.sessions import SessionStore
@@ -55,6 +56,7 @@ class SupervisorRole(Role):
         self.sender: CommandSender | None = None
         self.proxy: Proxy | None = None
         self.watcher: Watcher | None = None
+        self.replicas: Replicas | None = None
 
     def routes(self) -> list[BaseRoute]:
         return admin_api.routes()
@@ -79,7 +81,10 @@ class SupervisorRole(Role):
         else:
             process, environments = await self._remote(registry, db)
         self.supervisor = Supervisor(host, registry, process, environments)
+        self.supervisor.replicas = self.replicas
         await self.supervisor.restore()
+        if self.replicas is not None:
+            await self.replicas.check()  # learn the stamp the table now matches
         if self.watcher is not None:
             await self.watcher.start()
 
@@ -103,6 +108,9 @@ class SupervisorRole(Role):
         self.proxy = Proxy(read_timeout=settings.proxy_timeout, ws_max_size=settings.max_ws_message)
         self.gateway = ProxyGateway(host, process, environments, self.proxy)
         self.watcher = Watcher(host, redis, keys, registry, environments, process)
+        self.replicas = self.watcher.replicas = Replicas(
+            host, redis, keys, registry, process, self.watcher.period
+        )
         return process, environments
 
     async def stop(self) -> None:
@@ -110,6 +118,9 @@ class SupervisorRole(Role):
         if self.watcher is not None:
             await self.watcher.close()
             self.watcher = None
+        if self.replicas is not None:
+            await self.replicas.resign()
+            self.replicas = None
         if self.runtime is not None:
             await self.runtime.stop_all()
             self.runtime = None
