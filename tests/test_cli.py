@@ -109,7 +109,7 @@ def on_terminal(
 
 
 def tenant_file(server: NocosupServer, name: str) -> Path:
-    return server.storage / "databases" / f"nocosup_{name}.sqlite"
+    return server.storage / "databases" / f"nocosup_app_{name}.sqlite"
 
 
 # --- round trips --------------------------------------------------------------------------
@@ -141,8 +141,9 @@ def test_round_trip_in_tables(sqlite_server: NocosupServer) -> None:
         "desired state": "running",
         "start mode": "on_first_request",
         "db conn type": "new_database",
-        "database": "name=nocosup_crm",
+        "database": "name=nocosup_app_crm",
         "options": '{"color": "blue"}',
+        "domains": "-",
         "version": "1",
     }
 
