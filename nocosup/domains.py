@@ -1,0 +1,67 @@
+"""Custom domains: which app a request's Host names, in one dict lookup.
+
+The supervisor keeps :class:`DomainRoutes` current from the registry (at start and after
+every create, update and delete of an app); the host asks it before anything else, so a
+request to an app's domain reaches only that app, at the root path, whatever its path
+(``/api``, ``/healthz`` and the page are the app's there, not nocosup's). Through the
+proxy the choice travels to the worker in :data:`APP_HEADER`, which a worker believes only
+from the proxies it trusts (``NOCOSUP_TRUSTED_PROXIES``, see :mod:`nocosup.forwarded`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from starlette.types import Scope
+
+from nocosup.config import Settings
+from nocosup.errors import DomainTaken
+from nocosup.registry import AppRecord
+from nocosup.validation import host_name
+
+#: Request header by which a supervisor's proxy tells a worker the app a request is for
+#: (set for requests routed by domain: the path then says nothing about the app).
+APP_HEADER = b"x-nocosup-app"
+#: Scope key the host sets on a request it routed by domain (read by the proxy).
+ROUTED_APP = "nocosup.routed_app"
+
+
+class DomainRoutes:
+    """``domain -> app name`` for every registered app's custom domains."""
+
+    def __init__(self) -> None:
+        self.apps: dict[str, str] = {}
+
+    def __bool__(self) -> bool:
+        return bool(self.apps)
+
+    def replace(self, records: Iterable[AppRecord]) -> None:
+        """Route exactly the domains of ``records`` (start-up)."""
+        self.apps = {d: r.name for r in records for d in r.domains}
+
+    def learn(self, record: AppRecord) -> None:
+        """Route ``record``'s current domains (and no longer the ones it dropped)."""
+        self.forget(record.name)
+        for domain in record.domains:
+            self.apps[domain] = record.name
+
+    def forget(self, name: str) -> None:
+        if name in self.apps.values():
+            self.apps = {d: a for d, a in self.apps.items() if a != name}
+
+    def match(self, scope: Scope) -> str | None:
+        """The app whose domain is the request's Host (port ignored), else None."""
+        for key, value in scope["headers"]:
+            if key == b"host":
+                return self.apps.get(host_name(value))
+        return None
+
+
+def check_admin_host(domains: list[str], settings: Settings) -> None:
+    """DomainTaken when one of ``domains`` is NOCOSUP_ADMIN_HOST (without its port): the
+    admin API and page and a tenant never share a host name."""
+    if not settings.admin_host:
+        return
+    admin = host_name(settings.admin_host.encode("latin-1"))
+    if admin in domains:
+        raise DomainTaken(admin, "the admin API and page (NOCOSUP_ADMIN_HOST)")
