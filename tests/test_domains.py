@@ -88,7 +88,9 @@ async def test_domains_in_shared_memory_mode(inproc: InProc) -> None:
     assert_error(r, 409, "DOMAIN_TAKEN")
     assert "'crm'" in r.json()["error"]["message"] and r.json()["error"]["domain"] == "crm.test"
     assert_error(await c.get("/api/apps/crm2"), 404, "APP_NOT_FOUND")
-    assert_error(await c.patch("/api/apps/shop", json={"domains": ["crm.test"]}), 409, "DOMAIN_TAKEN")
+    assert_error(
+        await c.patch("/api/apps/shop", json={"domains": ["crm.test"]}), 409, "DOMAIN_TAKEN"
+    )
     r = await c.patch("/api/apps/shop", json={"domains": ["nope:80"]})
     assert_error(r, 422, "VALIDATION_ERROR", "domains")
 
@@ -116,7 +118,9 @@ async def test_domains_in_shared_memory_mode(inproc: InProc) -> None:
 async def test_domains_survive_a_restart(tmp_path: Path) -> None:
     settings = inproc_settings(tmp_path)
     async with running_host(settings) as h:
-        r = await h.api.post("/api/apps", json={"name": "crm", "options": ECHO, "domains": ["c.test"]})
+        r = await h.api.post(
+            "/api/apps", json={"name": "crm", "options": ECHO, "domains": ["c.test"]}
+        )
         assert r.status_code == 201
     async with running_host(settings) as h, h.client() as anyone:
         assert (await echo(anyone, "c.test", "/z"))["path"] == "/z"
