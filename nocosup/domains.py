@@ -10,6 +10,7 @@ from the proxies it trusts (``NOCOSUP_TRUSTED_PROXIES``, see :mod:`nocosup.forwa
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 
 from starlette.types import Scope
@@ -19,6 +20,8 @@ from nocosup.errors import DomainTaken
 from nocosup.registry import AppRecord
 from nocosup.validation import host_name
 
+log = logging.getLogger("nocosup.domains")
+
 #: Request header by which a supervisor's proxy tells a worker the app a request is for
 #: (set for requests routed by domain: the path then says nothing about the app).
 APP_HEADER = b"x-nocosup-app"
@@ -27,22 +30,34 @@ ROUTED_APP = "nocosup.routed_app"
 
 
 class DomainRoutes:
-    """``domain -> app name`` for every registered app's custom domains."""
+    """``domain -> app name`` for every registered app's custom domains, except
+    ``admin_host``: an app that got a domain before NOCOSUP_ADMIN_HOST was set to it does
+    not get the admin's requests (logged at start)."""
 
-    def __init__(self) -> None:
+    def __init__(self, admin_host: str | None = None) -> None:
         self.apps: dict[str, str] = {}
+        self.admin = host_name(admin_host.encode("latin-1")) if admin_host else None
 
     def __bool__(self) -> bool:
         return bool(self.apps)
 
     def replace(self, records: Iterable[AppRecord]) -> None:
         """Route exactly the domains of ``records`` (start-up)."""
-        self.apps = {d: r.name for r in records for d in r.domains}
+        self.apps = {}
+        for record in records:
+            self.learn(record)
 
     def learn(self, record: AppRecord) -> None:
         """Route ``record``'s current domains (and no longer the ones it dropped)."""
         self.forget(record.name)
         for domain in record.domains:
+            if domain == self.admin:
+                log.error(
+                    "app %s has the domain %s, which is NOCOSUP_ADMIN_HOST: not routed to it",
+                    record.name,
+                    domain,
+                )
+                continue
             self.apps[domain] = record.name
 
     def forget(self, name: str) -> None:

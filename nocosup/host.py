@@ -61,7 +61,7 @@ class Host(Starlette):
         self.databases = TenantDatabases(settings, self.hooks.provisioners(settings))
         self.events = EventBus()
         #: Custom domains of the apps (kept current by the supervisor; empty on workers).
-        self.domain_routes = DomainRoutes()
+        self.domain_routes = DomainRoutes(settings.admin_host)
         #: Named probes run by /readyz; the role adds its own when it starts.
         self.readiness: dict[str, ReadinessCheck] = {}
         self.role: Role = self._make_role()

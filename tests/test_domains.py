@@ -209,3 +209,16 @@ async def test_domains_through_the_proxy(cluster: Cluster) -> None:
             return r.status_code == 200 and r.json()["path"] == "/who"
 
     await wait_for(shop_answers)
+
+
+async def test_an_admin_host_set_later_wins_over_an_apps_domain(tmp_path: Path) -> None:
+    async with running_host(inproc_settings(tmp_path)) as h:
+        body = {"name": "crm", "options": ECHO, "domains": ["admin.test", "crm.test"]}
+        assert (await h.api.post("/api/apps", json=body)).status_code == 201
+    settings = inproc_settings(tmp_path, NOCOSUP_ADMIN_HOST="admin.test:8443")
+    async with running_host(settings) as h, h.client(headers=ADMIN) as c:
+        assert (await c.get("/api/apps")).json()["apps"][0]["domains"] == [
+            "admin.test",
+            "crm.test",
+        ]
+        assert (await echo(c, "crm.test", "/api/apps"))["path"] == "/api/apps"
