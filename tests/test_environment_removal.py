@@ -89,6 +89,14 @@ async def test_removing_environments(cluster: Cluster) -> None:
         app = (await c.get("/api/apps/kept")).json()
         assert app["statuses"] == {"env_b": "unavailable"}
 
+        # the app can go too: refused while its environment cannot answer, unless forced
+        err = failed(run(supervisor, "apps", "rm", "kept", "--yes"))
+        assert "(APP_ENVIRONMENT_UNAVAILABLE)" in err and "--force" in err
+        assert ok(run(supervisor, "apps", "rm", "kept", "--yes", "--force")).stdout == (
+            "removed kept (database kept)\n"
+        )
+        assert (await c.get("/api/apps")).json()["apps"] == []
+
         # a worker that comes back registers again
         cluster.start_worker("env_a")
 
