@@ -183,8 +183,8 @@ def _row_to_record(row: Any, parsed: dict[str, AppRecord]) -> AppRecord:
     """The record of ``row``; parsing its three JSON columns is most of the cost of a
     1000-app list, so records already parsed at the same version are reused."""
     m = row._mapping
-    name, title, envs, options, database = (m[k] for k in _JSON_ROW[:5])
-    desired, version, created, updated, domains = (m[k] for k in _JSON_ROW[5:])
+    name, title, envs, options, database = (m[k] for k in _COLUMNS[:5])
+    desired, version, created, updated, domains = (m[k] for k in _COLUMNS[5:])
     known = parsed.get(name)
     if known is not None and (known.version, known.created_at, known.updated_at) == (
         version,
@@ -207,7 +207,8 @@ def _row_to_record(row: Any, parsed: dict[str, AppRecord]) -> AppRecord:
     return record
 
 
-_JSON_ROW = (
+#: The columns of ``nocosup_apps`` in the order _row_to_record reads them.
+_COLUMNS = (
     "name",
     "title",
     "environments",
