@@ -36,6 +36,10 @@ class DomainRoutes:
 
     def __init__(self, admin_host: str | None = None) -> None:
         self.apps: dict[str, str] = {}
+        #: The same, keyed by the domain's bytes, as the Host header comes.
+        self._raw: dict[bytes, str] = {}
+        #: Each app's routed domains, so that forgetting one app is not a scan of all.
+        self._owned: dict[str, list[str]] = {}
         self.admin = host_name(admin_host.encode("latin-1")) if admin_host else None
 
     def __bool__(self) -> bool:
@@ -43,7 +47,7 @@ class DomainRoutes:
 
     def replace(self, records: Iterable[AppRecord]) -> None:
         """Route exactly the domains of ``records`` (start-up)."""
-        self.apps = {}
+        self.apps, self._raw, self._owned = {}, {}, {}
         for record in records:
             self.learn(record)
 
@@ -59,16 +63,27 @@ class DomainRoutes:
                 )
                 continue
             self.apps[domain] = record.name
+            self._raw[domain.encode("ascii")] = record.name
+            self._owned.setdefault(record.name, []).append(domain)
 
     def forget(self, name: str) -> None:
-        if name in self.apps.values():
-            self.apps = {d: a for d, a in self.apps.items() if a != name}
+        for domain in self._owned.pop(name, ()):
+            if self.apps.get(domain) == name:
+                del self.apps[domain]
+                del self._raw[domain.encode("ascii")]
 
     def match(self, scope: Scope) -> str | None:
-        """The app whose domain is the request's Host (port ignored), else None."""
+        """The app whose domain is the request's Host (port and case ignored), else None.
+        Runs on every request once any app has a domain: bytes only, no decoding."""
         for key, value in scope["headers"]:
             if key == b"host":
-                return self.apps.get(host_name(value))
+                name = self._raw.get(value)
+                if name is not None:
+                    return name
+                colon = value.rfind(b":")
+                if colon > 0 and not value.endswith(b"]"):
+                    value = value[:colon]
+                return self._raw.get(value.strip().lower())
         return None
 
 

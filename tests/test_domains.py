@@ -10,7 +10,9 @@ import httpx
 import pytest
 
 from nocosup import validation as v
+from nocosup.domains import DomainRoutes
 from nocosup.errors import InvalidInput
+from nocosup.registry import AppRecord
 from tests.cluster import Cluster, wait_for
 from tests.conftest import REDIS_URL
 from tests.inproc import InProc, inproc_settings, running_host
@@ -222,3 +224,35 @@ async def test_an_admin_host_set_later_wins_over_an_apps_domain(tmp_path: Path) 
             "crm.test",
         ]
         assert (await echo(c, "crm.test", "/api/apps"))["path"] == "/api/apps"
+
+
+def test_the_routing_table_follows_records() -> None:
+    routes = DomainRoutes("Admin.test:8443")
+    assert not routes
+    routes.replace(
+        [
+            AppRecord("a", "A", ["e"], {}, {}, domains=["a.test", "admin.test"]),
+            AppRecord("b", "B", ["e"], {}, {}, domains=["b.test"]),
+        ]
+    )
+    assert routes.apps == {"a.test": "a", "b.test": "b"}  # never the admin host
+
+    def match(host: bytes) -> str | None:
+        return routes.match({"headers": [(b"accept", b"*/*"), (b"host", host)]})
+
+    assert [match(h) for h in (b"a.test", b"A.Test:80", b"b.test:8443", b"admin.test")] == [
+        "a",
+        "a",
+        "b",
+        None,
+    ]
+    assert match(b"[::1]:80") is None and match(b"c.test") is None
+    assert routes.match({"headers": []}) is None
+    # b takes a.test from a (after a let it go), then b is removed
+    routes.learn(AppRecord("a", "A", ["e"], {}, {}, domains=["a2.test"]))
+    routes.learn(AppRecord("b", "B", ["e"], {}, {}, domains=["a.test"]))
+    assert routes.apps == {"a2.test": "a", "a.test": "b"}
+    routes.forget("b")
+    assert routes.apps == {"a2.test": "a"} and match(b"a.test") is None
+    routes.forget("a")
+    assert not routes and match(b"a2.test") is None
