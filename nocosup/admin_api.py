@@ -90,6 +90,13 @@ async def get_environment(request: Request) -> Response:
 
 
 @admin_only
+async def delete_environment(request: Request) -> Response:
+    force = v.flag(request.query_params.get("force"), "force", False)
+    result = await _supervisor(request).delete_environment(request.path_params["name"], force)
+    return JSONResponse(result)
+
+
+@admin_only
 async def list_plugins(request: Request) -> Response:
     return JSONResponse({"plugins": request.app.hooks.describe()})
 
@@ -127,7 +134,11 @@ def routes() -> list[BaseRoute]:
         Route("/api/apps/{name}/start", start_app, methods=["POST"]),
         Route("/api/apps/{name}/stop", stop_app, methods=["POST"]),
         Route("/api/environments", list_environments, methods=["GET"]),
-        Route("/api/environments/{name}", get_environment, methods=["GET"]),
+        Route(
+            "/api/environments/{name}",
+            _by_method(get=get_environment, delete=delete_environment),
+            methods=["GET", "DELETE"],
+        ),
         Route("/api/plugins", list_plugins, methods=["GET"]),
         Route("/api/openapi.json", openapi_document, methods=["GET"]),
     ]

@@ -8,8 +8,10 @@ or configuration, 130 interrupted.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import logging
+import logging.config
 import os
 import sys
 import threading
@@ -62,11 +64,12 @@ def _serve(args: argparse.Namespace) -> int:
     from nocosup.server import attach_limits, uvicorn_options
     from nocosup.storage import check_storage
 
-    logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    # `databases` logs every connect at INFO: one line per tenant start is noise.
-    logging.getLogger("databases").setLevel(logging.WARNING)
+    logging_config = log_config(args.log_level)
+    logging.config.dictConfig(logging_config)
+    # As uvicorn does: NOCOSUP_APP_FACTORY=tenants:build finds ./tenants.py. Replicas
+    # (--workers) are spawned with this sys.path.
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
     if args.forwarded_allow_ips is not None:
         print(
             "nocosup: --forwarded-allow-ips is gone: list the proxies whose X-Forwarded-* "
@@ -99,6 +102,8 @@ def _serve(args: argparse.Namespace) -> int:
         "lifespan": "on",
         "access_log": args.access_log,
         "log_level": args.log_level,
+        # uvicorn applies it in every replica too (a parent's logging setup reaches none)
+        "log_config": logging_config,
         # forwarded headers are the host's business (nocosup.forwarded): the client,
         # scheme and Host it sees come from NOCOSUP_TRUSTED_PROXIES only
         "proxy_headers": False,
@@ -110,6 +115,27 @@ def _serve(args: argparse.Namespace) -> int:
     server = uvicorn.Server(attach_limits(uvicorn.Config(host, **options), settings))
     server.run()
     return 0 if server.started else STARTUP_FAILED
+
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def log_config(level: str) -> dict[str, Any]:
+    """uvicorn's logging configuration plus a root handler for nocosup's own loggers (and
+    the tenants'), as a dict uvicorn applies in each process it starts."""
+    from uvicorn.config import LOGGING_CONFIG
+
+    config = copy.deepcopy(LOGGING_CONFIG)
+    config["formatters"]["nocosup"] = {"format": LOG_FORMAT}
+    config["handlers"]["nocosup"] = {
+        "class": "logging.StreamHandler",
+        "formatter": "nocosup",
+        "stream": "ext://sys.stderr",
+    }
+    config["root"] = {"handlers": ["nocosup"], "level": level.upper()}
+    # `databases` logs every connect at INFO: one line per tenant start is noise.
+    config["loggers"]["databases"] = {"level": "WARNING"}
+    return config
 
 
 #: uvicorn's exit code for an app that failed to start; ours too.
@@ -331,6 +357,8 @@ def _apps_create(api: AdminClient, args: argparse.Namespace) -> int:
         body["title"] = args.title
     if args.environments:
         body["environments"] = args.environments
+    if args.domains:
+        body["domains"] = args.domains
     options = parse_options(args)
     if options:
         body["options"] = options
@@ -362,7 +390,7 @@ def _apps_create(api: AdminClient, args: argparse.Namespace) -> int:
 def describe(app: Mapping[str, Any]) -> str:
     """Every field of an app, one per line; full error texts indented at the end."""
     shown = {"name", "title", "environments", "statuses", "errors", "desired_state"}
-    shown |= {"options", "database", "version", "created_at", "updated_at"}
+    shown |= {"options", "database", "version", "created_at", "updated_at", "domains"}
     options = dict(app.get("options") or {})
     database = app.get("database") or {}
     rows: list[tuple[str, str]] = [
@@ -379,6 +407,7 @@ def describe(app: Mapping[str, Any]) -> str:
             or "-",
         ),
         ("options", json.dumps(options, sort_keys=True) if options else "-"),
+        ("domains", ", ".join(app.get("domains") or []) or "-"),
         ("version", str(app.get("version", "-"))),
         ("created", when(app.get("created_at"))),
         ("updated", when(app.get("updated_at"))),
@@ -578,13 +607,39 @@ def _apps_rm(api: AdminClient, args: argparse.Namespace) -> int:
         if not confirm_removal(api, args.name, args.drop_database):
             err("nocosup: not removed")
             return EXIT_FAILED
-    result = api.delete_app(args.name, args.drop_database)
+    result = api.delete_app(args.name, args.drop_database, args.force)
     if args.json:
         print_json(result)
     elif result.get("database_dropped"):
         out(f"removed {result.get('name', args.name)} and dropped its database")
     else:
         out(f"removed {result.get('name', args.name)} (database kept)")
+    return 0
+
+
+def _apps_domains(api: AdminClient, args: argparse.Namespace) -> int:
+    """Show an app's custom domains, or replace them (``--set``, ``--clear``)."""
+    if args.set is not None and args.clear:
+        raise UsageError("--set and --clear contradict each other")
+    if args.set is None and not args.clear:
+        app = api.get_app(args.name)
+    else:
+        app = api.update_app(args.name, {"domains": [] if args.clear else args.set})
+    if args.json:
+        print_json(app)
+    else:
+        out("\n".join(app.get("domains") or []) or f"{app.get('name', args.name)} has no domains")
+    return 0
+
+
+def _envs_rm(api: AdminClient, args: argparse.Namespace) -> int:
+    result = api.delete_environment(args.name, args.force)
+    if args.json:
+        print_json(result)
+    else:
+        apps = result.get("apps") or []
+        still = f" ({len(apps)} apps still list it: {', '.join(apps)})" if apps else ""
+        out(f"removed environment {result.get('name', args.name)}{still}")
     return 0
 
 
@@ -757,6 +812,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="the tenant-database provisioner: sqlite or postgres (default: DB_DIALECT's)",
     )
     p.add_argument(
+        "--domain",
+        dest="domains",
+        action="extend",
+        nargs="+",
+        metavar="HOST",
+        help="custom domain(s) served by this app at its root, e.g. crm.example.com",
+    )
+    p.add_argument(
         "--option",
         action="append",
         metavar="KEY=JSON_VALUE",
@@ -789,12 +852,33 @@ def build_parser() -> argparse.ArgumentParser:
         "--drop-database", action="store_true", help="also drop its database (its data is lost)"
     )
     p.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="forget it even where an environment could not remove it (offline for good)",
+    )
     p.set_defaults(func=_client_command(_apps_rm))
 
-    envs = sub.add_parser("envs", help="list the runtime environments")
+    p = apps_sub.add_parser("domains", parents=common, help="show or set an app's custom domains")
+    p.add_argument("name")
+    p.add_argument(
+        "--set", nargs="+", metavar="HOST", help="replace the app's domains with these host names"
+    )
+    p.add_argument("--clear", action="store_true", help="remove every domain of the app")
+    p.set_defaults(func=_client_command(_apps_domains))
+
+    envs = sub.add_parser("envs", help="list and remove the runtime environments")
     envs_sub = envs.add_subparsers(dest="action", required=True, metavar="action")
     p = envs_sub.add_parser("list", parents=common, help="table of environments")
     p.set_defaults(func=_client_command(_envs_list))
+    p = envs_sub.add_parser("rm", parents=common, help="forget an environment that is gone")
+    p.add_argument("name")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="remove it even while it is online or apps still list it",
+    )
+    p.set_defaults(func=_client_command(_envs_rm))
     return parser
 
 

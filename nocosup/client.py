@@ -159,6 +159,9 @@ class AdminClient:
     def create_app(self, body: dict[str, Any]) -> dict[str, Any]:
         return self._call("POST", "/api/apps", json=body, shape=_is_app)
 
+    def update_app(self, name: str, body: dict[str, Any]) -> dict[str, Any]:
+        return self._call("PATCH", _app_path(name), json=body, shape=_is_app)
+
     def command(self, name: str, verb: str) -> dict[str, Any]:
         """POST start or stop and wait for it: the server answers once it is done."""
         if verb not in ("start", "stop"):
@@ -167,12 +170,18 @@ class AdminClient:
             "POST", f"{_app_path(name)}/{verb}", params={"wait": "true"}, shape=_is_app
         )
 
-    def delete_app(self, name: str, drop_database: bool) -> dict[str, Any]:
+    def delete_app(self, name: str, drop_database: bool, force: bool = False) -> dict[str, Any]:
         params = {"drop_database": "true" if drop_database else "false"}
+        if force:
+            params["force"] = "true"
         return self._call("DELETE", _app_path(name), params=params)
 
     def list_environments(self) -> dict[str, Any]:
         return self._call("GET", "/api/environments", shape=_is_environment_list)
+
+    def delete_environment(self, name: str, force: bool = False) -> dict[str, Any]:
+        path = "/api/environments/" + quote(name, safe="")
+        return self._call("DELETE", path, params={"force": "true" if force else "false"})
 
     # --- plumbing ----------------------------------------------------------------------
 

@@ -40,7 +40,8 @@ _DB_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _HOST = re.compile(r"([A-Za-z0-9][A-Za-z0-9.-]{0,252}|\[[0-9A-Fa-f:.]+\])(:[0-9]{1,5})?")
 #: The admin token guards every app and its data: shorter ones are refused at start.
 MIN_ADMIN_TOKEN = 32
-#: App names are at most 40 characters and tenant databases are named ``{DB_DATABASE}_{app}``;
+#: App names are at most 40 characters and tenant databases were named ``{DB_DATABASE}_{app}``
+#: (now ``{DB_DATABASE}_app_{app}``: an app whose name would not fit is refused at create);
 #: PostgreSQL truncates identifiers past 63 bytes, so DB_DATABASE must leave room.
 MAX_DB_DATABASE_LEN = 63 - 1 - 40
 
@@ -102,7 +103,7 @@ VARIABLES: tuple[Variable, ...] = (
     Variable(
         "DB_DATABASE",
         "nocosup",
-        "Registry database name; tenant databases are named {DB_DATABASE}_{app}.",
+        "Registry database name; tenant databases are named {DB_DATABASE}_app_{app}.",
     ),
     Variable("DB_USER", "postgres", "PostgreSQL user."),
     Variable("DB_PASSWORD", "", "PostgreSQL password."),

@@ -11,7 +11,7 @@ from typing import Any
 
 from nocosup import __version__
 from nocosup.config import Settings
-from nocosup.errors import EnvironmentNotFound
+from nocosup.errors import EnvironmentInUse, EnvironmentNotFound
 from nocosup.registry import now_iso
 
 
@@ -28,6 +28,13 @@ class EnvironmentDirectory(ABC):
             if env["name"] == name:
                 return {**env, "dead_letters": None}
         raise EnvironmentNotFound(f"environment {name!r} is not registered")
+
+    async def remove(self, name: str) -> None:
+        """Forget environment ``name`` everywhere it is recorded (the caller checked that
+        it may go)."""
+        raise EnvironmentInUse(
+            f"environment {name!r} is this process (shared-memory mode): it cannot be removed"
+        )
 
 
 class LocalEnvironments(EnvironmentDirectory):

@@ -11,6 +11,9 @@
     │   └── EnvironmentNotFound     404 ENVIRONMENT_NOT_FOUND
     ├── AppExists                   409 APP_EXISTS
     ├── AppStateConflict            409 APP_STATE_CONFLICT (a stop came during a start, or back)
+    ├── DomainTaken                 409 DOMAIN_TAKEN (a custom domain another app or the admin has)
+    ├── DatabaseNameReserved        409 DATABASE_NAME_RESERVED (a tenant name nocosup uses itself)
+    ├── EnvironmentInUse            409 ENVIRONMENT_IN_USE (removing one online or hosting apps)
     ├── PayloadTooLarge             413 PAYLOAD_TOO_LARGE (a body over its limit)
     ├── HeadersTooLarge             431 HEADERS_TOO_LARGE (a header block over its limit)
     ├── AppUnavailable              503 (base of the gateway's "cannot serve now" answers)
@@ -170,6 +173,30 @@ class AppBusy(NocosupError):
 
     def headers(self) -> dict[str, str]:
         return {"Retry-After": "2"}
+
+
+class DomainTaken(NocosupError):
+    """A custom domain asked for belongs to another app (or is NOCOSUP_ADMIN_HOST)."""
+
+    status = 409
+    code = "DOMAIN_TAKEN"
+
+    def __init__(self, domain: str, owner: str) -> None:
+        super().__init__(f"domain {domain!r} belongs to {owner}", domain=domain)
+
+
+class DatabaseNameReserved(NocosupError):
+    """A tenant database (or schema) would be one nocosup or the server uses itself."""
+
+    status = 409
+    code = "DATABASE_NAME_RESERVED"
+
+
+class EnvironmentInUse(NocosupError):
+    """An environment to remove is still online or still hosts apps."""
+
+    status = 409
+    code = "ENVIRONMENT_IN_USE"
 
 
 class PayloadTooLarge(NocosupError):

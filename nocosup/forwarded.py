@@ -42,6 +42,8 @@ FORWARDING = frozenset(
         b"x-forwarded-proto",
         b"x-forwarded-server",
         b"x-real-ip",
+        # a supervisor's app choice for a request routed by custom domain (nocosup.domains)
+        b"x-nocosup-app",
     }
 )
 

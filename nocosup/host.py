@@ -31,6 +31,7 @@ from nocosup import __version__
 from nocosup.appctx import AppContext
 from nocosup.auth import COOKIE_NAME
 from nocosup.config import Settings
+from nocosup.domains import APP_HEADER, ROUTED_APP, DomainRoutes
 from nocosup.errors import AppNotFound, ConfigError, NocosupError, NotFound, error_body
 from nocosup.events import EventBus
 from nocosup.forwarded import resolve as resolve_forwarded
@@ -43,8 +44,9 @@ from nocosup.status import AppStatus
 log = logging.getLogger("nocosup.host")
 
 ReadinessCheck = Callable[[], Awaitable[object]]
-#: Request headers that may carry admin credentials (filtered by Host._tenant_headers).
-_GUARDED = frozenset({b"cookie", b"authorization"})
+#: Request headers that may carry admin credentials, or the proxy's app choice, filtered
+#: by Host._tenant_headers.
+_GUARDED = frozenset({b"cookie", b"authorization", APP_HEADER})
 #: Plugin notifications queued at most (status and environment changes, registry events).
 MAX_NOTICES = 10_000
 
@@ -58,6 +60,8 @@ class Host(Starlette):
         self.pm = self.hooks.pm
         self.databases = TenantDatabases(settings, self.hooks.provisioners(settings))
         self.events = EventBus()
+        #: Custom domains of the apps (kept current by the supervisor; empty on workers).
+        self.domain_routes = DomainRoutes(settings.admin_host)
         #: Named probes run by /readyz; the role adds its own when it starts.
         self.readiness: dict[str, ReadinessCheck] = {}
         self.role: Role = self._make_role()
@@ -199,7 +203,11 @@ class Host(Starlette):
         kind = scope["type"]
         if kind == "http" or kind == "websocket":
             scope = resolve_forwarded(scope, self.settings)
-            target = _tenant_target(scope)
+            target = self._routed_target(scope) if self.domain_routes else None
+            if target is None and self.role.serves_forwarded_app:
+                target = _forwarded_target(scope)
+            if target is None:
+                target = _tenant_target(scope)
             if target is None:
                 name = _header_app(scope)
                 if name is not None and not self.serves(scope):
@@ -235,10 +243,20 @@ class Host(Starlette):
             return
         await super().__call__(scope, receive, send)
 
+    def _routed_target(self, scope: Scope) -> tuple[str, str, bool] | None:
+        """The app whose custom domain the Host names, at the host's own root_path (every
+        path is the app's there); the scope is marked so the proxy tells the worker."""
+        name = self.domain_routes.match(scope)
+        if name is None:
+            return None
+        scope[ROUTED_APP] = name
+        return name, scope.get("root_path", ""), False
+
     def _tenant_headers(self, headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
-        """What a tenant may see of the request headers: no session cookie, and no
-        ``Authorization`` that carries the admin token (a script that sent it to an app
-        by mistake must not hand it over)."""
+        """What a tenant may see of the request headers: no session cookie, no proxy's
+        app choice, and no ``Authorization`` that carries the admin token (a script that
+        sent it to an app by mistake must not hand it over)."""
+        headers = [(k, v) for k, v in headers if k != APP_HEADER]
         headers = without_admin_cookie(headers)
         token: str | None = getattr(self.state, "admin_token", None) or self.settings.admin_token
         if not token or not any(k == b"authorization" for k, _v in headers):
@@ -361,6 +379,17 @@ def _header_app(scope: Scope) -> str | None:
         if key == b"x-app":
             name: str = value.decode("latin-1").strip()
             return name
+    return None
+
+
+def _forwarded_target(scope: Scope) -> tuple[str, str, bool] | None:
+    """A worker's request routed by domain on the supervisor: the app named by the
+    proxy's ``X-Nocosup-App`` (kept by nocosup.forwarded only from a trusted proxy), at
+    the root path, whatever the path."""
+    for key, value in scope["headers"]:
+        if key == APP_HEADER:
+            name: str = value.decode("latin-1").strip()
+            return (name, scope.get("root_path", ""), False) if name else None
     return None
 
 

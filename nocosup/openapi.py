@@ -34,7 +34,11 @@ def _errors(*statuses: int) -> dict[str, Any]:
         403: "A cookie-authenticated write that is not from the page (CSRF_REJECTED)",
         404: "No such app, environment or route",
         405: "Method not allowed (the Allow header lists the path's methods)",
-        409: "The name is taken (APP_EXISTS), or a later stop/start took over (APP_STATE_CONFLICT)",
+        409: (
+            "The name is taken (APP_EXISTS), a domain is another's (DOMAIN_TAKEN), the "
+            "database name is nocosup's own (DATABASE_NAME_RESERVED), a later stop/start took "
+            "over (APP_STATE_CONFLICT), or an environment is in use (ENVIRONMENT_IN_USE)"
+        ),
         413: "The body is over its limit (PAYLOAD_TOO_LARGE)",
         422: "Invalid input (VALIDATION_ERROR naming the field, or INVALID_JSON)",
         429: "Too many failed logins from this address (TOO_MANY_LOGINS, Retry-After)",
@@ -111,6 +115,20 @@ _IDEMPOTENCY = {
     "running again; answers are kept 24 hours.",
     "schema": {"type": "string", "pattern": "^[\\x21-\\x7e]{1,255}$"},
 }
+#: A custom domain as the API takes it (checked further by nocosup.validation.domains:
+#: labels, length, no IP address); answers hold it lowercased.
+_DOMAINS = {
+    "type": "array",
+    "maxItems": 20,
+    "uniqueItems": True,
+    "items": {"type": "string", "pattern": "^[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$"},
+    "description": "Host names served by this app at its root (no port), e.g. crm.example.com.",
+}
+_ENV_NAME = {
+    **_NAME,
+    "description": "The environment's name.",
+    "schema": {"type": "string"},
+}
 _WAIT = _flag("wait", "false answers 202 at once and carries on in the background")
 _ADMIN: list[dict[str, list[str]]] = [{"bearerAuth": []}, {"sessionCookie": []}]
 
@@ -170,6 +188,7 @@ _SCHEMAS: dict[str, Any] = {
             "version",
             "created_at",
             "updated_at",
+            "domains",
             "statuses",
             "errors",
         ],
@@ -183,6 +202,7 @@ _SCHEMAS: dict[str, Any] = {
             "version": {"type": "integer", "minimum": 1},
             "created_at": {"type": "string"},
             "updated_at": {"type": "string"},
+            "domains": _DOMAINS,
             "statuses": {"type": "object", "additionalProperties": {"type": "string"}},
             "errors": {"type": "object", "additionalProperties": {"type": "string"}},
             "results": {"type": "object", "additionalProperties": _ref("EnvResult")},
@@ -202,15 +222,31 @@ _SCHEMAS: dict[str, Any] = {
                 ]
             },
             "options": _ref("Options"),
+            "domains": _DOMAINS,
         },
     },
     "AppPatch": {
         "type": "object",
         "additionalProperties": False,
-        "description": "A JSON merge patch (RFC 7386) of the title and options.",
+        "description": "A JSON merge patch (RFC 7386) of the title and options; domains, "
+        "when given, replace the app's (null or [] removes them all).",
         "properties": {
             "title": {"type": "string", "minLength": 1, "maxLength": 200},
             "options": {"type": "object"},
+            "domains": {"oneOf": [_DOMAINS, {"type": "null"}]},
+        },
+    },
+    "EnvironmentRemoved": {
+        "type": "object",
+        "required": ["name", "removed", "apps"],
+        "properties": {
+            "name": {"type": "string"},
+            "removed": {"type": "boolean"},
+            "apps": {
+                "type": "array",
+                "items": {"type": "string"},
+                "description": "Apps that still list the environment (a forced removal).",
+            },
         },
     },
     "Removed": {
@@ -361,8 +397,11 @@ def document(served: Callable[[str], bool] = lambda path: True) -> dict[str, Any
                 parameters=[_NAME],
             ),
             "patch": _op(
-                "Change the title or options (a merge patch)",
-                {"200": _app_answer("The app as changed"), **_errors(*writes, 404, *commands)},
+                "Change the title, options (a merge patch) or domains",
+                {
+                    "200": _app_answer("The app as changed"),
+                    **_errors(*writes, 404, 409, *commands),
+                },
                 parameters=[_NAME],
                 body=_ref("AppPatch"),
             ),
@@ -414,14 +453,19 @@ def document(served: Callable[[str], bool] = lambda path: True) -> dict[str, Any
                     "200": _json(_ref("EnvironmentDetail"), "The environment"),
                     **_errors(401, 404, 503),
                 },
+                parameters=[_ENV_NAME],
+            ),
+            "delete": _op(
+                "Forget an environment that is gone (refused while online or hosting apps)",
+                {
+                    "200": _json(_ref("EnvironmentRemoved"), "Removed"),
+                    **_errors(401, 403, 404, 409, 422, 503),
+                },
                 parameters=[
-                    {
-                        **_NAME,
-                        "description": "The environment's name.",
-                        "schema": {"type": "string"},
-                    }
+                    _ENV_NAME,
+                    _flag("force", "true removes it even while online or hosting apps"),
                 ],
-            )
+            ),
         },
         "/api/plugins": {
             "get": _op("The loaded plugins", {"200": _json(plugins, "The plugins"), **_errors(401)})

@@ -20,9 +20,30 @@ from databases import Database
 
 from nocosup.config import Settings
 from nocosup.db import create_pg_database, pg_connect, pg_url, quote_ident
-from nocosup.errors import ConfigError, DatabaseError, InvalidInput
+from nocosup.errors import ConfigError, DatabaseError, DatabaseNameReserved, InvalidInput
 from nocosup.sqlite import sqlite_database
 from nocosup.storage import private_dir
+
+#: The reserved naming scheme of new tenant databases: ``{DB_DATABASE}_app_{app}`` (a file
+#: stem with SQLite) and, for ``new_schema``, the schema ``app_{app}``. The infix keeps a
+#: tenant from landing on a registry or worker database named ``{DB_DATABASE}_{word}``
+#: (the Kubernetes example's ``nocosup_env_a``). Apps made before it keep the names
+#: stored in their records.
+TENANT_INFIX = "_app_"
+SCHEMA_PREFIX = "app_"
+#: Databases every PostgreSQL server has: never a tenant's.
+SERVER_DATABASES = frozenset({"postgres", "template0", "template1"})
+#: PostgreSQL truncates longer identifiers (so two long names could meet).
+MAX_IDENTIFIER = 63
+
+
+def tenant_database_name(database: str, app: str) -> str:
+    """The database (or SQLite file stem) a new app ``app`` gets under ``database``."""
+    return f"{database}{TENANT_INFIX}{app}"
+
+
+def tenant_schema_name(app: str) -> str:
+    return f"{SCHEMA_PREFIX}{app}"
 
 
 @dataclass(frozen=True)
@@ -92,7 +113,8 @@ class SqliteProvisioner(Provisioner):
         return self.files / f"{spec.name}.sqlite"
 
     def spec(self, app: str, conn_type: str) -> TenantDatabase:
-        return TenantDatabase("new_database", f"{self.settings.db_database}_{app}", None, self.name)
+        name = tenant_database_name(self.settings.db_database, app)
+        return TenantDatabase("new_database", name, None, self.name)
 
     def open(self, spec: TenantDatabase, max_size: int = 5) -> Database:
         return sqlite_database(self.path(spec))
@@ -117,16 +139,18 @@ def _unlink_sqlite(path: Path) -> None:
 
 
 class PostgresProvisioner(Provisioner):
-    """A PostgreSQL database per app (``{DB_DATABASE}_{app}``), or a schema per app in
-    ``DB_DATABASE``, on the server of the ``DB_*`` settings."""
+    """A PostgreSQL database per app (``{DB_DATABASE}_app_{app}``), or a schema per app
+    (``app_{app}``) in ``DB_DATABASE``, on the server of the ``DB_*`` settings."""
 
     name = "postgres"
     conn_types = ("new_database", "new_schema")
 
     def spec(self, app: str, conn_type: str) -> TenantDatabase:
         if conn_type == "new_schema":
-            return TenantDatabase(conn_type, self.settings.db_database, app, self.name)
-        return TenantDatabase("new_database", f"{self.settings.db_database}_{app}", None, self.name)
+            schema = tenant_schema_name(app)
+            return TenantDatabase(conn_type, self.settings.db_database, schema, self.name)
+        name = tenant_database_name(self.settings.db_database, app)
+        return TenantDatabase("new_database", name, None, self.name)
 
     def open(self, spec: TenantDatabase, max_size: int = 5) -> Database:
         # tenant pools stay small: asyncpg would open 10 connections per app by default
@@ -217,15 +241,51 @@ class TenantDatabases:
                 field="options.dbConnType",
             )
         spec = chosen.spec(app, conn)
+        for what, value in (("database", spec.name), ("schema", spec.schema)):
+            if value is not None and len(value.encode()) > MAX_IDENTIFIER:
+                raise InvalidInput(
+                    f"the app's {what} name {value!r} would be longer than {MAX_IDENTIFIER} "
+                    "bytes; choose a shorter app name (or a shorter DB_DATABASE)",
+                    field="name",
+                )
+        self.check_reserved(spec)
         # Without an explicit choice, every process uses its own DB_DIALECT's provisioner
         # (a worker on PostgreSQL behind a supervisor on SQLite keeps working as before).
         return spec if provisioner else replace(spec, provisioner=None)
+
+    def check_reserved(self, spec: TenantDatabase) -> None:
+        """Raise DatabaseNameReserved when ``spec`` names a database this process uses
+        itself (its ``DB_DATABASE``: the registry of a supervisor, a worker's own), one
+        every PostgreSQL server has, or a schema PostgreSQL owns (``public``,
+        ``information_schema``, ``pg_*``). Checked when an app is created and again
+        where its database is made or dropped, so a worker never takes its own."""
+        own = self.settings.db_database
+        if spec.schema is None and (spec.name == own or spec.name in SERVER_DATABASES):
+            whose = (
+                "this nocosup process's own database (DB_DATABASE)"
+                if spec.name == own
+                else ("a database every PostgreSQL server has")
+            )
+            raise DatabaseNameReserved(
+                f"tenant database {spec.name!r} would be {whose}; tenant databases are "
+                f"named {{DB_DATABASE}}{TENANT_INFIX}{{app}}: give nocosup's own databases "
+                "names outside that scheme"
+            )
+        schema = spec.schema
+        if schema is not None and (
+            schema in ("public", "information_schema") or schema.startswith("pg_")
+        ):
+            raise DatabaseNameReserved(
+                f"tenant schema {schema!r} is one PostgreSQL or nocosup's registry uses"
+            )
 
     def open(self, spec: TenantDatabase, max_size: int = 5) -> Database:
         return self.provisioner(spec).open(spec, max_size=max_size)
 
     async def create(self, spec: TenantDatabase) -> None:
+        self.check_reserved(spec)
         await self.provisioner(spec).create(spec)
 
     async def drop(self, spec: TenantDatabase) -> None:
+        self.check_reserved(spec)
         await self.provisioner(spec).drop(spec)

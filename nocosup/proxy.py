@@ -34,6 +34,7 @@ from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
+from nocosup.domains import APP_HEADER, ROUTED_APP
 from nocosup.errors import (
     NocosupError,
     UpstreamInvalidResponse,
@@ -81,6 +82,7 @@ _REQUEST_DROP = HOP_BY_HOP | {
     b"x-forwarded-host",
     b"x-forwarded-prefix",
     b"x-forwarded-proto",
+    APP_HEADER,
 }
 _WS_HANDSHAKE = frozenset(
     {
@@ -374,6 +376,9 @@ def request_headers(scope: Scope, upstream: Upstream) -> tuple[Headers, int]:
     prefix = scope.get("root_path", "")
     if prefix:
         out.append((b"x-forwarded-prefix", prefix.encode("utf-8")))
+    routed: str | None = scope.get(ROUTED_APP)
+    if routed is not None:  # routed by custom domain: the path does not name the app
+        out.append((APP_HEADER, routed.encode("latin-1")))
     return out, mode
 
 

@@ -13,11 +13,11 @@ from typing import Any
 
 import sqlalchemy as sa
 from databases import Database
-from sqlalchemy.schema import CreateTable
+from sqlalchemy.schema import CreateIndex, CreateTable
 
-from nocosup.errors import AppExists, AppNotFound
+from nocosup.errors import AppExists, AppNotFound, DomainTaken
 from nocosup.listing import AppQuery
-from nocosup.validation import APP_NAME
+from nocosup.validation import APP_NAME, DOMAIN, MAX_DOMAINS
 
 metadata = sa.MetaData()
 apps_table = sa.Table(
@@ -32,6 +32,17 @@ apps_table = sa.Table(
     sa.Column("version", sa.Integer, nullable=False),
     sa.Column("created_at", sa.String(32), nullable=False),
     sa.Column("updated_at", sa.String(32), nullable=False),
+    # added after the first release: Registry.migrate adds it to older tables
+    sa.Column("domains", sa.Text, nullable=False, server_default="[]"),
+)
+
+#: Custom domains, one row each: the primary key makes a domain belong to one app even
+#: when two supervisors write at once (the app's ``domains`` column is the ordered copy).
+domains_table = sa.Table(
+    "nocosup_domains",
+    metadata,
+    sa.Column("domain", sa.String(253), primary_key=True),
+    sa.Column("app", sa.String(40), nullable=False, index=True),
 )
 
 environments_table = sa.Table(
@@ -119,6 +130,8 @@ class AppRecord:
     version: int = 1
     created_at: str = field(default_factory=now_iso)
     updated_at: str = field(default_factory=now_iso)
+    #: Custom domains: a request whose Host is one of them goes to this app at "/".
+    domains: list[str] = field(default_factory=list)
 
     @property
     def start_mode(self) -> str:
@@ -136,6 +149,7 @@ class AppRecord:
             "version": self.version,
             "created_at": self.created_at,
             "updated_at": self.updated_at,
+            "domains": list(self.domains),
         }
 
     @classmethod
@@ -167,6 +181,13 @@ class AppRecord:
             raise InvalidRecord(f"app record {name!r}: database needs connType, name, schema")
         if data.get("desired_state", "running") not in ("running", "stopped"):
             raise InvalidRecord(f"app record {name!r}: desired_state must be running or stopped")
+        domains = data.get("domains", [])  # absent in records written before domains
+        if (
+            not isinstance(domains, list)
+            or len(domains) > MAX_DOMAINS
+            or not all(isinstance(d, str) and DOMAIN.fullmatch(d) for d in domains)
+        ):
+            raise InvalidRecord(f"app record {name!r}: domains must be a list of host names")
         return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
 
     def changed(self, **changes: Any) -> AppRecord:
@@ -177,7 +198,9 @@ class AppRecord:
 def _row_to_record(row: Any, parsed: dict[str, AppRecord]) -> AppRecord:
     """The record of ``row``; parsing its three JSON columns is most of the cost of a
     1000-app list, so records already parsed at the same version are reused."""
-    name, title, envs, options, database, desired, version, created, updated = row._mapping
+    m = row._mapping
+    name, title, envs, options, database = (m[k] for k in _COLUMNS[:5])
+    desired, version, created, updated, domains = (m[k] for k in _COLUMNS[5:])
     known = parsed.get(name)
     if known is not None and (known.version, known.created_at, known.updated_at) == (
         version,
@@ -195,6 +218,7 @@ def _row_to_record(row: Any, parsed: dict[str, AppRecord]) -> AppRecord:
         version=version,
         created_at=created,
         updated_at=updated,
+        domains=json.loads(domains or "[]"),
     )
     return record
 
@@ -219,6 +243,21 @@ def _literal(text: str) -> str:
     return text.replace("/", "//").replace("%", "/%").replace("_", "/_")
 
 
+#: The columns of ``nocosup_apps`` in the order _row_to_record reads them.
+_COLUMNS = (
+    "name",
+    "title",
+    "environments",
+    "options",
+    "database",
+    "desired_state",
+    "version",
+    "created_at",
+    "updated_at",
+    "domains",
+)
+
+
 def _record_values(rec: AppRecord) -> dict[str, Any]:
     return {
         "name": rec.name,
@@ -230,6 +269,7 @@ def _record_values(rec: AppRecord) -> dict[str, Any]:
         "version": rec.version,
         "created_at": rec.created_at,
         "updated_at": rec.updated_at,
+        "domains": json.dumps(rec.domains),
     }
 
 
@@ -247,6 +287,31 @@ class Registry:
         """
         for table in metadata.sorted_tables:
             await self.db.execute(CreateTable(table, if_not_exists=True))
+            for index in table.indexes:
+                await self.db.execute(CreateIndex(index, if_not_exists=True))
+        await self._add_domains_column()
+
+    async def _add_domains_column(self) -> None:
+        """Registries made before custom domains lack ``nocosup_apps.domains``: add it
+        (every existing app gets ``[]``). Two supervisors may race here: the loser's
+        ALTER fails, and the column is there all the same."""
+        probe = sa.select(apps_table.c.domains).limit(0)
+        try:
+            await self.db.fetch_all(probe)
+            return
+        except Exception:  # the driver's "no such column" (sqlite3, asyncpg differ)
+            pass
+        try:
+            await self.db.execute(
+                "ALTER TABLE nocosup_apps ADD COLUMN domains TEXT NOT NULL DEFAULT '[]'"
+            )
+        except Exception:
+            await self.db.fetch_all(probe)  # raises if the column is still missing
+
+    async def domain_owners(self) -> dict[str, str]:
+        """Every claimed domain and the app that has it."""
+        rows = await self.db.fetch_all(domains_table.select())
+        return {r._mapping["domain"]: r._mapping["app"] for r in rows}
 
     async def page(self, query: AppQuery, limit: int) -> list[AppRecord]:
         """Up to ``limit`` records matching ``query``'s registry filters, in name order,
@@ -275,9 +340,14 @@ class Registry:
         return _row_to_record(row, self._parsed)
 
     async def insert(self, rec: AppRecord) -> AppRecord:
-        """Claim the name: the primary key makes concurrent creates of one name race-safe."""
+        """Claim the name and the domains: the primary keys make concurrent creates of one
+        name (AppExists) or one domain (DomainTaken) race-safe."""
         try:
-            await self.db.execute(apps_table.insert().values(**_record_values(rec)))
+            async with self.db.transaction():
+                await self.db.execute(apps_table.insert().values(**_record_values(rec)))
+                await self._claim(rec)
+        except DomainTaken:
+            raise
         except Exception as exc:
             if is_unique_violation(exc):
                 raise AppExists(rec.name) from None
@@ -288,18 +358,39 @@ class Registry:
         values = _record_values(rec)
         values.pop("name")
         values.pop("created_at")
-        result = await self.db.fetch_one(
-            apps_table.update()
-            .where(apps_table.c.name == rec.name)
-            .values(**values)
-            .returning(apps_table.c.name)
-        )
-        if result is None:
-            raise AppNotFound(rec.name)
+        async with self.db.transaction():
+            result = await self.db.fetch_one(
+                apps_table.update()
+                .where(apps_table.c.name == rec.name)
+                .values(**values)
+                .returning(apps_table.c.name)
+            )
+            if result is None:
+                raise AppNotFound(rec.name)
+            await self.db.execute(domains_table.delete().where(domains_table.c.app == rec.name))
+            await self._claim(rec)
         return rec
 
+    async def _claim(self, rec: AppRecord) -> None:
+        """Insert ``rec``'s domain rows (inside the caller's transaction); DomainTaken
+        naming the owner when another app has one."""
+        for domain in rec.domains:
+            owner = await self.db.fetch_val(
+                sa.select(domains_table.c.app).where(domains_table.c.domain == domain)
+            )
+            if owner is not None and owner != rec.name:
+                raise DomainTaken(domain, f"application {owner!r}")
+            try:
+                await self.db.execute(domains_table.insert().values(domain=domain, app=rec.name))
+            except Exception as exc:  # a race with another supervisor: it claimed it first
+                if is_unique_violation(exc):
+                    raise DomainTaken(domain, "another application") from None
+                raise
+
     async def delete(self, name: str) -> None:
-        await self.db.execute(apps_table.delete().where(apps_table.c.name == name))
+        async with self.db.transaction():
+            await self.db.execute(apps_table.delete().where(apps_table.c.name == name))
+            await self.db.execute(domains_table.delete().where(domains_table.c.app == name))
         self._parsed.pop(name, None)
 
 
@@ -318,6 +409,15 @@ class EnvironmentStore:
     async def list(self) -> dict[str, dict[str, Any]]:
         rows = await self.db.fetch_all(environments_table.select())
         return {r._mapping["name"]: dict(r._mapping) for r in rows}
+
+    async def delete(self, name: str) -> bool:
+        """Forget environment ``name``; whether it was stored."""
+        row = await self.db.fetch_one(
+            environments_table.delete()
+            .where(environments_table.c.name == name)
+            .returning(environments_table.c.name)
+        )
+        return row is not None
 
     async def upsert(self, env: dict[str, Any]) -> None:
         values = {

@@ -158,6 +158,35 @@ class RedisEnvironments(EnvironmentDirectory):
             )
         return {"count": count, "recent": recent}
 
+    async def remove(self, name: str) -> None:
+        """Delete what Redis and the registry hold of environment ``name``: its hash,
+        its set and zset entries, its instances' keys, command and dead-letter streams,
+        its status fields in every app's status hash, and its registry row. A worker
+        still running registers again with its next heartbeat."""
+        prefix = self.keys.prefix
+        try:
+            for redis in {id(self.redis): self.redis, id(self.commands): self.commands}.values():
+                doomed = [self.keys.env(name)]
+                for pattern in (f"{prefix}:env:{name}:*", f"{prefix}:reclaim:{name}:*"):
+                    doomed += [key async for key in redis.scan_iter(match=pattern, count=500)]
+                await redis.unlink(*doomed)
+            await self.redis.srem(self.keys.envs, name)
+            members = await self.redis.zrange(self.keys.instances, 0, -1)
+            mine = [m for m in members if isinstance(m, str) and m.startswith(f"{name}/")]
+            if mine:
+                await self.redis.zrem(self.keys.instances, *mine)
+            async for key in self.redis.scan_iter(match=f"{prefix}:status:*", count=500):
+                with contextlib.suppress(ResponseError):  # not a hash: repaired elsewhere
+                    fields = await self.redis.hkeys(key)
+                    gone = [f for f in fields if isinstance(f, str) and f.startswith(f"{name}/")]
+                    if gone:
+                        await self.redis.hdel(key, *gone)
+        except RedisError as exc:
+            raise BackendUnavailable(f"Redis did not answer: {exc}") from exc
+        await self.store.delete(name)
+        self.snapshot.pop(name, None)
+        log.info("environment %s removed", name)
+
     def is_online(self, name: str) -> bool:
         env = self.snapshot.get(name)
         return env is not None and env["status"] == "online"

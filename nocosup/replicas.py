@@ -129,7 +129,8 @@ class Replicas:
         self.stamp = stamp
 
     def _apply(self, name: str, record: AppRecord | None) -> None:
-        """Route with ``record`` (None: the app is gone) and tell this replica's event
+        """Route with ``record`` (None: the app is gone), its custom domains included, and
+        tell this replica's event
         streams when that changes anything. Plugins' registry hooks ran on the replica
         that made the change, and do not run again here."""
         known = self.process.records.get(name)
@@ -137,6 +138,7 @@ class Replicas:
             if known is None:
                 return
             del self.process.records[name]
+            self.host.domain_routes.forget(name)
             action = "removed"
         else:
             if known is not None and (known.version, known.created_at) == (
@@ -145,6 +147,7 @@ class Replicas:
             ):
                 return
             self.process.records[name] = record
+            self.host.domain_routes.learn(record)
             action = "created" if known is None else "updated"
         self.host.events.publish({"type": "app_changed", "app": name, "action": action})
 

@@ -31,6 +31,9 @@ class Role(ABC):
 
     #: The ``APP_MODE`` value this role implements.
     name: ClassVar[str]
+    #: Whether a trusted proxy's ``X-Nocosup-App`` chooses the app of a request (a
+    #: worker behind supervisors that route custom domains).
+    serves_forwarded_app: ClassVar[bool] = False
 
     def __init__(self, host: Host) -> None:
         self.host = host

@@ -34,6 +34,7 @@ from nocosup.provisioning import TenantDatabase
 from nocosup.registry import AppRecord
 from nocosup.responses import error_response, send_error
 from nocosup.status import BOOTING, AppStatus
+from nocosup.storage import remove_app_files
 
 if TYPE_CHECKING:
     from nocosup.host import Host
@@ -204,7 +205,7 @@ class LocalRuntime:
             tenant.drained = None
 
     async def remove(self, record: AppRecord, drop_database: bool) -> None:
-        """Stop the app, forget it, and drop its database only if asked.
+        """Stop the app, forget it, and drop its database and files only if asked.
 
         Works for an app this process does not know too (a retried delete, a replica that
         never served it): the database to drop is named by ``record``.
@@ -213,6 +214,7 @@ class LocalRuntime:
             await self.stop(record.name)
         if drop_database:
             await self.databases.drop(TenantDatabase.from_json(record.database))
+            await asyncio.to_thread(remove_app_files, self.settings, record.name)
         self.tenants.pop(record.name, None)
         for listener in self.status_listeners:
             listener(record.name, None, None)

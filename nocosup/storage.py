@@ -7,6 +7,7 @@ the generated admin token and app files: nobody but the server's user should rea
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -35,3 +36,18 @@ def check_storage(settings: Settings) -> None:
             f"NOCOSUP_STORAGE_DIR: cannot write to {str(path)!r} ({reason}); point it at a "
             "writable directory"
         ) from None
+
+
+def app_files(settings: Settings, name: str) -> Path:
+    """The directory of app ``name``'s own files (``AppContext.storage_dir``)."""
+    return settings.storage_dir / "apps" / name
+
+
+def remove_app_files(settings: Settings, name: str) -> None:
+    """Delete app ``name``'s files for good, with its database: a later app of the same
+    name must start empty, not inherit them. Missing files are no error."""
+    path = app_files(settings, name)
+    if path.is_symlink():
+        path.unlink()
+    elif path.exists():
+        shutil.rmtree(path)

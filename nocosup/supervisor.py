@@ -16,8 +16,15 @@ from typing import TYPE_CHECKING, Any
 
 from nocosup import validation as v
 from nocosup.appctx import AppContext
+from nocosup.domains import check_admin_host
 from nocosup.environments import EnvironmentDirectory
-from nocosup.errors import AppStateConflict, DatabaseError, InvalidInput, NocosupError
+from nocosup.errors import (
+    AppStateConflict,
+    DatabaseError,
+    EnvironmentInUse,
+    InvalidInput,
+    NocosupError,
+)
 from nocosup.listing import AppQuery, encode_cursor
 from nocosup.plugins import await_me_maybe
 from nocosup.process import EnvResult, ProcessAdapter, failure_type
@@ -56,6 +63,7 @@ class Supervisor:
         """Learn every app from the registry and start those that start with the supervisor."""
         records = await self.registry.list()
         await self.process.restore(records)
+        self.host.domain_routes.replace(records)
         eager = [
             r for r in records if r.desired_state == "running" and r.start_mode == "with_supervisor"
         ]
@@ -177,10 +185,17 @@ class Supervisor:
             name, options.get("dbConnType"), options.get("dbProvisioner")
         )
         options["dbConnType"] = spec.conn_type
+        domains = v.domains(data.get("domains"))
+        check_admin_host(domains, self.settings)
         environments = await self._placement(v.environments(data.get("environments")))
         database = spec.to_json()
         record = AppRecord(
-            name=name, title=title, environments=environments, options=options, database=database
+            name=name,
+            title=title,
+            environments=environments,
+            options=options,
+            database=database,
+            domains=domains,
         )
         async with self._serialized(name):
             await self.registry.insert(record)
@@ -189,6 +204,7 @@ class Supervisor:
             except BaseException as exc:
                 await self._undo_create(record, exc)
                 raise
+            self.host.domain_routes.learn(record)
         await self._changed(record, "created")
         app = await self._describe(record)
         if record.start_mode == "with_supervisor":
@@ -254,8 +270,14 @@ class Supervisor:
                             f"options.{key} cannot change after creation", field=f"options.{key}"
                         )
                 changes["options"] = merged
+            if "domains" in data:
+                domains = v.domains(data["domains"])
+                check_admin_host(domains, self.settings)
+                if domains != record.domains:
+                    changes["domains"] = domains
             if changes:
                 record = await self.registry.update(record.changed(**changes))
+                self.host.domain_routes.learn(record)
                 await self.process.update(record)
                 await self._changed(record, "updated", changed=sorted(changes))
         return await self._describe(record)
@@ -275,10 +297,12 @@ class Supervisor:
                 detail = "; ".join(f"{r.environment}: {r.error or r.status}" for r in failed)
                 raise failure_type(failed)(
                     f"application {name!r} could not be removed everywhere, so it is kept "
-                    f"({detail}); retry, or pass force=true to forget it anyway",
+                    f"({detail}); retry, or force the removal to forget it anyway "
+                    "(?force=true, or 'nocosup apps rm --force')",
                     results=_results_json(results),
                 )
             await self.registry.delete(name)
+            self.host.domain_routes.forget(name)
             if failed:
                 await self.process.forget(stopped)
         self._locks.pop(name, None)
@@ -290,6 +314,32 @@ class Supervisor:
             "database_dropped": dropped,
             "results": _results_json(results),
         }
+
+    async def delete_environment(self, name: str, force: bool = False) -> dict[str, Any]:
+        """Forget an environment that is gone: 409 while it is online or apps still
+        list it, unless ``force`` (the apps keep listing it, and show it unavailable)."""
+        env = await self.environments.get(name)
+        hosted = [r.name for r in await self.registry.list() if name in r.environments]
+        if not force:
+            hint = "or force the removal (?force=true, or 'nocosup envs rm --force')"
+            if env["status"] == "online":
+                raise EnvironmentInUse(
+                    f"environment {name!r} is online ({len(env['instances'])} instances); "
+                    f"stop its workers first, {hint}",
+                    apps=hosted,
+                )
+            if hosted:
+                raise EnvironmentInUse(
+                    f"environment {name!r} still hosts {len(hosted)} apps "
+                    f"({', '.join(hosted[:10])}); remove them or place them elsewhere "
+                    f"first, {hint}",
+                    apps=hosted,
+                )
+        await self.environments.remove(name)
+        gone = {**env, "status": "removed", "instances": []}
+        gone.pop("dead_letters", None)
+        self.host.events.publish({"type": "environment", "environment": gone})
+        return {"name": name, "removed": True, "apps": hosted}
 
     async def start_app(self, name: str, wait: bool = True) -> tuple[dict[str, Any], bool]:
         """Start the app; returns (app JSON, finished)."""

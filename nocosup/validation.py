@@ -24,8 +24,17 @@ MAX_BODY = 1 << 20
 DRAIN = 1 << 20
 #: Largest per-app body limit an app may ask for (options.maxBodySize): 64 GiB.
 MAX_APP_BODY_SIZE = 1 << 36
-CREATE_FIELDS = ("name", "title", "environments", "options")
-PATCH_FIELDS = ("title", "options")
+#: A custom domain: a DNS host name in lowercase, labels of letters, digits and inner
+#: hyphens, no port, no trailing dot, not an IP address (matched with fullmatch).
+DOMAIN = re.compile(
+    r"(?=.{1,253}\Z)"  # at most 253 characters
+    r"([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)*"  # labels of up to 63
+    r"[a-z]([a-z0-9-]{0,61}[a-z0-9])?"  # the last starts with a letter: no IPv4 address
+)
+#: Custom domains one app may have.
+MAX_DOMAINS = 20
+CREATE_FIELDS = ("name", "title", "environments", "options", "domains")
+PATCH_FIELDS = ("title", "options", "domains")
 TRUE_WORDS = ("1", "true", "yes", "on")
 FALSE_WORDS = ("0", "false", "no", "off", "")
 
@@ -123,6 +132,39 @@ def environments(value: Any) -> list[str] | None:
     if len(set(value)) != len(value):
         raise InvalidInput("environments must not repeat a name", field="environments")
     return list(value)
+
+
+def domains(value: Any) -> list[str]:
+    """Distinct custom domains, lowercased (DNS names are case-insensitive); ``[]`` when
+    not given. Ports are not part of a domain: a request's Host matches without its port."""
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(isinstance(d, str) for d in value):
+        raise InvalidInput("domains must be a list of host names", field="domains")
+    if len(value) > MAX_DOMAINS:
+        raise InvalidInput(f"domains holds at most {MAX_DOMAINS} host names", field="domains")
+    out: list[str] = []
+    for raw in value:
+        domain = raw.lower()
+        if not DOMAIN.fullmatch(domain):
+            raise InvalidInput(
+                "each domain must be a host name such as crm.example.com (letters, digits, "
+                f"'-' and '.', no port, no scheme, not an IP address); got {raw!r:.100}",
+                field="domains",
+            )
+        if domain in out:
+            raise InvalidInput(f"domains names {domain!r} twice", field="domains")
+        out.append(domain)
+    return out
+
+
+def host_name(host: bytes) -> str:
+    """The name part of a Host header value, lowercased: ``Crm.Example.com:8443`` ->
+    ``crm.example.com`` (a bracketed IPv6 literal is kept whole)."""
+    text = host.decode("latin-1").strip().lower()
+    if text.endswith("]") or text.count(":") != 1:
+        return text
+    return text.partition(":")[0]
 
 
 def options(value: Any) -> dict[str, Any]:

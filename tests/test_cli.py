@@ -8,13 +8,16 @@ import os
 import pty
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from nocosup import cli
-from tests.servers import ADMIN_TOKEN, ROOT, NocosupServer, free_port
+from tests.conftest import REDIS_URL
+from tests.servers import ADMIN_TOKEN, ROOT, NocosupServer, ServerFactory, free_port
 
 CLI = [sys.executable, "-m", "nocosup"]
 
@@ -109,7 +112,7 @@ def on_terminal(
 
 
 def tenant_file(server: NocosupServer, name: str) -> Path:
-    return server.storage / "databases" / f"nocosup_{name}.sqlite"
+    return server.storage / "databases" / f"nocosup_app_{name}.sqlite"
 
 
 # --- round trips --------------------------------------------------------------------------
@@ -141,8 +144,9 @@ def test_round_trip_in_tables(sqlite_server: NocosupServer) -> None:
         "desired state": "running",
         "start mode": "on_first_request",
         "db conn type": "new_database",
-        "database": "name=nocosup_crm",
+        "database": "name=nocosup_app_crm",
         "options": '{"color": "blue"}',
+        "domains": "-",
         "version": "1",
     }
 
@@ -522,3 +526,115 @@ def test_serve_explains_an_unusable_storage_dir(tmp_path: Path) -> None:
         err = failed(proc, 2)
         assert "NOCOSUP_STORAGE_DIR" in err and str(storage) in err
         assert len(err.strip().splitlines()) == 1, err
+
+
+# --- serve: the factory from the current directory, logging in every replica -------------
+
+TENANTS_PY = """
+async def build(ctx):
+    async def app(scope, receive, send):
+        if scope["type"] == "lifespan":
+            while (await receive())["type"] != "lifespan.shutdown":
+                await send({"type": "lifespan.startup.complete"})
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"from tenants.py: " + ctx.name.encode()})
+    return app
+"""
+
+
+def test_serve_imports_the_factory_from_the_current_directory(
+    servers: ServerFactory, tmp_path: Path
+) -> None:
+    """The installed ``nocosup`` script (not ``python -m``, which puts the current
+    directory on sys.path itself) finds ./tenants.py, as uvicorn would."""
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "tenants.py").write_text(TENANTS_PY)
+    script = Path(sys.executable).parent / "nocosup"
+    port = free_port()
+    env = servers.env(NOCOSUP_APP_FACTORY="tenants:build")
+    env.pop("PYTHONPATH")
+    log = tmp_path / "serve.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [str(script), "serve", "--port", str(port)],
+            cwd=project,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_ready(proc, url, log)
+        headers = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+        r = httpx.post(url + "/api/apps", json={"name": "mine"}, headers=headers)
+        assert r.status_code == 201, r.text
+        assert httpx.get(url + "/apps/mine/").text == "from tenants.py: mine"
+    finally:
+        proc.terminate()
+        proc.wait(20)
+
+
+def wait_ready(proc: subprocess.Popen[bytes], url: str, log: Path) -> None:
+    for _ in range(600):
+        if proc.poll() is not None:
+            raise AssertionError(f"exited {proc.returncode}: {log.read_text()}")
+        try:
+            if httpx.get(url + "/readyz", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.05)
+    raise AssertionError(f"never ready: {log.read_text()}")
+
+
+def test_every_replica_logs_nocosup_lines(
+    servers: ServerFactory, pg_env: dict[str, str], redis_prefix: str
+) -> None:
+    """``--workers 2``: each replica logs its own start-up line (nocosup.host, INFO),
+    with its own instance id."""
+    port = free_port()
+    worker = servers.start(
+        port=port,
+        replicas=2,
+        ENVIRONMENT_URL=f"http://127.0.0.1:{port}",
+        **pg_env,
+        APP_MODE="worker",
+        APP_DISCOVERY_ADAPTER="remote",
+        APP_SUPERVISOR_REDIS_URL=REDIS_URL,
+        APP_COMMAND_ADAPTER="redis",
+        NOCOSUP_REDIS_PREFIX=f"{redis_prefix}:replicas",
+        ENVIRONMENT_NAME="env_r",
+    )
+
+    def started() -> list[str]:
+        return [line for line in worker.tail(400).splitlines() if "started as worker" in line]
+
+    for _ in range(400):
+        if len(started()) == 2:
+            break
+        time.sleep(0.05)
+    lines = started()
+    assert len(lines) == 2, worker.tail(400)
+    assert all(" INFO nocosup.host: " in line for line in lines)
+    instances = {line.rsplit("instance ", 1)[1] for line in lines}
+    assert len(instances) == 2
+
+
+def test_domains_from_the_cli(sqlite_server: NocosupServer) -> None:
+    s = sqlite_server
+    ok(run(s, "apps", "create", "crm", "--domain", "CRM.example.com", "--domain", "c.test"))
+    assert ok(run(s, "apps", "domains", "crm")).stdout == "crm.example.com\nc.test\n"
+    shown = ok(run(s, "apps", "show", "crm")).stdout
+    assert "\ndomains:        crm.example.com, c.test\n" in shown
+    assert ok(run(s, "apps", "domains", "crm", "--set", "x.test")).stdout == "x.test\n"
+    ok(run(s, "apps", "create", "shop"))
+    err = failed(run(s, "apps", "domains", "shop", "--set", "x.test"))
+    assert "domain 'x.test' belongs to application 'crm' (DOMAIN_TAKEN)" in err
+    err = failed(run(s, "apps", "domains", "shop", "--set", "x.test:80"))
+    assert "(VALIDATION_ERROR)" in err and "no port" in err
+    assert ok(run(s, "apps", "domains", "crm", "--clear")).stdout == "crm has no domains\n"
+    assert "contradict" in failed(run(s, "apps", "domains", "crm", "--clear", "--set", "a.b"), 2)
+    ok(run(s, "apps", "domains", "shop", "--set", "x.test"))

@@ -390,13 +390,13 @@ async def test_a_plugin_provisioner_makes_and_drops_tenant_databases(tmp_path: P
         assert r.status_code == 201, r.text
         assert r.json()["database"] == {
             "connType": "new_database",
-            "name": "nocosup_far",
+            "name": "nocosup_app_far",
             "schema": None,
             "provisioner": "elsewhere",
         }
-        path = h.host.settings.storage_dir / "elsewhere" / "nocosup_far.sqlite"
+        path = h.host.settings.storage_dir / "elsewhere" / "nocosup_app_far.sqlite"
         assert path.exists()
-        assert not (h.host.settings.storage_dir / "databases" / "nocosup_far.sqlite").exists()
+        assert not (h.host.settings.storage_dir / "databases" / "nocosup_app_far.sqlite").exists()
         r = await h.api.post("/apps/far/api/records", json={"title": "kept far away"})
         assert r.status_code == 201
         r = await h.api.patch("/api/apps/far", json={"options": {"dbProvisioner": "sqlite"}})

@@ -10,7 +10,7 @@ from databases import Database
 
 from nocosup.config import Settings
 from nocosup.db import connect_registry
-from nocosup.errors import AppExists
+from nocosup.errors import AppExists, DomainTaken
 from nocosup.registry import AppRecord, EnvironmentStore, Registry, iso_time, now_iso
 
 #: (table, column) -> (type, max length, nullable), as PostgreSQL describes them.
@@ -24,6 +24,7 @@ PG_COLUMNS = {
     ("nocosup_apps", "version"): ("integer", None, "NO"),
     ("nocosup_apps", "created_at"): ("character varying", 32, "NO"),
     ("nocosup_apps", "updated_at"): ("character varying", 32, "NO"),
+    ("nocosup_apps", "domains"): ("text", None, "NO"),
     ("nocosup_environments", "name"): ("character varying", 63, "NO"),
     ("nocosup_environments", "url"): ("text", None, "NO"),
     ("nocosup_environments", "proxy_url"): ("text", None, "NO"),
@@ -108,3 +109,72 @@ async def test_migrate_on_postgres(tmp_path: Path, pg_database: str) -> None:
         ]
     finally:
         await db.disconnect()
+
+
+#: ``nocosup_apps`` as releases before custom domains made it (no ``domains`` column).
+OLD_APPS_TABLE = """
+CREATE TABLE nocosup_apps (
+    name VARCHAR(40) NOT NULL PRIMARY KEY, title TEXT NOT NULL, environments TEXT NOT NULL,
+    options TEXT NOT NULL, database TEXT NOT NULL, desired_state VARCHAR(16) NOT NULL,
+    version INTEGER NOT NULL, created_at VARCHAR(32) NOT NULL, updated_at VARCHAR(32) NOT NULL
+)"""
+OLD_ROW = """
+INSERT INTO nocosup_apps VALUES ('old', 'Old', '["local"]', '{}',
+    '{"connType": "new_database", "name": "nocosup_old", "schema": null}', 'running', 3,
+    '2026-01-01T00:00:00.000Z', '2026-01-01T00:00:00.000Z')"""
+
+
+async def _upgrade_old_registry(db: Database) -> None:
+    """An old registry gains the domains column; its apps keep everything, with no
+    domains, and take domains afterwards."""
+    await db.execute(OLD_APPS_TABLE)
+    await db.execute(OLD_ROW)
+    registry = Registry(db)
+    await registry.migrate()
+    await registry.migrate()
+    old = await registry.get("old")
+    assert (old.version, old.domains) == (3, [])
+    assert old.database["name"] == "nocosup_old"  # an existing app keeps its database
+    await registry.update(old.changed(domains=["old.example.com"]))
+    assert (await registry.get("old")).domains == ["old.example.com"]
+    assert await registry.domain_owners() == {"old.example.com": "old"}
+
+
+async def _domains_belong_to_one_app(db: Database) -> None:
+    registry = Registry(db)
+    await registry.migrate()
+    crm = await registry.insert(AppRecord("crm", "CRM", ["e"], {}, {}, domains=["crm.example.com"]))
+    with pytest.raises(DomainTaken) as taken:
+        await registry.insert(AppRecord("shop", "Shop", ["e"], {}, {}, domains=["crm.example.com"]))
+    assert "'crm'" in taken.value.message
+    assert [r.name for r in await registry.list()] == ["crm"]  # the whole insert rolled back
+    shop = await registry.insert(AppRecord("shop", "Shop", ["e"], {}, {}))
+    with pytest.raises(DomainTaken):
+        await registry.update(shop.changed(domains=["shop.example.com", "crm.example.com"]))
+    assert (await registry.get("shop")).domains == []  # the update rolled back too
+    assert await registry.domain_owners() == {"crm.example.com": "crm"}
+    await registry.update(crm.changed(domains=["new.example.com"]))  # frees the old one
+    await registry.update(shop.changed(domains=["crm.example.com"]))
+    await registry.delete("shop")  # and a removed app frees its domains
+    assert await registry.domain_owners() == {"new.example.com": "crm"}
+
+
+async def test_domains_and_upgrade_on_sqlite(tmp_path: Path) -> None:
+    for i, check in enumerate((_upgrade_old_registry, _domains_belong_to_one_app)):
+        db = await connect_registry(Settings(storage_dir=tmp_path / str(i)))
+        try:
+            await check(db)
+        finally:
+            await db.disconnect()
+
+
+async def test_domains_and_upgrade_on_postgres(tmp_path: Path, pg_database: str) -> None:
+    for i, check in enumerate((_upgrade_old_registry, _domains_belong_to_one_app)):
+        settings = Settings(
+            storage_dir=tmp_path, db_dialect="postgres", db_database=f"{pg_database}_reg{i}"
+        )
+        db = await connect_registry(settings)
+        try:
+            await check(db)
+        finally:
+            await db.disconnect()

@@ -25,5 +25,5 @@ async def test_storage_and_sqlite_files_are_private(sqlite_server: NocosupServer
         files = [*storage.glob("*.sqlite*"), *storage.glob("databases/*.sqlite*")]
         names = {f.name for f in files}
         assert {"nocosup.sqlite", "nocosup.sqlite-wal", "nocosup.sqlite-shm"} <= names
-        assert {"nocosup_private.sqlite", "nocosup_private.sqlite-wal"} <= names
+        assert {"nocosup_app_private.sqlite", "nocosup_app_private.sqlite-wal"} <= names
         assert {f.name: oct(mode(f)) for f in files} == {f.name: oct(0o600) for f in files}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+from pathlib import Path
 
 import asyncpg
 import httpx
@@ -110,10 +111,16 @@ async def test_delete_keeps_or_drops_the_database(
                 dialect_server.storage / "databases" / f"{app['database']['name']}.sqlite"
             ).exists()
 
+        def files(app: dict) -> Path:
+            return dialect_server.storage / "apps" / app["name"]
+
+        assert (files(kept) / "builds.txt").exists() and (files(dropped) / "builds.txt").exists()
         r = await c.delete(f"/api/apps/{kept['name']}")
         assert r.json()["database_dropped"] is False
         r = await c.delete(f"/api/apps/{dropped['name']}", params={"drop_database": "true"})
         assert r.json()["database_dropped"] is True
+        # the app's files go with its database, and stay with it
+        assert (files(kept) / "builds.txt").exists() and not files(dropped).exists()
         if pg:
             assert await pg_has_database(kept["database"]["name"])
             assert not await pg_has_database(dropped["database"]["name"])
@@ -126,6 +133,8 @@ async def test_delete_keeps_or_drops_the_database(
         assert [r["title"] for r in records] == ["x"]
         await create(c, dropped["name"])
         assert (await c.get(f"/apps/{dropped['name']}/api/records")).json()["records"] == []
+        # the new app of that name starts without the old one's files
+        assert (files(dropped) / "builds.txt").read_text().count("\n") == 1
 
 
 async def test_postgres_schema_per_app(
@@ -138,17 +147,17 @@ async def test_postgres_schema_per_app(
         assert one["database"] == {
             "connType": "new_schema",
             "name": pg_env["DB_DATABASE"],
-            "schema": f"sch1{run_id}",
+            "schema": f"app_sch1{run_id}",
         }
         await c.post(f"/apps/{one['name']}/api/records", json={"title": "in-one"})
         assert (await c.get(f"/apps/{two['name']}/api/records")).json()["records"] == []
         conn = await asyncpg.connect(PG_DSN.rsplit("/", 1)[0] + "/" + pg_env["DB_DATABASE"])
         try:
-            count = await conn.fetchval(f'SELECT count(*) FROM "sch1{run_id}".starter_records')
+            count = await conn.fetchval(f'SELECT count(*) FROM "app_sch1{run_id}".starter_records')
             assert count == 1
             await c.delete(f"/api/apps/{two['name']}", params={"drop_database": "1"})
             gone = await conn.fetchval(
-                "SELECT 1 FROM pg_namespace WHERE nspname=$1", f"sch2{run_id}"
+                "SELECT 1 FROM pg_namespace WHERE nspname=$1", f"app_sch2{run_id}"
             )
             assert gone is None
         finally:
@@ -177,7 +186,7 @@ async def test_create_failure_leaves_no_half_made_app(
             assert (await c.post("/api/apps", json={"name": "nope"})).status_code == 201
         server.stop()
     finally:
-        for db in (registry_db, f"{registry_db}_nope"):
+        for db in (registry_db, f"{registry_db}_app_nope"):
             await conn.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
         await conn.execute(f'DROP ROLE IF EXISTS "{role}"')
         await conn.close()

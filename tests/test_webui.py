@@ -610,3 +610,52 @@ async def test_browser_pages_and_filters_the_list(
     await expect(page.locator("#apps-none-match")).to_be_visible()
     await expect(page.locator("#apps-empty")).to_be_hidden()
     await assert_not_reloaded(page)
+
+
+async def test_browser_domains_and_removing_an_environment(
+    two_environments: Cluster, page: Page
+) -> None:
+    supervisor = two_environments.supervisor
+    assert supervisor is not None
+    await sign_in(page, supervisor)
+    asked: list[str] = []
+
+    async def accept(dialog: Any) -> None:
+        asked.append(dialog.message)
+        await dialog.accept()
+
+    page.on("dialog", accept)
+
+    # custom domains from the create dialog: a bad one is refused with the field focused
+    await page.click("#new-app")
+    await page.fill("#create-name", "crm")
+    await page.check('#create-envs-list input[value="env_a"]')
+    await page.fill("#create-domains", "crm.example.com:80")
+    await page.click("#create-submit")
+    await expect(page.locator("#create-error")).to_contain_text("no port")
+    await expect(page.locator("#create-domains")).to_be_focused()
+    await page.fill("#create-domains", "CRM.example.com, crm.test")
+    await page.click("#create-submit")
+    await expect(page.locator("#create-dialog")).to_be_hidden()
+    await expect(app_row(page, "crm").locator(".domains")).to_have_text(
+        "crm.example.com, crm.test"
+    )
+
+    # an environment that hosts an app: removed only after the second yes (force)
+    await page.click("#tab-envs")
+    env_a = page.locator('#envs-body tr[data-env="env_a"]')
+    await env_a.get_by_role("button", name="Remove").click()
+    await expect(env_a).to_have_count(0)
+    assert asked[0] == "Remove environment env_a?"
+    assert "is online" in asked[1] and asked[1].endswith("Remove it anyway?")
+    async with supervisor.admin() as c:
+
+        async def gone() -> bool:
+            envs = (await c.get("/api/environments")).json()["environments"]
+            return "env_a" not in [e["name"] for e in envs]
+
+        # the worker still runs: its next heartbeat registers it again, and the list shows it
+        await expect(env_a).to_have_count(1)
+        assert not await gone()
+    await expect(page.locator('#envs-body tr[data-env="env_b"] td.status')).to_have_text("online")
+    await assert_not_reloaded(page)

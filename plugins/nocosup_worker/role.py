@@ -33,6 +33,7 @@ class WorkerRole(Role):
     :class:`StatusReporter` directly, not through a plugin hook."""
 
     name = "worker"
+    serves_forwarded_app = True
 
     def __init__(self, host: Host) -> None:
         super().__init__(host)

@@ -368,7 +368,8 @@
         const env = event.environment;
         if (!env || !env.name) return;
         const before = state.envs.get(env.name);
-        state.envs.set(env.name, env);
+        if (env.status === "removed") state.envs.delete(env.name);
+        else state.envs.set(env.name, env);
         renderEnvs();
         // The API derives the statuses of apps on an offline environment ("unavailable"):
         // when an environment comes or goes, fetch them again.
@@ -622,7 +623,9 @@
 
     return h(
       "tr", { dataset: { app: app.name } },
-      h("td", { class: "name" }, h("code", { text: app.name })),
+      h("td", { class: "name" }, h("code", { text: app.name }),
+        (app.domains || []).length
+          ? h("div", { class: "hint domains", text: app.domains.join(", ") }) : null),
       h("td", { class: "title", text: app.title }),
       h("td", { class: "envs", text: envs.join(", ") }),
       statusCell,
@@ -723,6 +726,8 @@
       .map((input) => input.value);
     const body = { name, options: { startMode: $("create-start-mode").value } };
     if (title) body.title = title;
+    const domains = $("create-domains").value.split(/[\s,]+/).filter(Boolean);
+    if (domains.length) body.domains = domains;
     if (environments.length) body.environments = environments;
     $("create-error").textContent = "";
     $("create-submit").disabled = true;
@@ -732,7 +737,7 @@
     } catch (err) {
       $("create-error").textContent = describe(err);
       const field = err instanceof ApiError ? err.details.field : null;
-      const input = { name: "create-name", title: "create-app-title" }[field];
+      const input = { name: "create-name", title: "create-app-title", domains: "create-domains" }[field];
       if (input) $(input).focus();
     } finally {
       $("create-submit").disabled = false;
@@ -791,9 +796,32 @@
           dataset: { at: env.last_heartbeat_at || "" },
           text: relativeTime(env.last_heartbeat_at),
         }),
+        h("td", { class: "actions" }, env.url ? h("button", {
+          type: "button", class: "danger-text", text: "Remove", dataset: { action: "remove" },
+          onclick: () => removeEnv(name),
+        }) : null),
       );
     }));
     $("envs-empty").hidden = names.length > 0;
+  }
+
+  /** Forget an environment; one online or hosting apps needs a second yes (force). */
+  async function removeEnv(name) {
+    if (!window.confirm(`Remove environment ${name}?`)) return;
+    const path = "api/environments/" + encodeURIComponent(name);
+    try {
+      try {
+        await guarded(api("DELETE", path));
+      } catch (err) {
+        if (!(err instanceof ApiError) || err.code !== "ENVIRONMENT_IN_USE") throw err;
+        if (!window.confirm(err.message + "\n\nRemove it anyway?")) return;
+        await guarded(api("DELETE", path + "?force=true"));
+      }
+      state.envs.delete(name);
+      renderEnvs();
+    } catch (err) {
+      showError(err);
+    }
   }
 
   function tickHeartbeats() {
