@@ -130,9 +130,8 @@ class Replicas:
 
     def _apply(self, name: str, record: AppRecord | None) -> None:
         """Route with ``record`` (None: the app is gone), its custom domains included, and
-        tell this replica's event
-        streams when that changes anything. Plugins' registry hooks ran on the replica
-        that made the change, and do not run again here."""
+        tell this replica's event streams when that changes anything. Plugins' registry
+        hooks ran on the replica that made the change, and do not run again here."""
         known = self.process.records.get(name)
         if record is None:
             if known is None:
