@@ -16,6 +16,7 @@ from databases import Database
 from sqlalchemy.schema import CreateTable
 
 from nocosup.errors import AppExists, AppNotFound
+from nocosup.templates import NAME as TEMPLATE_NAME
 from nocosup.validation import APP_NAME
 
 metadata = sa.MetaData()
@@ -31,6 +32,8 @@ apps_table = sa.Table(
     sa.Column("version", sa.Integer, nullable=False),
     sa.Column("created_at", sa.String(32), nullable=False),
     sa.Column("updated_at", sa.String(32), nullable=False),
+    # added after the first release: Registry.migrate adds it to older tables
+    sa.Column("template", sa.String(64), nullable=True),
 )
 
 environments_table = sa.Table(
@@ -103,6 +106,9 @@ class AppRecord:
     version: int = 1
     created_at: str = field(default_factory=now_iso)
     updated_at: str = field(default_factory=now_iso)
+    #: The installed template that builds the app (nocosup.templates); None: the default
+    #: factory (NOCOSUP_APP_FACTORY, else the app_factory hook, else the starter).
+    template: str | None = None
 
     @property
     def start_mode(self) -> str:
@@ -120,6 +126,7 @@ class AppRecord:
             "version": self.version,
             "created_at": self.created_at,
             "updated_at": self.updated_at,
+            "template": self.template,
         }
 
     @classmethod
@@ -149,6 +156,11 @@ class AppRecord:
             and isinstance(db.get("schema"), str | None)
         ):
             raise InvalidRecord(f"app record {name!r}: database needs connType, name, schema")
+        template = data.get("template")
+        if template is not None and not (
+            isinstance(template, str) and TEMPLATE_NAME.fullmatch(template)
+        ):
+            raise InvalidRecord(f"app record {name!r}: template must be a template name or null")
         if data.get("desired_state", "running") not in ("running", "stopped"):
             raise InvalidRecord(f"app record {name!r}: desired_state must be running or stopped")
         return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
@@ -161,7 +173,8 @@ class AppRecord:
 def _row_to_record(row: Any, parsed: dict[str, AppRecord]) -> AppRecord:
     """The record of ``row``; parsing its three JSON columns is most of the cost of a
     1000-app list, so records already parsed at the same version are reused."""
-    name, title, envs, options, database, desired, version, created, updated = row._mapping
+    m = row._mapping
+    name, version, created, updated = m["name"], m["version"], m["created_at"], m["updated_at"]
     known = parsed.get(name)
     if known is not None and (known.version, known.created_at, known.updated_at) == (
         version,
@@ -171,14 +184,15 @@ def _row_to_record(row: Any, parsed: dict[str, AppRecord]) -> AppRecord:
         return known
     record = parsed[name] = AppRecord(
         name=name,
-        title=title,
-        environments=json.loads(envs),
-        options=json.loads(options),
-        database=json.loads(database),
-        desired_state=desired,
+        title=m["title"],
+        environments=json.loads(m["environments"]),
+        options=json.loads(m["options"]),
+        database=json.loads(m["database"]),
+        desired_state=m["desired_state"],
         version=version,
         created_at=created,
         updated_at=updated,
+        template=m["template"],
     )
     return record
 
@@ -194,6 +208,7 @@ def _record_values(rec: AppRecord) -> dict[str, Any]:
         "version": rec.version,
         "created_at": rec.created_at,
         "updated_at": rec.updated_at,
+        "template": rec.template,
     }
 
 
@@ -211,6 +226,18 @@ class Registry:
         """
         for table in metadata.sorted_tables:
             await self.db.execute(CreateTable(table, if_not_exists=True))
+        await self._add_column("template", "VARCHAR(64)")
+
+    async def _add_column(self, column: str, sql_type: str) -> None:
+        """Add ``column`` to a ``nocosup_apps`` made before it existed (idempotent)."""
+        if self.db.url.dialect == "postgresql":
+            await self.db.execute(
+                f"ALTER TABLE nocosup_apps ADD COLUMN IF NOT EXISTS {column} {sql_type}"
+            )
+            return
+        rows = await self.db.fetch_all("PRAGMA table_info(nocosup_apps)")
+        if not any(row._mapping["name"] == column for row in rows):
+            await self.db.execute(f"ALTER TABLE nocosup_apps ADD COLUMN {column} {sql_type}")
 
     async def list(self) -> list[AppRecord]:
         rows = await self.db.fetch_all(

@@ -12,6 +12,7 @@ import contextlib
 import logging
 from typing import TYPE_CHECKING, Any
 
+from nocosup import templates
 from nocosup import validation as v
 from nocosup.appctx import AppContext
 from nocosup.environments import EnvironmentDirectory
@@ -115,10 +116,16 @@ class Supervisor:
             name, options.get("dbConnType"), options.get("dbProvisioner")
         )
         options["dbConnType"] = spec.conn_type
+        template = templates.check(data.get("template"))
         environments = await self._placement(v.environments(data.get("environments")))
         database = spec.to_json()
         record = AppRecord(
-            name=name, title=title, environments=environments, options=options, database=database
+            name=name,
+            title=title,
+            environments=environments,
+            options=options,
+            database=database,
+            template=template,
         )
         async with self._locked(name):
             await self.registry.insert(record)

@@ -22,7 +22,7 @@ MAX_BODY = 1 << 20
 DRAIN = 1 << 20
 #: Largest per-app body limit an app may ask for (options.maxBodySize): 64 GiB.
 MAX_APP_BODY_SIZE = 1 << 36
-CREATE_FIELDS = ("name", "title", "environments", "options")
+CREATE_FIELDS = ("name", "title", "environments", "options", "template")
 PATCH_FIELDS = ("title", "options")
 TRUE_WORDS = ("1", "true", "yes", "on")
 FALSE_WORDS = ("0", "false", "no", "off", "")
