@@ -34,6 +34,7 @@ from nocosup.auth import COOKIE_NAME
 from nocosup.config import Settings
 from nocosup.errors import AppNotFound, ConfigError, NocosupError, NotFound, error_body
 from nocosup.events import EventBus
+from nocosup.forwarded import PEER
 from nocosup.forwarded import resolve as resolve_forwarded
 from nocosup.plugins import load_plugins
 from nocosup.provisioning import TenantDatabases
@@ -70,6 +71,9 @@ TENANT_SCOPE_KEYS = frozenset(
         "subprotocols",
         "state",
         "extensions",
+        # the TCP peer behind a trusted proxy's client: the proxy to workers adds it to
+        # X-Forwarded-For
+        PEER,
     }
 )
 
