@@ -17,7 +17,7 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
-from datasette.app import Datasette
+from datasette.app import Datasette  # type: ignore[import-untyped]
 
 from nocosup import AppContext
 

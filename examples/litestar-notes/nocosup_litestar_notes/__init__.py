@@ -80,8 +80,8 @@ def build_app(ctx: AppContext) -> Litestar:
     @post("/items")
     async def create_item(request: Request[Any, Any, Any], data: JSONBody[ItemIn]) -> Item:
         async with engine_of(request).begin() as conn:
-            result = await conn.execute(items.insert().values(name=data.name))
-            return Item(id=result.inserted_primary_key[0], name=data.name)
+            inserted = items.insert().values(name=data.name).returning(items.c.id)
+            return Item(id=(await conn.execute(inserted)).scalar_one(), name=data.name)
 
     @get("/items/{item_id:int}")
     async def read_item(request: Request[Any, Any, Any], item_id: FromPath[int]) -> Item:
