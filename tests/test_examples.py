@@ -23,6 +23,7 @@ from fastapi import FastAPI
 from nocosup.host import create_host
 from nocosup.lifespan import LifespanRunner
 from tests.cluster import Cluster
+from tests.conftest import REDIS_URL
 from tests.examples import EXAMPLES, NAMES, install_examples
 from tests.inproc import BASE_URL, inproc_settings, running_host
 from tests.servers import AUTH, ROOT, ServerFactory
@@ -203,8 +204,6 @@ async def test_examples_through_the_proxy(
 ) -> None:
     """Supervisor and worker are separate processes; FastAPI and Litestar apps keep their
     data in PostgreSQL, datasette its SQLite file on the worker."""
-    from tests.conftest import REDIS_URL
-
     path = ":".join([str(ROOT), *(str(p) for p in example_paths)])
     cluster = Cluster(servers, pg_env, redis_prefix, REDIS_URL)
     supervisor = cluster.start_supervisor(PYTHONPATH=path)

@@ -7,12 +7,15 @@ from __future__ import annotations
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from tests.cluster import wait_for
+from tests.cluster import Cluster, wait_for
+from tests.conftest import REDIS_URL
 from tests.inproc import inproc_settings, running_host
 from tests.plugin_dist import install_templates
+from tests.servers import ROOT, ServerFactory
 
 PROBE = '''
 """Answers what its AppContext says, and reads its own data through every driver."""
@@ -241,3 +244,34 @@ async def test_a_process_without_the_template_puts_only_that_app_in_error(
             assert (await h.api.get("/apps/other/api/info")).status_code == 200
         finally:
             sys.path.insert(0, str(template_site))
+
+
+async def test_a_worker_without_the_template_reports_the_app_in_error(
+    servers: ServerFactory, pg_env: dict[str, str], redis_prefix: str, template_site: Path
+) -> None:
+    """Installed with the supervisor (so the name is accepted) but not in the worker's
+    environment: the worker loads templates from its own installation and says so."""
+    cluster = Cluster(servers, pg_env, redis_prefix, REDIS_URL)
+    supervisor = cluster.start_supervisor(PYTHONPATH=f"{ROOT}:{template_site}")
+    cluster.start_worker("env-a")  # PYTHONPATH: the repository only
+    async with supervisor.admin() as api:
+        await cluster.wait_environments(api, {"env-a": 1})
+        r = await api.post("/api/apps", json={"name": "w1", "template": "probe"})
+        assert r.status_code == 201, r.text
+        r = await api.get("/apps/w1/context")
+        assert r.status_code == 503
+        assert r.json()["error"]["code"] == "APP_ERROR"
+
+        async def reported() -> dict[str, Any]:
+            app: dict[str, Any] = (await api.get("/api/apps/w1")).json()
+            return app if app["errors"].get("env-a") else {}
+
+        app = await wait_for(reported)
+        assert app["statuses"] == {"env-a": "error"}
+        assert app["errors"]["env-a"] == (
+            "TemplateNotInstalled: template 'probe' is not installed in environment "
+            "'env-a' (installed: starter)"
+        )
+        # installed nowhere near the worker, the starter still runs there
+        await api.post("/api/apps", json={"name": "w2", "template": "starter"})
+        assert (await api.get("/apps/w2/api/info")).status_code == 200
