@@ -270,7 +270,10 @@ class Host(Starlette):
                 if gateway is None:
                     await send_error(scope, receive, send, AppNotFound(name))
                     return
-                scope = {k: v for k, v in scope.items() if k in TENANT_SCOPE_KEYS}
+                if TENANT_SCOPE_KEYS.issuperset(scope):  # served directly: ~130 ns
+                    scope = dict(scope)
+                else:  # mounted in another app: ~1.5 us
+                    scope = {k: v for k, v in scope.items() if k in TENANT_SCOPE_KEYS}
                 scope["root_path"] = prefix
                 for key, _value in scope["headers"]:
                     if key in _GUARDED:  # rare: most requests carry neither header
