@@ -8,7 +8,14 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
+from typing import TYPE_CHECKING
+
 from nocosup.hookspecs import hookimpl
+
+if TYPE_CHECKING:  # type checkers see the real names; at run time they load lazily
+    from nocosup.appctx import AppContext
+    from nocosup.config import Settings
+    from nocosup.host import create_host
 
 __all__ = ["AppContext", "Settings", "__version__", "create_host", "hookimpl"]
 

@@ -8,12 +8,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Match, Route
 
-from nocosup import openapi
+from nocosup import openapi, templates
 from nocosup import validation as v
 from nocosup.auth import Endpoint, admin_only
 from nocosup.errors import ShuttingDown
 from nocosup.idempotency import idempotent
 from nocosup.listing import AppQuery
+from nocosup.plugins import APP_FACTORY
 from nocosup.supervisor import Supervisor
 
 
@@ -102,6 +103,16 @@ async def list_plugins(request: Request) -> Response:
 
 
 @admin_only
+async def list_templates(request: Request) -> Response:
+    plugin = request.app.hooks.default_factory()
+    # what builds an app created without "template"
+    default = {APP_FACTORY: request.app.settings.app_factory, "nocosup_starter": "starter"}.get(
+        plugin, f"plugin {plugin}" if plugin else None
+    )
+    return JSONResponse({"templates": templates.describe(), "default": default})
+
+
+@admin_only
 async def openapi_document(request: Request) -> Response:
     host = request.app
 
@@ -140,5 +151,6 @@ def routes() -> list[BaseRoute]:
             methods=["GET", "DELETE"],
         ),
         Route("/api/plugins", list_plugins, methods=["GET"]),
+        Route("/api/templates", list_templates, methods=["GET"]),
         Route("/api/openapi.json", openapi_document, methods=["GET"]),
     ]

@@ -359,6 +359,8 @@ def _apps_create(api: AdminClient, args: argparse.Namespace) -> int:
         body["environments"] = args.environments
     if args.domains:
         body["domains"] = args.domains
+    if args.template is not None:
+        body["template"] = args.template
     options = parse_options(args)
     if options:
         body["options"] = options
@@ -391,11 +393,13 @@ def describe(app: Mapping[str, Any]) -> str:
     """Every field of an app, one per line; full error texts indented at the end."""
     shown = {"name", "title", "environments", "statuses", "errors", "desired_state"}
     shown |= {"options", "database", "version", "created_at", "updated_at", "domains"}
+    shown |= {"template"}
     options = dict(app.get("options") or {})
     database = app.get("database") or {}
     rows: list[tuple[str, str]] = [
         ("name", str(app.get("name", ""))),
         ("title", str(app.get("title", ""))),
+        ("template", app.get("template") or "(default)"),
         ("environments", ", ".join(app.get("environments") or []) or "-"),
         ("status", statuses_text(app)),
         ("desired state", str(app.get("desired_state", "-"))),
@@ -800,6 +804,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="environment(s) to run it in (default: the least loaded online one)",
     )
     p.add_argument("--start-mode", choices=START_MODES, help="default on_first_request")
+    p.add_argument(
+        "--template",
+        metavar="NAME",
+        help="an installed app template (GET /api/templates); default: the default factory",
+    )
     # the server checks both against its provisioners (plugins may add kinds)
     p.add_argument(
         "--db-conn-type",

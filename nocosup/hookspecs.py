@@ -93,7 +93,8 @@ def shutdown(host: Host) -> Any:
 
 @hookspec(firstresult=True)
 def app_factory(app: AppContext) -> Any:
-    """Build the ASGI app of tenant ``app`` (or an awaitable of it); first result wins."""
+    """Build the ASGI app of tenant ``app`` (or an awaitable of it); first result wins.
+    Not called for an app with a template (``nocosup.templates``): the template builds it."""
 
 
 @hookspec

@@ -14,10 +14,11 @@ tenant sees the request.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import logging
 import traceback
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from typing import Any
 
 from starlette.applications import Starlette
@@ -34,6 +35,7 @@ from nocosup.config import Settings
 from nocosup.domains import APP_HEADER, ROUTED_APP, DomainRoutes
 from nocosup.errors import AppNotFound, ConfigError, NocosupError, NotFound, error_body
 from nocosup.events import EventBus
+from nocosup.forwarded import PEER
 from nocosup.forwarded import resolve as resolve_forwarded
 from nocosup.plugins import load_plugins
 from nocosup.provisioning import TenantDatabases
@@ -49,13 +51,45 @@ ReadinessCheck = Callable[[], Awaitable[object]]
 _GUARDED = frozenset({b"cookie", b"authorization", APP_HEADER})
 #: Plugin notifications queued at most (status and environment changes, registry events).
 MAX_NOTICES = 10_000
+#: The scope keys a tenant gets: those of the ASGI spec (HTTP and WebSocket). What an outer
+#: framework adds when the host is mounted in it (Starlette's ``router``, ``endpoint``,
+#: ``path_params``, ``app_root_path``, FastAPI's ``fastapi_astack``, a session
+#: middleware's ``session``) is left out: a tenant's ``url_for`` would look in the outer
+#: router and ``request.base_url`` would drop the mount's prefix.
+TENANT_SCOPE_KEYS = frozenset(
+    {
+        "type",
+        "asgi",
+        "http_version",
+        "method",
+        "scheme",
+        "path",
+        "raw_path",
+        "query_string",
+        "root_path",
+        "headers",
+        "client",
+        "server",
+        "subprotocols",
+        "state",
+        "extensions",
+        # the TCP peer behind a trusted proxy's client: the proxy to workers adds it to
+        # X-Forwarded-For
+        PEER,
+    }
+)
 
 
 class Host(Starlette):
     """The ASGI app of one nocosup process: its plugins, its role, its tenant traffic."""
 
-    def __init__(self, settings: Settings, plugins: Sequence[object] = ()) -> None:
+    def __init__(
+        self, settings: Settings, plugins: Sequence[object] = (), root_path: str = ""
+    ) -> None:
         self.settings = settings
+        #: Where the host is served as clients see it ("" at the root; "/tenants" when
+        #: mounted there): the build-time prefix tenants get (AppContext.prefix).
+        self.root_path = _root_path(root_path)
         self.hooks = load_plugins(settings, plugins)
         self.pm = self.hooks.pm
         self.databases = TenantDatabases(settings, self.hooks.provisioners(settings))
@@ -127,6 +161,26 @@ class Host(Starlette):
         await self.hooks.notify("shutdown", host=self)
         await self.role.stop()
         await self._close_notifier()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(self, app: object = None) -> AsyncIterator[None]:
+        """Join the lifespan of the app the host is mounted in: start on entry, stop every
+        tenant (their lifespan shutdown runs) on exit.
+
+        A mounted app gets no lifespan events from Starlette, so without this a mounted
+        host starts on its first request and never stops its tenants. Use
+        ``async with host.lifespan():`` inside the outer app's lifespan function, or pass
+        it whole: ``FastAPI(lifespan=host.lifespan)`` (``app`` is the outer app, unused).
+        """
+        try:
+            await self.start()
+        except BaseException:
+            await self._stop_quietly()
+            raise
+        try:
+            yield
+        finally:
+            await self.stop()
 
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         """Run ``coro`` in the background; failures are logged, the task ends with the host."""
@@ -224,9 +278,11 @@ class Host(Starlette):
                 if gateway is None:
                     await send_error(scope, receive, send, AppNotFound(name))
                     return
-                scope = dict(scope)
+                if TENANT_SCOPE_KEYS.issuperset(scope):  # served directly: ~130 ns
+                    scope = dict(scope)
+                else:  # mounted in another app: ~1.5 us
+                    scope = {k: v for k, v in scope.items() if k in TENANT_SCOPE_KEYS}
                 scope["root_path"] = prefix
-                scope["app"] = self
                 for key, _value in scope["headers"]:
                     if key in _GUARDED:  # rare: most requests carry neither header
                         scope["headers"] = self._tenant_headers(scope["headers"])
@@ -319,13 +375,25 @@ class Host(Starlette):
             log.exception("cleaning up after a failed start-up failed too")
 
 
-def create_host(settings: Settings | None = None, plugins: Sequence[object] = ()) -> Host:
+def create_host(
+    settings: Settings | None = None, plugins: Sequence[object] = (), root_path: str = ""
+) -> Host:
     """Build the host for ``settings`` (read from the environment when omitted).
 
     ``plugins`` are plugin objects (modules, instances) registered after the entry-point
-    plugins, for an application that embeds nocosup and for tests.
+    plugins, for an application that embeds nocosup and for tests. ``root_path`` is the
+    path the host is mounted at (``app.mount("/tenants", create_host(root_path="/tenants"))``),
+    so that apps know their public prefix when they are built (``AppContext.prefix``).
     """
-    return Host(settings or Settings.from_env(), plugins)
+    return Host(settings or Settings.from_env(), plugins, root_path)
+
+
+def _root_path(value: str) -> str:
+    """``value`` as a path prefix: "" or "/a/b", without a trailing slash."""
+    value = value.rstrip("/")
+    if value and (not value.startswith("/") or "//" in value or any(c in value for c in "?#")):
+        raise ConfigError(f"root_path must be a path such as '/tenants'; got {value!r}")
+    return value
 
 
 def without_admin_cookie(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:

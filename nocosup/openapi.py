@@ -16,6 +16,7 @@ from nocosup.status import AppStatus
 
 JSON = "application/json"
 APP_NAME_PATTERN = "^[a-z][a-z0-9_-]{0,39}$"
+TEMPLATE_NAME_PATTERN = "^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -206,6 +207,10 @@ _SCHEMAS: dict[str, Any] = {
             "statuses": {"type": "object", "additionalProperties": {"type": "string"}},
             "errors": {"type": "object", "additionalProperties": {"type": "string"}},
             "results": {"type": "object", "additionalProperties": _ref("EnvResult")},
+            "template": {
+                "type": ["string", "null"],
+                "description": "The template that builds the app; null: the default factory.",
+            },
         },
     },
     "NewApp": {
@@ -223,6 +228,12 @@ _SCHEMAS: dict[str, Any] = {
             },
             "options": _ref("Options"),
             "domains": _DOMAINS,
+            "template": {
+                "type": ["string", "null"],
+                "pattern": TEMPLATE_NAME_PATTERN,
+                "description": "An installed template (GET /api/templates); default: the "
+                "default factory (NOCOSUP_APP_FACTORY, else the starter).",
+            },
         },
     },
     "AppPatch": {
@@ -308,6 +319,16 @@ _SCHEMAS: dict[str, Any] = {
             "hooks": {"type": "array", "items": {"type": "string"}},
         },
     },
+    "Template": {
+        "type": "object",
+        "required": ["name", "distribution", "version", "description"],
+        "properties": {
+            "name": {"type": "string"},
+            "distribution": {"type": ["string", "null"]},
+            "version": {"type": ["string", "null"]},
+            "description": {"type": "string"},
+        },
+    },
 }
 
 
@@ -356,6 +377,11 @@ def document(served: Callable[[str], bool] = lambda path: True) -> dict[str, Any
         "type": "object",
         "required": ["plugins"],
         "properties": {"plugins": _array("Plugin")},
+    }
+    template_list = {
+        "type": "object",
+        "required": ["templates", "default"],
+        "properties": {"templates": _array("Template"), "default": {"type": ["string", "null"]}},
     }
     writes = (401, 403, 413, 422)
     commands = (502, 503, 504)
@@ -469,6 +495,12 @@ def document(served: Callable[[str], bool] = lambda path: True) -> dict[str, Any
         },
         "/api/plugins": {
             "get": _op("The loaded plugins", {"200": _json(plugins, "The plugins"), **_errors(401)})
+        },
+        "/api/templates": {
+            "get": _op(
+                "The installed app templates and what builds an app without one",
+                {"200": _json(template_list, "The templates"), **_errors(401)},
+            )
         },
         "/api/login": {
             "post": _op(

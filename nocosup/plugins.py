@@ -120,6 +120,12 @@ class Hooks:
     async def app_factory(self, app: AppContext) -> Any:
         return await await_me_maybe(self._hook.app_factory(app=app))
 
+    def default_factory(self) -> str | None:
+        """Who builds an app without a template: the first ``app_factory``
+        implementation pluggy calls, by plugin name (None: no plugin builds apps)."""
+        impls = self._impls("app_factory")
+        return impls[0].plugin_name if impls else None
+
     def tenant_wrappers(self, app: AppContext) -> list[Callable[[ASGIApp], ASGIApp]]:
         """The middleware wrappers for ``app``, the first plugin's first (outermost)."""
         return [w for w in self._hook.tenant_asgi_wrapper(app=app) if w is not None]

@@ -98,6 +98,16 @@ class Provisioner(ABC):
     def open(self, spec: TenantDatabase, max_size: int = 5) -> Database:
         """A ``databases.Database`` for the tenant, not yet connected."""
 
+    def url(self, spec: TenantDatabase) -> str | None:
+        """The tenant database as a driver-less URL (``postgresql://...``,
+        ``sqlite:////abs/path``) for apps that open it themselves; None when this kind
+        of database has no URL."""
+        return None
+
+    def sqlite_path(self, spec: TenantDatabase) -> Path | None:
+        """The database file when the tenant database is a SQLite file, else None."""
+        return None
+
 
 class SqliteProvisioner(Provisioner):
     """A SQLite file per app under ``{storage}/databases``."""
@@ -118,6 +128,12 @@ class SqliteProvisioner(Provisioner):
 
     def open(self, spec: TenantDatabase, max_size: int = 5) -> Database:
         return sqlite_database(self.path(spec))
+
+    def url(self, spec: TenantDatabase) -> str:
+        return "sqlite:///" + str(self.path(spec).resolve())
+
+    def sqlite_path(self, spec: TenantDatabase) -> Path:
+        return self.path(spec).resolve()
 
     async def create(self, spec: TenantDatabase) -> None:
         private_dir(self.files)
@@ -158,6 +174,10 @@ class PostgresProvisioner(Provisioner):
         if spec.schema:
             options["server_settings"] = {"search_path": spec.schema}
         return Database(pg_url(self.settings, spec.name), **options)
+
+    def url(self, spec: TenantDatabase) -> str:
+        # the schema of a new_schema app is not in the URL: it goes on search_path
+        return pg_url(self.settings, spec.name)
 
     async def create(self, spec: TenantDatabase) -> None:
         if spec.schema is not None:
@@ -281,6 +301,12 @@ class TenantDatabases:
 
     def open(self, spec: TenantDatabase, max_size: int = 5) -> Database:
         return self.provisioner(spec).open(spec, max_size=max_size)
+
+    def url(self, spec: TenantDatabase) -> str | None:
+        return self.provisioner(spec).url(spec)
+
+    def sqlite_path(self, spec: TenantDatabase) -> Path | None:
+        return self.provisioner(spec).sqlite_path(spec)
 
     async def create(self, spec: TenantDatabase) -> None:
         self.check_reserved(spec)

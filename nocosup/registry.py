@@ -17,6 +17,7 @@ from sqlalchemy.schema import CreateIndex, CreateTable
 
 from nocosup.errors import AppExists, AppNotFound, DomainTaken
 from nocosup.listing import AppQuery
+from nocosup.templates import NAME as TEMPLATE_NAME
 from nocosup.validation import APP_NAME, DOMAIN, MAX_DOMAINS
 
 metadata = sa.MetaData()
@@ -34,6 +35,7 @@ apps_table = sa.Table(
     sa.Column("updated_at", sa.String(32), nullable=False),
     # added after the first release: Registry.migrate adds it to older tables
     sa.Column("domains", sa.Text, nullable=False, server_default="[]"),
+    sa.Column("template", sa.String(64), nullable=True),
 )
 
 #: Custom domains, one row each: the primary key makes a domain belong to one app even
@@ -132,6 +134,9 @@ class AppRecord:
     updated_at: str = field(default_factory=now_iso)
     #: Custom domains: a request whose Host is one of them goes to this app at "/".
     domains: list[str] = field(default_factory=list)
+    #: The installed template that builds the app (nocosup.templates); None: the default
+    #: factory (NOCOSUP_APP_FACTORY, else the app_factory hook, else the starter).
+    template: str | None = None
 
     @property
     def start_mode(self) -> str:
@@ -150,6 +155,7 @@ class AppRecord:
             "created_at": self.created_at,
             "updated_at": self.updated_at,
             "domains": list(self.domains),
+            "template": self.template,
         }
 
     @classmethod
@@ -179,6 +185,11 @@ class AppRecord:
             and isinstance(db.get("schema"), str | None)
         ):
             raise InvalidRecord(f"app record {name!r}: database needs connType, name, schema")
+        template = data.get("template")
+        if template is not None and not (
+            isinstance(template, str) and TEMPLATE_NAME.fullmatch(template)
+        ):
+            raise InvalidRecord(f"app record {name!r}: template must be a template name or null")
         if data.get("desired_state", "running") not in ("running", "stopped"):
             raise InvalidRecord(f"app record {name!r}: desired_state must be running or stopped")
         domains = data.get("domains", [])  # absent in records written before domains
@@ -199,8 +210,7 @@ def _row_to_record(row: Any, parsed: dict[str, AppRecord]) -> AppRecord:
     """The record of ``row``; parsing its three JSON columns is most of the cost of a
     1000-app list, so records already parsed at the same version are reused."""
     m = row._mapping
-    name, title, envs, options, database = (m[k] for k in _COLUMNS[:5])
-    desired, version, created, updated, domains = (m[k] for k in _COLUMNS[5:])
+    name, version, created, updated = m["name"], m["version"], m["created_at"], m["updated_at"]
     known = parsed.get(name)
     if known is not None and (known.version, known.created_at, known.updated_at) == (
         version,
@@ -210,15 +220,16 @@ def _row_to_record(row: Any, parsed: dict[str, AppRecord]) -> AppRecord:
         return known
     record = parsed[name] = AppRecord(
         name=name,
-        title=title,
-        environments=json.loads(envs),
-        options=json.loads(options),
-        database=json.loads(database),
-        desired_state=desired,
+        title=m["title"],
+        environments=json.loads(m["environments"]),
+        options=json.loads(m["options"]),
+        database=json.loads(m["database"]),
+        desired_state=m["desired_state"],
         version=version,
         created_at=created,
         updated_at=updated,
-        domains=json.loads(domains or "[]"),
+        domains=json.loads(m["domains"] or "[]"),
+        template=m["template"],
     )
     return record
 
@@ -243,21 +254,6 @@ def _literal(text: str) -> str:
     return text.replace("/", "//").replace("%", "/%").replace("_", "/_")
 
 
-#: The columns of ``nocosup_apps`` in the order _row_to_record reads them.
-_COLUMNS = (
-    "name",
-    "title",
-    "environments",
-    "options",
-    "database",
-    "desired_state",
-    "version",
-    "created_at",
-    "updated_at",
-    "domains",
-)
-
-
 def _record_values(rec: AppRecord) -> dict[str, Any]:
     return {
         "name": rec.name,
@@ -270,6 +266,7 @@ def _record_values(rec: AppRecord) -> dict[str, Any]:
         "created_at": rec.created_at,
         "updated_at": rec.updated_at,
         "domains": json.dumps(rec.domains),
+        "template": rec.template,
     }
 
 
@@ -290,6 +287,7 @@ class Registry:
             for index in table.indexes:
                 await self.db.execute(CreateIndex(index, if_not_exists=True))
         await self._add_domains_column()
+        await self._add_column("template", "VARCHAR(64)")
 
     async def _add_domains_column(self) -> None:
         """Registries made before custom domains lack ``nocosup_apps.domains``: add it
@@ -326,6 +324,17 @@ class Registry:
         """How many records match ``query``'s registry filters (its cursor aside)."""
         stmt = _filtered(sa.select(sa.func.count()).select_from(apps_table), query)
         return int(await self.db.fetch_val(stmt) or 0)
+
+    async def _add_column(self, column: str, sql_type: str) -> None:
+        """Add ``column`` to a ``nocosup_apps`` made before it existed (idempotent)."""
+        if self.db.url.dialect == "postgresql":
+            await self.db.execute(
+                f"ALTER TABLE nocosup_apps ADD COLUMN IF NOT EXISTS {column} {sql_type}"
+            )
+            return
+        rows = await self.db.fetch_all("PRAGMA table_info(nocosup_apps)")
+        if not any(row._mapping["name"] == column for row in rows):
+            await self.db.execute(f"ALTER TABLE nocosup_apps ADD COLUMN {column} {sql_type}")
 
     async def list(self) -> list[AppRecord]:
         rows = await self.db.fetch_all(

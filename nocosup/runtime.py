@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from nocosup import validation
+from nocosup import templates, validation
 from nocosup.appctx import AppContext
 from nocosup.errors import (
     AppFailed,
@@ -143,7 +143,10 @@ class LocalRuntime:
             try:
                 async with self.boot_guard(tenant.name):
                     self._set_status(tenant, AppStatus.INITIALIZING)
-                    app = await self.host.hooks.app_factory(ctx)
+                    if tenant.record.template is not None:
+                        app = await templates.build(tenant.record.template, ctx)
+                    else:
+                        app = await self.host.hooks.app_factory(ctx)
                     if app is None:
                         raise RuntimeError("no plugin built the app (app_factory returned None)")
                     # the lifespan goes to the bare app: middleware wraps requests only

@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
+from nocosup import templates
 from nocosup import validation as v
 from nocosup.appctx import AppContext
 from nocosup.domains import check_admin_host
@@ -187,6 +188,7 @@ class Supervisor:
         options["dbConnType"] = spec.conn_type
         domains = v.domains(data.get("domains"))
         check_admin_host(domains, self.settings)
+        template = templates.check(data.get("template"))
         environments = await self._placement(v.environments(data.get("environments")))
         database = spec.to_json()
         record = AppRecord(
@@ -196,6 +198,7 @@ class Supervisor:
             options=options,
             database=database,
             domains=domains,
+            template=template,
         )
         async with self._serialized(name):
             await self.registry.insert(record)

@@ -33,7 +33,7 @@ DOMAIN = re.compile(
 )
 #: Custom domains one app may have.
 MAX_DOMAINS = 20
-CREATE_FIELDS = ("name", "title", "environments", "options", "domains")
+CREATE_FIELDS = ("name", "title", "environments", "options", "domains", "template")
 PATCH_FIELDS = ("title", "options", "domains")
 TRUE_WORDS = ("1", "true", "yes", "on")
 FALSE_WORDS = ("0", "false", "no", "off", "")

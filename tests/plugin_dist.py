@@ -18,3 +18,26 @@ def install_plugin(site: Path, name: str, source: str, version: str = "0.1") -> 
     (dist / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n")
     (dist / "entry_points.txt").write_text(f"[nocosup]\n{name} = {name}\n")
     return site
+
+
+def install_templates(
+    site: Path,
+    dist: str,
+    modules: dict[str, str],
+    templates: dict[str, str],
+    version: str = "0.1",
+    summary: str = "",
+) -> Path:
+    """Write ``modules`` (name -> source) and a distribution ``dist`` whose entry points
+    register ``templates`` (name -> ``module:attr``) in ``nocosup.templates``."""
+    site.mkdir(parents=True, exist_ok=True)
+    for name, source in modules.items():
+        (site / f"{name}.py").write_text(textwrap.dedent(source))
+    info = site / f"{dist.replace('-', '_')}-{version}.dist-info"
+    info.mkdir(exist_ok=True)
+    (info / "METADATA").write_text(
+        f"Metadata-Version: 2.1\nName: {dist}\nVersion: {version}\nSummary: {summary}\n"
+    )
+    lines = [f"{name} = {value}" for name, value in templates.items()]
+    (info / "entry_points.txt").write_text("[nocosup.templates]\n" + "\n".join(lines) + "\n")
+    return site

@@ -35,9 +35,13 @@ class NocosupServer:
         log: Path,
         replicas: int = 1,
         args: tuple[str, ...] = (),
+        command: tuple[str, ...] = (),
     ) -> None:
         self.env = env
         self.args = args
+        #: Python arguments that replace ``-m nocosup serve ...`` (an app of the user's
+        #: own under uvicorn, say); ready when ``/readyz`` answers 200 all the same.
+        self.command = command
         self.port = port
         self.log = log
         self.replicas = replicas
@@ -50,7 +54,7 @@ class NocosupServer:
 
     def start(self, timeout: float = 30) -> NocosupServer:
         # replicas > 1: several processes on one socket, replicas of one environment
-        argv = [
+        argv = list(self.command) or [
             "-m",
             "nocosup",
             "serve",
@@ -168,6 +172,14 @@ class ServerFactory:
         port = port or free_port()
         log = self.tmp_path / f"server-{port}.log"
         server = NocosupServer(self.env(storage, **extra), port, log, replicas, args)
+        self.servers.append(server)
+        return server.start()
+
+    def start_command(self, command: tuple[str, ...], port: int, **extra: str) -> NocosupServer:
+        """A started process of ``python *command`` (listening on ``port``) with the
+        environment of a server; it is stopped with the others."""
+        log = self.tmp_path / f"server-{port}.log"
+        server = NocosupServer(self.env(None, **extra), port, log, command=command)
         self.servers.append(server)
         return server.start()
 

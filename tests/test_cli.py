@@ -139,6 +139,7 @@ def test_round_trip_in_tables(sqlite_server: NocosupServer) -> None:
     assert {k: v.strip() for k, v in fields.items() if k not in ("created", "updated")} == {
         "name": "crm",
         "title": "CRM",
+        "template": "(default)",
         "environments": "local",
         "status": "local:stopped",
         "desired state": "running",

@@ -25,6 +25,9 @@ PG_COLUMNS = {
     ("nocosup_apps", "created_at"): ("character varying", 32, "NO"),
     ("nocosup_apps", "updated_at"): ("character varying", 32, "NO"),
     ("nocosup_apps", "domains"): ("text", None, "NO"),
+
+
+    ("nocosup_apps", "template"): ("character varying", 64, "YES"),
     ("nocosup_environments", "name"): ("character varying", 63, "NO"),
     ("nocosup_environments", "url"): ("text", None, "NO"),
     ("nocosup_environments", "proxy_url"): ("text", None, "NO"),
@@ -178,3 +181,52 @@ async def test_domains_and_upgrade_on_postgres(tmp_path: Path, pg_database: str)
             await check(db)
         finally:
             await db.disconnect()
+
+
+_OLD_APPS_TABLE = (
+    "CREATE TABLE nocosup_apps (name VARCHAR(40) PRIMARY KEY, title TEXT NOT NULL,"
+    " environments TEXT NOT NULL, options TEXT NOT NULL, database TEXT NOT NULL,"
+    " desired_state VARCHAR(16) NOT NULL, version INTEGER NOT NULL,"
+    " created_at VARCHAR(32) NOT NULL, updated_at VARCHAR(32) NOT NULL)"
+)
+
+
+async def _old_registry_gains_template(db: Database) -> None:
+    """A registry made before templates keeps its apps and gains the column."""
+    await db.execute(_OLD_APPS_TABLE)
+    await db.execute(
+        "INSERT INTO nocosup_apps VALUES ('old', 'Old', '[\"local\"]', '{}',"
+        " '{\"connType\": \"new_database\", \"name\": \"x_old\", \"schema\": null}',"
+        " 'running', 3, '2026-01-01T00:00:00.000Z', '2026-01-01T00:00:00.000Z')"
+    )
+    registry = Registry(db)
+    await registry.migrate()
+    await registry.migrate()  # again: the column is there already
+    old = await registry.get("old")
+    assert (old.title, old.version, old.template) == ("Old", 3, None)
+    await registry.insert(
+        AppRecord("new", "New", ["local"], {}, old.database, template="starter")
+    )
+    assert (await registry.get("new")).template == "starter"
+    assert (await registry.get("new")).to_json()["template"] == "starter"
+
+
+async def test_migrate_adds_the_template_column_on_sqlite(tmp_path: Path) -> None:
+    db = await connect_registry(Settings(storage_dir=tmp_path))
+    try:
+        await _old_registry_gains_template(db)
+    finally:
+        await db.disconnect()
+
+
+async def test_migrate_adds_the_template_column_on_postgres(
+    tmp_path: Path, pg_database: str
+) -> None:
+    settings = Settings(
+        storage_dir=tmp_path, db_dialect="postgres", db_database=f"{pg_database}_oldreg"
+    )
+    db = await connect_registry(settings)
+    try:
+        await _old_registry_gains_template(db)
+    finally:
+        await db.disconnect()

@@ -453,6 +453,33 @@ async def test_browser_follows_changes_made_elsewhere(
     await assert_not_reloaded(page)
 
 
+async def test_browser_creates_an_app_from_a_template(
+    sqlite_server: NocosupServer, page: Page
+) -> None:
+    await sign_in(page, sqlite_server)
+    await page.click("#new-app")
+    choices = page.locator("#create-template option")
+    # the default factory first, then what GET /api/templates lists
+    await expect(choices.first).to_have_text("Default (tests.factories:build)")
+    await expect(page.locator('#create-template option[value="starter"]')).to_contain_text(
+        "starter: The starter ASGI app"
+    )
+    await page.fill("#create-name", "fromtpl")
+    await page.select_option("#create-template", "starter")
+    await page.click("#create-submit")
+    await expect(page.locator("#create-dialog")).to_be_hidden()
+    await expect(app_row(page, "fromtpl")).to_have_count(1)
+    async with sqlite_server.admin() as c:
+        assert (await c.get("/api/apps/fromtpl")).json()["template"] == "starter"
+        # and without a choice, the default: no template stored
+        await page.click("#new-app")
+        await page.fill("#create-name", "plain")
+        await page.click("#create-submit")
+        await expect(page.locator("#create-dialog")).to_be_hidden()
+        await expect(app_row(page, "plain")).to_have_count(1)
+        assert (await c.get("/api/apps/plain")).json()["template"] is None
+
+
 async def test_browser_shows_api_errors(sqlite_server: NocosupServer, page: Page) -> None:
     async with sqlite_server.admin() as c:
         await create(c, "taken")

@@ -694,14 +694,27 @@
     const list = $("create-envs-list");
     list.replaceChildren(h("span", { class: "hint", text: "loading environments…" }));
     $("create-dialog").showModal();
+    const templates = $("create-template");
+    templates.replaceChildren(h("option", { value: "", text: "Default" }));
     let envs;
+    let listed;
     try {
-      envs = (await guarded(api("GET", "api/environments"))).environments;
+      [envs, listed] = await guarded(Promise.all([
+        api("GET", "api/environments").then((data) => data.environments),
+        api("GET", "api/templates"),
+      ]));
     } catch (err) {
       list.replaceChildren();
       $("create-error").textContent = describe(err);
       return;
     }
+    templates.replaceChildren(
+      h("option", { value: "", text: `Default (${listed.default || "none"})` }),
+      ...listed.templates.map((t) => h("option", {
+        value: t.name,
+        text: t.description ? `${t.name}: ${t.description}` : t.name,
+      })),
+    );
     for (const env of envs) state.envs.set(env.name, env);
     renderEnvs();
     const online = envs.filter((env) => env.status === "online");
@@ -729,6 +742,8 @@
     const domains = $("create-domains").value.split(/[\s,]+/).filter(Boolean);
     if (domains.length) body.domains = domains;
     if (environments.length) body.environments = environments;
+    const template = $("create-template").value;
+    if (template) body.template = template;
     $("create-error").textContent = "";
     $("create-submit").disabled = true;
     try {
@@ -737,7 +752,10 @@
     } catch (err) {
       $("create-error").textContent = describe(err);
       const field = err instanceof ApiError ? err.details.field : null;
-      const input = { name: "create-name", title: "create-app-title", domains: "create-domains" }[field];
+      const input = {
+        name: "create-name", title: "create-app-title", domains: "create-domains",
+        template: "create-template",
+      }[field];
       if (input) $(input).focus();
     } finally {
       $("create-submit").disabled = false;
