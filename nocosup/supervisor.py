@@ -99,6 +99,9 @@ class Supervisor:
             for env in record.environments
         }
         out["errors"] = {env: info["error"] for env, info in per_env.items() if info.get("error")}
+        out["last_seen_at"] = {
+            env: per_env.get(env, {}).get("last_seen_at") for env in record.environments
+        }
         return out
 
     # --- writes ----------------------------------------------------------------------
