@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 from nocosup import __version__
+from nocosup.status import AppStatus
 
 JSON = "application/json"
 APP_NAME_PATTERN = "^[a-z][a-z0-9_-]{0,39}$"
@@ -90,6 +91,14 @@ _SCHEMAS: dict[str, Any] = {
             "startMode": {"enum": ["on_first_request", "with_supervisor"]},
             "dbConnType": {"type": "string"},
             "dbProvisioner": {"type": "string"},
+            "maxBodySize": {"type": "integer", "minimum": 1},
+            "idleTimeout": {
+                "type": "number",
+                "minimum": 0,
+                "description": "seconds without traffic before the app goes idle (0: never)",
+            },
+            "maxConcurrency": {"type": "integer", "minimum": 1},
+            "maxQueue": {"type": "integer", "minimum": 0},
         },
     },
     "Database": {
@@ -125,6 +134,7 @@ _SCHEMAS: dict[str, Any] = {
             "updated_at",
             "statuses",
             "errors",
+            "last_seen_at",
         ],
         "properties": {
             "name": {"type": "string", "pattern": APP_NAME_PATTERN},
@@ -136,8 +146,16 @@ _SCHEMAS: dict[str, Any] = {
             "version": {"type": "integer", "minimum": 1},
             "created_at": {"type": "string"},
             "updated_at": {"type": "string"},
-            "statuses": {"type": "object", "additionalProperties": {"type": "string"}},
+            "statuses": {
+                "type": "object",
+                "additionalProperties": {"enum": [s.value for s in AppStatus]},
+            },
             "errors": {"type": "object", "additionalProperties": {"type": "string"}},
+            "last_seen_at": {
+                "type": "object",
+                "description": "per environment: when the app last served a request there",
+                "additionalProperties": {"type": ["string", "null"]},
+            },
             "results": {"type": "object", "additionalProperties": _ref("EnvResult")},
         },
     },
