@@ -18,7 +18,7 @@ from nocosup.runtime import LocalRuntime
 from tests.cluster import Cluster, wait_for
 from tests.conftest import REDIS_URL
 from tests.inproc import InProc, inproc_settings, running_host
-from tests.servers import NocosupServer, ServerFactory
+from tests.servers import ServerFactory
 from tests.test_admin_api import assert_error
 from tests.test_tenants import create
 
