@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,11 @@ from typing import Any
 import httpx
 import pytest
 import websockets
+from redis.exceptions import ResponseError
 
+from nocosup.admission import RequestGate
+from nocosup.lastseen import latest_by_environment
+from nocosup.registry import iso_time
 from nocosup.runtime import LocalRuntime
 from tests.cluster import Cluster, wait_for
 from tests.conftest import REDIS_URL
@@ -430,3 +435,53 @@ async def test_last_seen_at_in_shared_memory(inproc: InProc) -> None:
     assert first is not None and first.endswith("Z")
     assert (await c.get("/apps/seen/api/info")).status_code == 200
     assert (await c.get("/api/apps/seen")).json()["last_seen_at"]["local"] >= first
+
+
+# --- the pieces on their own --------------------------------------------------------------
+
+
+async def test_request_gate_passes_slots_on_in_order_and_survives_cancelled_waiters() -> None:
+    gate = RequestGate(1, 2)
+    assert await gate.enter()
+    order: list[str] = []
+
+    async def wait(name: str) -> None:
+        assert await gate.enter()
+        order.append(name)
+
+    first = asyncio.create_task(wait("first"))
+    gone = asyncio.create_task(wait("gone"))
+    await wait_for(lambda: _true(gate.waiting == 2))
+    assert not await gate.enter()  # the line is full: refused at once
+    gone.cancel()
+    await asyncio.gather(gone, return_exceptions=True)
+    assert gate.waiting == 1
+    last = asyncio.create_task(wait("last"))
+    await wait_for(lambda: _true(gate.waiting == 2))
+    gate.leave()  # the slot goes to the first in line, not to a newcomer
+    await first
+    assert gate.active == 1 and order == ["first"]
+    gate.leave()
+    await last
+    assert order == ["first", "last"] and gate.active == 1 and gate.waiting == 0
+    gate.leave()
+    assert gate.active == 0
+
+
+async def _true(value: bool) -> bool:
+    return value
+
+
+def test_last_seen_fields_from_redis_are_checked() -> None:
+    now_ms = int(time.time() * 1000)
+    fields = {
+        "env_a/one": str(now_ms - 5000),
+        "env_a/two": str(now_ms - 1000),  # the latest instance of env_a wins
+        "env_b/one": "not a number",
+        "env_c/x": str(now_ms + 3_600_000),  # an hour ahead: nonsense
+        "no-slash": str(now_ms),
+        "env_d/one": "-5",
+    }
+    seen = latest_by_environment(fields)
+    assert seen == {"env_a": iso_time((now_ms - 1000) / 1000)}
+    assert latest_by_environment(ResponseError("WRONGTYPE")) == {}
