@@ -389,11 +389,18 @@ def _apps_create(api: AdminClient, args: argparse.Namespace) -> int:
     return 0
 
 
+def last_seen_text(app: Mapping[str, Any]) -> str:
+    """``env:when`` per environment where the app served a request, ``-`` when none."""
+    seen = app.get("last_seen_at") or {}
+    return ", ".join(f"{env}:{when(iso)}" for env, iso in seen.items() if iso) or "-"
+
+
 def describe(app: Mapping[str, Any]) -> str:
     """Every field of an app, one per line; full error texts indented at the end."""
     shown = {"name", "title", "environments", "statuses", "errors", "desired_state"}
     shown |= {"options", "database", "version", "created_at", "updated_at", "domains"}
     shown |= {"template"}
+    shown |= {"last_seen_at"}
     options = dict(app.get("options") or {})
     database = app.get("database") or {}
     rows: list[tuple[str, str]] = [
@@ -403,6 +410,7 @@ def describe(app: Mapping[str, Any]) -> str:
         ("environments", ", ".join(app.get("environments") or []) or "-"),
         ("status", statuses_text(app)),
         ("desired state", str(app.get("desired_state", "-"))),
+        ("last seen", last_seen_text(app)),
         ("start mode", str(options.pop("startMode", "-"))),
         ("db conn type", str(options.pop("dbConnType", "-"))),
         (

@@ -237,6 +237,24 @@ VARIABLES: tuple[Variable, ...] = (
         "Password of the sentinels themselves, when they require one (requirepass).",
     ),
     Variable(
+        "NOCOSUP_IDLE_TIMEOUT",
+        "0",
+        "Seconds without traffic after which an app goes idle (stopped until its next "
+        "request) unless its options.idleTimeout says otherwise; 0 never.",
+    ),
+    Variable(
+        "NOCOSUP_MAX_RUNNING_APPS",
+        "0",
+        "Apps one process runs at once; a boot past it puts the least recently used idle "
+        "first (503 APP_CAPACITY when none can go); 0 no limit.",
+    ),
+    Variable(
+        "NOCOSUP_BOOT_CONCURRENCY",
+        "4",
+        "Apps one process boots at a time; further boots queue in order (their wait counts "
+        "against NOCOSUP_BOOT_WAIT).",
+    ),
+    Variable(
         "NOCOSUP_INSTANCE_ID",
         None,
         "Name of this process among the replicas of its environment (default: random).",
@@ -360,6 +378,9 @@ def _parse(env: Mapping[str, str]) -> dict[str, Any]:
         "max_ws_message": _number(env, "NOCOSUP_MAX_WS_MESSAGE", int, 1024, 1 << 30),
         "max_connections": _number(env, "NOCOSUP_MAX_CONNECTIONS", int, 1, 1_000_000),
         "header_timeout": _number(env, "NOCOSUP_HEADER_TIMEOUT", float, 0.1, 3600),
+        "idle_timeout": _number(env, "NOCOSUP_IDLE_TIMEOUT", float, 0, 30 * 86400),
+        "max_running_apps": _number(env, "NOCOSUP_MAX_RUNNING_APPS", int, 0, 1_000_000),
+        "boot_concurrency": _number(env, "NOCOSUP_BOOT_CONCURRENCY", int, 1, 10_000),
         **_instance(env),
     }
 
@@ -493,6 +514,9 @@ class Settings:
     max_ws_message: int = _DEFAULTS["max_ws_message"]
     max_connections: int = _DEFAULTS["max_connections"]
     header_timeout: float = _DEFAULTS["header_timeout"]
+    idle_timeout: float = _DEFAULTS["idle_timeout"]
+    max_running_apps: int = _DEFAULTS["max_running_apps"]
+    boot_concurrency: int = _DEFAULTS["boot_concurrency"]
     #: Unique per process: tells replicas of one environment apart.
     instance_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
 

@@ -20,7 +20,9 @@
     │   ├── AppStopped              503 APP_STOPPED
     │   ├── AppInitializing         503 APP_INITIALIZING (Retry-After)
     │   ├── AppFailed               503 APP_ERROR (carries the app's error message)
-    │   └── EnvironmentUnavailable  503 APP_ENVIRONMENT_UNAVAILABLE
+    │   ├── EnvironmentUnavailable  503 APP_ENVIRONMENT_UNAVAILABLE
+    │   ├── AppCapacity             503 APP_CAPACITY (NOCOSUP_MAX_RUNNING_APPS, Retry-After)
+    │   └── AppOverloaded           503 APP_OVERLOADED (options.maxConcurrency, Retry-After)
     ├── BackendUnavailable          503 REDIS_UNAVAILABLE (Redis did not answer)
     ├── DatabaseError               500 DATABASE_ERROR (a database could not be made or dropped)
     ├── CommandTimeout              504 COMMAND_TIMEOUT
@@ -259,6 +261,35 @@ class AppFailed(AppUnavailable):
 class EnvironmentUnavailable(AppUnavailable):
     code = "APP_ENVIRONMENT_UNAVAILABLE"
     retry_after = 5
+
+
+class AppCapacity(AppUnavailable):
+    """A boot would pass NOCOSUP_MAX_RUNNING_APPS and every running app is busy."""
+
+    code = "APP_CAPACITY"
+    retry_after = 1
+
+    def __init__(self, name: str, limit: int) -> None:
+        super().__init__(
+            f"application {name!r} cannot start: this process runs its limit of {limit} "
+            "applications and none is free to go idle; retry shortly",
+            limit=limit,
+        )
+
+
+class AppOverloaded(AppUnavailable):
+    """The app has options.maxConcurrency requests in flight and options.maxQueue waiting."""
+
+    code = "APP_OVERLOADED"
+    retry_after = 1
+
+    def __init__(self, name: str, concurrency: int, queue: int) -> None:
+        super().__init__(
+            f"application {name!r} is serving its limit of {concurrency} requests with "
+            f"{queue} more waiting; retry shortly",
+            max_concurrency=concurrency,
+            max_queue=queue,
+        )
 
 
 class BackendUnavailable(NocosupError):

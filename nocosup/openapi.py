@@ -156,6 +156,14 @@ _SCHEMAS: dict[str, Any] = {
             "startMode": {"enum": ["on_first_request", "with_supervisor"]},
             "dbConnType": {"type": "string"},
             "dbProvisioner": {"type": "string"},
+            "maxBodySize": {"type": "integer", "minimum": 1},
+            "idleTimeout": {
+                "type": "number",
+                "minimum": 0,
+                "description": "seconds without traffic before the app goes idle (0: never)",
+            },
+            "maxConcurrency": {"type": "integer", "minimum": 1},
+            "maxQueue": {"type": "integer", "minimum": 0},
         },
     },
     "Database": {
@@ -192,6 +200,7 @@ _SCHEMAS: dict[str, Any] = {
             "domains",
             "statuses",
             "errors",
+            "last_seen_at",
         ],
         "properties": {
             "name": {"type": "string", "pattern": APP_NAME_PATTERN},
@@ -204,8 +213,16 @@ _SCHEMAS: dict[str, Any] = {
             "created_at": {"type": "string"},
             "updated_at": {"type": "string"},
             "domains": _DOMAINS,
-            "statuses": {"type": "object", "additionalProperties": {"type": "string"}},
+            "statuses": {
+                "type": "object",
+                "additionalProperties": {"enum": [s.value for s in AppStatus]},
+            },
             "errors": {"type": "object", "additionalProperties": {"type": "string"}},
+            "last_seen_at": {
+                "type": "object",
+                "description": "per environment: when the app last served a request there",
+                "additionalProperties": {"type": ["string", "null"]},
+            },
             "results": {"type": "object", "additionalProperties": _ref("EnvResult")},
             "template": {
                 "type": ["string", "null"],

@@ -16,6 +16,8 @@ key                                      type    what
                                                  heartbeat (ms): lists instances without SCAN
 ``{p}:status:{app}``                     hash    ``{env}/{instance}`` -> {"status", "error",
                                                  "at"} as the worker last reported it
+``{p}:seen:{app}``                       hash    ``{env}/{instance}`` -> epoch ms of the
+                                                 app's last request there (batched)
 ``{p}:env:{env}:cmds``                   stream  commands for an environment; one consumer
                                                  group per worker instance, so every replica
                                                  sees every command
@@ -74,6 +76,9 @@ class Keys:
 
     def status(self, app: str) -> str:
         return f"{self.prefix}:status:{app}"
+
+    def seen(self, app: str) -> str:
+        return f"{self.prefix}:seen:{app}"
 
     def commands(self, env: str) -> str:
         return f"{self.prefix}:env:{env}:cmds"

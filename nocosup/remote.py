@@ -37,6 +37,7 @@ from nocosup.errors import (
     NocosupError,
 )
 from nocosup.heartbeat import live_instances, parse_status
+from nocosup.lastseen import latest_by_environment
 from nocosup.process import EnvResult, ProcessAdapter, failure_type
 from nocosup.redisconn import raise_if_cancelled
 from nocosup.rediskeys import NAME, Keys, split_member, valid_member
@@ -60,6 +61,7 @@ _PRIORITY = [
     AppStatus.STOPPING,
     AppStatus.COMMANDING,
     AppStatus.RUNNING,
+    AppStatus.IDLE,
     AppStatus.STOPPED,
     AppStatus.NOT_FOUND,
 ]
@@ -410,7 +412,7 @@ class RemoteProcess(ProcessAdapter):
             await self.cache.remove(record.name)
         except ResponseError as exc:
             log.warning("config cache removal of %s failed, left to repair: %r", record.name, exc)
-        await self.redis.delete(self.keys.status(record.name))
+        await self.redis.delete(self.keys.status(record.name), self.keys.seen(record.name))
 
     async def _command(
         self,
@@ -441,7 +443,9 @@ class RemoteProcess(ProcessAdapter):
             async with self.redis.pipeline(transaction=False) as pipe:
                 for r in records:
                     pipe.hgetall(self.keys.status(r.name))
-                raw = await pipe.execute(raise_on_error=False)
+                    pipe.hgetall(self.keys.seen(r.name))
+                both = await pipe.execute(raise_on_error=False)
+            raw, seen = both[0::2], [latest_by_environment(f) for f in both[1::2]]
             live = await live_instances(self.redis, self.keys, None, self.environments.ttl)
             raw = [
                 await self._checked_statuses(r, f, live) for r, f in zip(records, raw, strict=True)
@@ -450,7 +454,7 @@ class RemoteProcess(ProcessAdapter):
             raise BackendUnavailable(f"Redis did not answer: {exc}") from exc
         online = {split_member(m)[0] for m in live}
         out: dict[str, dict[str, dict[str, Any]]] = {}
-        for record, fields in zip(records, raw, strict=True):
+        for record, fields, last_seen in zip(records, raw, seen, strict=True):
             per_env: dict[str, list[dict[str, Any]]] = {}
             for field, report in fields.items():
                 if field in live:
@@ -461,6 +465,7 @@ class RemoteProcess(ProcessAdapter):
                     out[record.name][env] = {
                         "status": AppStatus.UNAVAILABLE.value,
                         "error": f"environment {env!r} is offline",
+                        "last_seen_at": last_seen.get(env),
                     }
                     continue
                 reports = per_env.get(env, [])
@@ -468,6 +473,7 @@ class RemoteProcess(ProcessAdapter):
                 out[record.name][env] = {
                     "status": aggregate([r["status"] for r in reports]),
                     "error": "; ".join(errors) or None,
+                    "last_seen_at": last_seen.get(env),
                 }
         return out
 

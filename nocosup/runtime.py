@@ -1,10 +1,16 @@
-"""Tenant apps running inside this process: boot, serve, stop, remove.
+"""Tenant apps running inside this process: boot, serve, stop, idle, remove.
 
 Boots are single-flight: every caller of :meth:`LocalRuntime.start` (admin API, first
 requests, commands) awaits the same task, so an app is never built twice nor seen
 half-built. Start, stop and remove of one app are serialised by a per-app lock; different
 apps never wait for each other. A failing factory or lifespan puts only that app in
 ``error``.
+
+Scale to zero: a request records when it ended on its tenant (a monotonic time, no I/O);
+:meth:`LocalRuntime.upkeep` puts an app ``idle`` after its idle timeout without traffic
+(requests and WebSockets in flight count as traffic), and the next request boots it again.
+Boots pass :class:`~nocosup.admission.BootAdmission` (NOCOSUP_BOOT_CONCURRENCY) and, with
+NOCOSUP_MAX_RUNNING_APPS, first make room by putting the least recently used app idle.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
@@ -20,26 +27,35 @@ from typing import TYPE_CHECKING, Any
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from nocosup import templates, validation
+from nocosup.admission import BootAdmission, RequestGate
 from nocosup.appctx import AppContext
 from nocosup.errors import (
+    AppCapacity,
     AppFailed,
     AppInitializing,
     AppNotFound,
+    AppOverloaded,
     AppStopped,
     NocosupError,
     PayloadTooLarge,
 )
 from nocosup.lifespan import LifespanRunner
 from nocosup.provisioning import TenantDatabase
-from nocosup.registry import AppRecord
+from nocosup.registry import AppRecord, iso_time
 from nocosup.responses import error_response, send_error
-from nocosup.status import BOOTING, AppStatus
+from nocosup.status import ASLEEP, BOOTING, AppStatus
 from nocosup.storage import remove_app_files
 
 if TYPE_CHECKING:
     from nocosup.host import Host
 
 log = logging.getLogger("nocosup.runtime")
+
+_monotonic = time.monotonic
+#: Statuses that give up a place among NOCOSUP_MAX_RUNNING_APPS.
+_VACANT = frozenset({AppStatus.IDLE, AppStatus.STOPPED, AppStatus.ERROR, AppStatus.NOT_FOUND})
+#: Longest pause of the idle check (it runs sooner for short idle timeouts).
+IDLE_CHECK = 1.0
 
 #: Told of every status change of an app here (``None``: the app left this process).
 StatusListener = Callable[[str, AppStatus | None, str | None], None]
@@ -65,10 +81,30 @@ class Tenant:
     drained: asyncio.Event | None = None
     #: Request body limit in bytes (options.maxBodySize, else NOCOSUP_MAX_BODY_SIZE).
     body_limit: int = 0
+    #: Seconds without traffic before going idle (options.idleTimeout, else
+    #: NOCOSUP_IDLE_TIMEOUT; 0 never).
+    idle_timeout: float = 0.0
+    #: options.maxConcurrency / maxQueue, or None when the app has no cap.
+    gate: RequestGate | None = None
+    #: time.monotonic() when its last request ended (0: none yet in this process).
+    last_seen: float = 0.0
+    #: time.monotonic() when it last came up: idle timing starts there too.
+    booted_at: float = 0.0
+    #: Being put idle (by its idle timeout or to make room): requests wait, then wake it.
+    going_idle: bool = False
 
     @property
     def name(self) -> str:
         return self.record.name
+
+    @property
+    def active_at(self) -> float:
+        """When it last served or came up: what idle timing and LRU eviction go by."""
+        return self.last_seen if self.last_seen > self.booted_at else self.booted_at
+
+    def asleep(self) -> AppStatus:
+        """What it is when not running: ``idle`` when wanted, ``stopped`` when not."""
+        return AppStatus.IDLE if self.record.desired_state == "running" else AppStatus.STOPPED
 
 
 class LocalRuntime:
@@ -87,6 +123,10 @@ class LocalRuntime:
         #: Core listeners (the worker's status reports): called synchronously, before
         #: plugins hear of the change, and never through a hook a plugin could break.
         self.status_listeners: list[StatusListener] = []
+        self.admission = BootAdmission(self.settings.boot_concurrency)
+        #: Apps holding a place among NOCOSUP_MAX_RUNNING_APPS: booting, running, stopping.
+        self.occupied: dict[str, Tenant] = {}
+        self._room = asyncio.Lock()
 
     # --- configuration ---------------------------------------------------------------
 
@@ -99,6 +139,17 @@ class LocalRuntime:
             tenant.record = record
         # worked out once per config, not per request
         tenant.body_limit = validation.body_limit(record.options, self.settings.max_body_size)
+        tenant.idle_timeout = validation.idle_timeout(record.options, self.settings.idle_timeout)
+        limit, queue = validation.concurrency(record.options)
+        if not limit:
+            tenant.gate = None
+        elif tenant.gate is None:
+            tenant.gate = RequestGate(limit, queue)
+        else:  # requests in flight keep their slots
+            tenant.gate.limit, tenant.gate.queue = limit, queue
+        if tenant.status in ASLEEP:
+            # a lazy app is idle (wanted, not running); one an operator stopped, stopped
+            self._set_status(tenant, tenant.asleep())
         return tenant
 
     def get(self, name: str) -> Tenant:
@@ -134,11 +185,16 @@ class LocalRuntime:
         return tenant.boot
 
     async def _boot(self, tenant: Tenant) -> None:
-        async with tenant.lock:
+        async with self.admission.slot(), tenant.lock:
             if tenant.status is AppStatus.RUNNING:
                 return
             if tenant.status is not AppStatus.PREPARING:
                 self._set_status(tenant, AppStatus.PREPARING)
+            try:
+                await self._make_room(tenant)
+            except AppCapacity:
+                self._set_status(tenant, tenant.asleep())
+                raise
             ctx = self.context(tenant)
             try:
                 async with self.boot_guard(tenant.name):
@@ -165,8 +221,30 @@ class LocalRuntime:
                 tenant.lifespan = None
                 self._set_status(tenant, AppStatus.ERROR, f"{type(exc).__name__}: {exc}")
                 return
+            tenant.booted_at = _monotonic()
             self._set_status(tenant, AppStatus.RUNNING)
         await self.host.hooks.notify("after_app_start", app=ctx)
+
+    async def _make_room(self, tenant: Tenant) -> None:
+        """Take a place among NOCOSUP_MAX_RUNNING_APPS, putting the least recently used
+        app without a request in flight idle when all are taken; AppCapacity if none can."""
+        limit = self.settings.max_running_apps
+        async with self._room:
+            while limit and tenant.name not in self.occupied and len(self.occupied) >= limit:
+                free = [
+                    t
+                    for t in self.occupied.values()
+                    if t.status is AppStatus.RUNNING
+                    and t.inflight == 0
+                    and not t.going_idle
+                    and t.record.desired_state == "running"
+                ]
+                if not free:
+                    raise AppCapacity(tenant.name, limit)
+                victim = min(free, key=lambda t: t.active_at)
+                log.info("app %s goes idle to make room for %s", victim.name, tenant.name)
+                await self.put_idle(victim.name)
+            self.occupied[tenant.name] = tenant
 
     async def stop(self, name: str) -> Tenant:
         """Stop the app: refuse new requests, let in-flight ones finish, leave its lifespan."""
@@ -177,22 +255,77 @@ class LocalRuntime:
             if tenant.status is AppStatus.ERROR or tenant.app is None:
                 self._set_status(tenant, AppStatus.STOPPED)
                 return tenant
-            ctx = self.context(tenant)
-            self._set_status(tenant, AppStatus.STOPPING)
-            await self.host.hooks.notify("before_app_stop", app=ctx)
-            await self._drain(tenant)
-            error = None
-            try:
-                if tenant.lifespan is not None:
-                    await tenant.lifespan.shutdown()
-            except Exception as exc:
-                log.exception("app %s failed to shut down cleanly", tenant.name)
-                error = f"{type(exc).__name__}: {exc}"
-            tenant.app = None
-            tenant.lifespan = None
-            self._set_status(tenant, AppStatus.STOPPED, error)
+            ctx = await self._shut_down(tenant, AppStatus.STOPPED)
         await self.host.hooks.notify("after_app_stop", app=ctx)
         return tenant
+
+    async def put_idle(self, name: str) -> bool:
+        """Stop a running app that is wanted running, so the next request boots it again
+        (its idle timeout passed, or its place is needed). False when it was not running,
+        or a request is in flight."""
+        tenant = self.get(name)
+        tenant.going_idle = True
+        try:
+            async with tenant.lock:
+                if (
+                    tenant.status is not AppStatus.RUNNING
+                    or tenant.inflight
+                    or tenant.record.desired_state != "running"
+                ):
+                    return False
+                ctx = await self._shut_down(tenant, AppStatus.IDLE)
+        finally:
+            tenant.going_idle = False
+        await self.host.hooks.notify("after_app_stop", app=ctx)
+        return True
+
+    async def _shut_down(self, tenant: Tenant, final: AppStatus) -> AppContext:
+        """Refuse new requests, let in-flight ones finish, leave the lifespan (the caller
+        holds the tenant's lock)."""
+        ctx = self.context(tenant)
+        self._set_status(tenant, AppStatus.STOPPING)
+        await self.host.hooks.notify("before_app_stop", app=ctx)
+        await self._drain(tenant)
+        error = None
+        try:
+            if tenant.lifespan is not None:
+                await tenant.lifespan.shutdown()
+        except Exception as exc:
+            log.exception("app %s failed to shut down cleanly", tenant.name)
+            error = f"{type(exc).__name__}: {exc}"
+        tenant.app = None
+        tenant.lifespan = None
+        self._set_status(tenant, final, error)
+        return ctx
+
+    async def upkeep(self) -> None:
+        """Put apps idle once their idle timeout passed without traffic; runs as long as
+        the host (started by the role)."""
+        while True:
+            await asyncio.sleep(self._idle_check())
+            now = _monotonic()
+            for tenant in list(self.occupied.values()):
+                timeout = tenant.idle_timeout
+                if (
+                    timeout
+                    and tenant.status is AppStatus.RUNNING
+                    and not tenant.inflight
+                    and not tenant.going_idle
+                    and now - tenant.active_at >= timeout
+                ):
+                    log.info(
+                        "app %s idle for %ss: stopping it until its next request",
+                        tenant.name,
+                        timeout,
+                    )
+                    tenant.going_idle = True
+                    self.host.spawn(self.put_idle(tenant.name))
+
+    def _idle_check(self) -> float:
+        """Seconds to the next idle check: a quarter of the shortest idle timeout of a
+        running app, at most IDLE_CHECK."""
+        timeouts = [t.idle_timeout for t in self.occupied.values() if t.idle_timeout]
+        return max(0.05, min(IDLE_CHECK, min(timeouts) / 4)) if timeouts else IDLE_CHECK
 
     async def _drain(self, tenant: Tenant) -> None:
         if tenant.inflight == 0:
@@ -219,6 +352,7 @@ class LocalRuntime:
             await self.databases.drop(TenantDatabase.from_json(record.database))
             await asyncio.to_thread(remove_app_files, self.settings, record.name)
         self.tenants.pop(record.name, None)
+        self.occupied.pop(record.name, None)
         for listener in self.status_listeners:
             listener(record.name, None, None)
         ctx = AppContext(record, self.environment, self.settings.instance_id, self.host)
@@ -226,7 +360,7 @@ class LocalRuntime:
 
     async def stop_all(self) -> None:
         """Stop every app (host shutdown), concurrently."""
-        names = [n for n, t in self.tenants.items() if t.status is not AppStatus.STOPPED]
+        names = [n for n, t in self.tenants.items() if t.status not in ASLEEP]
         results = await asyncio.gather(*(self.stop(n) for n in names), return_exceptions=True)
         for name, result in zip(names, results, strict=True):
             if isinstance(result, BaseException):
@@ -237,6 +371,8 @@ class LocalRuntime:
             return
         tenant.status = status
         tenant.error = error
+        if status in _VACANT:
+            self.occupied.pop(tenant.name, None)
         for listener in self.status_listeners:
             listener(tenant.name, status, error)
         self.host.status_changed(self.context(tenant), status, error)
@@ -274,9 +410,21 @@ class LocalRuntime:
             if declared is None and (chunked or scope["method"] not in ("GET", "HEAD")):
                 limiter = _BodyLimit(limit, scope, receive, send)
                 receive, send = limiter.receive, limiter.send
-        tenant.inflight += 1
+        gate = tenant.gate
+        tenant.inflight += 1  # waiting in line is traffic too: the app stays up for it
         try:
-            await app(scope, receive, send)
+            if gate is not None and scope["type"] == "http":
+                if not await gate.enter():
+                    await send_error(
+                        scope, receive, send, AppOverloaded(name, gate.limit, gate.queue)
+                    )
+                    return
+                try:
+                    await app(scope, receive, send)
+                finally:
+                    gate.leave()
+            else:
+                await app(scope, receive, send)
         except Exception:
             if limiter is None or not limiter.tripped:
                 raise
@@ -284,6 +432,7 @@ class LocalRuntime:
             log.info("app %s: request body over %d bytes cut short", name, limiter.limit)
         finally:
             tenant.inflight -= 1
+            tenant.last_seen = _monotonic()
             if tenant.drained is not None and tenant.inflight == 0:
                 tenant.drained.set()
 
@@ -291,29 +440,62 @@ class LocalRuntime:
         """The tenant once running, or the error that explains why it is not."""
         if tenant is None:
             raise AppNotFound(name)
-        if tenant.status is AppStatus.ERROR:
-            raise AppFailed(name, tenant.error)
-        if tenant.status is AppStatus.STOPPING or tenant.record.desired_state == "stopped":
-            raise AppStopped(name)
-        if tenant.status is AppStatus.STOPPED or tenant.status in BOOTING:
-            boot = self._boot_task(tenant)
-            done, _ = await asyncio.wait({boot}, timeout=self.settings.boot_wait)
-            if not done:
-                raise AppInitializing(name)
-        # the boot moves the status on: a fresh variable drops mypy's narrowing from above
-        status: AppStatus = tenant.status
-        if status is AppStatus.ERROR:
-            raise AppFailed(name, tenant.error)
-        if status is not AppStatus.RUNNING:
-            raise AppStopped(name)
+        try:
+            # the whole wait (an idle stop to finish, a place in the boot queue, the
+            # boot) counts against NOCOSUP_BOOT_WAIT
+            async with asyncio.timeout(self.settings.boot_wait):
+                await self._wake(tenant)
+        except TimeoutError:
+            raise AppInitializing(name) from None
         return tenant
+
+    async def _wake(self, tenant: Tenant) -> None:
+        """Boot the app for a request (or wait for the boot under way), unless an operator
+        stopped it or it failed."""
+        name = tenant.name
+        for _attempt in range(3):  # an idle stop may end just as the request came in
+            status = tenant.status
+            if status is AppStatus.RUNNING:
+                return
+            if status is AppStatus.ERROR:
+                raise AppFailed(name, tenant.error)
+            if tenant.record.desired_state == "stopped":
+                raise AppStopped(name)
+            if status is AppStatus.STOPPING:
+                if not tenant.going_idle:
+                    raise AppStopped(name)
+                async with tenant.lock:  # the idle stop ends: then boot again
+                    pass
+                continue
+            if status in ASLEEP or status in BOOTING:
+                await asyncio.shield(self._boot_task(tenant))
+        # the boot moves the status on: a fresh variable drops mypy's narrowing from above
+        final: AppStatus = tenant.status
+        if final is AppStatus.ERROR:
+            raise AppFailed(name, tenant.error)
+        if final is not AppStatus.RUNNING:
+            raise AppStopped(name)
 
     def snapshot(self, name: str) -> dict[str, Any]:
         """Status of one app here, for the API and the worker's reports."""
         tenant = self.tenants.get(name)
         if tenant is None:
-            return {"status": AppStatus.NOT_FOUND.value, "error": None}
-        return {"status": tenant.status.value, "error": tenant.error}
+            return {"status": AppStatus.NOT_FOUND.value, "error": None, "last_seen_at": None}
+        seen = self.last_seen(tenant)
+        return {
+            "status": tenant.status.value,
+            "error": tenant.error,
+            "last_seen_at": iso_time(seen) if seen else None,
+        }
+
+    def last_seen(self, tenant: Tenant) -> float | None:
+        """Wall-clock time (epoch seconds) of the app's last traffic here: now while a
+        request or WebSocket is in flight, None when it has served none."""
+        if tenant.inflight:
+            return time.time()
+        if not tenant.last_seen:
+            return None
+        return time.time() - (_monotonic() - tenant.last_seen)
 
 
 def _framing(headers: list[tuple[bytes, bytes]]) -> tuple[int | None, bool]:

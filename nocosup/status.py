@@ -1,9 +1,12 @@
-"""App statuses, the reference's names plus ``stopping`` and ``unavailable``.
+"""App statuses, the reference's names plus ``stopping``, ``idle`` and ``unavailable``.
 
 stopped ──start──▶ preparing ─▶ initializing ─▶ initialized ─▶ running
    ▲                   │              │               │           │
    │                   └──────────────┴───────▶ error ◀───────────┤ (lifespan failed)
    └──────── stopping ◀──────────── stop ─────────────────────────┘
+idle: not running but wanted (desired_state running): never booted since this process
+started, or stopped after options.idleTimeout without traffic, or evicted for
+NOCOSUP_MAX_RUNNING_APPS; the next request boots it (idle ─request─▶ preparing ...).
 commanding: in the reference's vocabulary (and ranked among replicas); nothing sets it.
 not_found: an environment that does not know the app; unavailable: its environment is offline.
 """
@@ -21,6 +24,7 @@ class AppStatus(StrEnum):
     COMMANDING = "commanding"
     STOPPING = "stopping"
     STOPPED = "stopped"
+    IDLE = "idle"
     ERROR = "error"
     NOT_FOUND = "not_found"
     UNAVAILABLE = "unavailable"
@@ -28,3 +32,6 @@ class AppStatus(StrEnum):
 
 #: Statuses during which a boot is under way: requests wait for it.
 BOOTING = frozenset({AppStatus.PREPARING, AppStatus.INITIALIZING, AppStatus.INITIALIZED})
+
+#: Statuses in which the app holds no ASGI app and a request may boot it.
+ASLEEP = frozenset({AppStatus.IDLE, AppStatus.STOPPED})

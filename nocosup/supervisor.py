@@ -170,6 +170,9 @@ class Supervisor:
         out = record.to_json()
         out["statuses"] = _env_statuses(record, per_env)
         out["errors"] = {env: info["error"] for env, info in per_env.items() if info.get("error")}
+        out["last_seen_at"] = {
+            env: per_env.get(env, {}).get("last_seen_at") for env in record.environments
+        }
         return out
 
     # --- writes ----------------------------------------------------------------------

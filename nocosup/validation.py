@@ -35,6 +35,10 @@ DOMAIN = re.compile(
 MAX_DOMAINS = 20
 CREATE_FIELDS = ("name", "title", "environments", "options", "domains", "template")
 PATCH_FIELDS = ("title", "options", "domains")
+#: Longest options.idleTimeout (seconds): 30 days.
+MAX_IDLE_TIMEOUT = 30 * 86400
+#: Largest options.maxConcurrency and options.maxQueue.
+MAX_CONCURRENCY = 100_000
 TRUE_WORDS = ("1", "true", "yes", "on")
 FALSE_WORDS = ("0", "false", "no", "off", "")
 
@@ -192,6 +196,36 @@ def options(value: Any) -> dict[str, Any]:
                 f"{MAX_APP_BODY_SIZE}; got {size!r}",
                 field="options.maxBodySize",
             )
+    if "idleTimeout" in out:
+        idle = out["idleTimeout"]
+        if (
+            not isinstance(idle, int | float)
+            or isinstance(idle, bool)
+            or not 0 <= idle <= MAX_IDLE_TIMEOUT
+        ):
+            raise InvalidInput(
+                f"options.idleTimeout must be a number of seconds from 0 (never) to "
+                f"{MAX_IDLE_TIMEOUT}; got {idle!r}",
+                field="options.idleTimeout",
+            )
+    for key, low in (("maxConcurrency", 1), ("maxQueue", 0)):
+        if key in out:
+            count = out[key]
+            if (
+                not isinstance(count, int)
+                or isinstance(count, bool)
+                or not low <= count <= MAX_CONCURRENCY
+            ):
+                raise InvalidInput(
+                    f"options.{key} must be a whole number from {low} to {MAX_CONCURRENCY}; "
+                    f"got {count!r}",
+                    field=f"options.{key}",
+                )
+    if "maxQueue" in out and "maxConcurrency" not in out:
+        raise InvalidInput(
+            "options.maxQueue needs options.maxConcurrency (the queue is of requests over it)",
+            field="options.maxQueue",
+        )
     for key in ("dbConnType", "dbProvisioner"):
         # their values are checked against the loaded provisioners (TenantDatabases)
         if key in out and not isinstance(out[key], str):
@@ -205,6 +239,30 @@ def body_limit(options: Any, default: int) -> int:
     if isinstance(size, int) and not isinstance(size, bool) and 1 <= size <= MAX_APP_BODY_SIZE:
         return size
     return default
+
+
+def idle_timeout(options: Any, default: float) -> float:
+    """Seconds without traffic before the app goes idle (0: never): its
+    options.idleTimeout when valid, else ``default``."""
+    value = options.get("idleTimeout") if isinstance(options, dict) else None
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        if 0 <= value <= MAX_IDLE_TIMEOUT:
+            return float(value)
+    return default
+
+
+def concurrency(options: Any) -> tuple[int, int]:
+    """(options.maxConcurrency or 0 for no cap, options.maxQueue or 0), each when valid."""
+    if not isinstance(options, dict):
+        return 0, 0
+    out: list[int] = []
+    for key, low in (("maxConcurrency", 1), ("maxQueue", 0)):
+        value = options.get(key)
+        if isinstance(value, int) and not isinstance(value, bool):
+            out.append(value if low <= value <= MAX_CONCURRENCY else 0)
+        else:
+            out.append(0)
+    return out[0], out[1]
 
 
 def merge_patch(target: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:

@@ -64,7 +64,7 @@ async def test_crud_round_trip(inproc: InProc) -> None:
             "dbConnType": "new_database",
         }
         assert app["desired_state"] == "running"
-        assert app["statuses"] == {"local": "stopped"}
+        assert app["statuses"] == {"local": "idle"}
         assert app["created_at"] and app["updated_at"]
 
         listed = (await c.get("/api/apps")).json()["apps"]

@@ -131,7 +131,7 @@ def test_round_trip_in_tables(sqlite_server: NocosupServer) -> None:
     table = rows(ok(run(s, "apps", "list")).stdout)
     assert table == [
         ["NAME", "TITLE", "ENVIRONMENTS", "STATUS", "DESIRED"],
-        ["crm", "CRM", "local", "local:stopped", "running"],
+        ["crm", "CRM", "local", "local:idle", "running"],
     ]
 
     shown = ok(run(s, "apps", "show", "crm")).stdout
@@ -141,8 +141,9 @@ def test_round_trip_in_tables(sqlite_server: NocosupServer) -> None:
         "title": "CRM",
         "template": "(default)",
         "environments": "local",
-        "status": "local:stopped",
+        "status": "local:idle",
         "desired state": "running",
+        "last seen": "-",
         "start mode": "on_first_request",
         "db conn type": "new_database",
         "database": "name=nocosup_app_crm",
@@ -206,7 +207,7 @@ def test_round_trip_in_json(sqlite_server: NocosupServer) -> None:
         "startMode": "on_first_request",
         "dbConnType": "new_database",
     }
-    assert app["statuses"] == {"local": "stopped"} and app["errors"] == {}
+    assert app["statuses"] == {"local": "idle"} and app["errors"] == {}
 
     assert [a["name"] for a in as_json("apps", "list")["apps"]] == ["shop"]
     assert as_json("apps", "show", "shop")["options"]["size"] == 3

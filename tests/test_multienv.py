@@ -67,9 +67,9 @@ async def test_create_placement_and_statuses(deployed: Cluster) -> None:
     async with sup(deployed).admin() as c:
         one = await create(c, "onea", environments=["env_a"])
         assert one["environments"] == ["env_a"]
-        assert one["statuses"] == {"env_a": "stopped"}
+        assert one["statuses"] == {"env_a": "idle"}
         both = await create(c, "both", environments=["env_b", "env_a"])
-        assert both["statuses"] == {"env_b": "stopped", "env_a": "stopped"}
+        assert both["statuses"] == {"env_b": "idle", "env_a": "idle"}
         # without environments: the online environment with the fewest apps (env_b: 1)
         placed = await create(c, "placed")
         assert placed["environments"] == ["env_b"]

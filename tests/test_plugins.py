@@ -272,6 +272,7 @@ async def test_statuses_reach_plugins_in_order_as_the_enum(tmp_path: Path) -> No
         await h.api.post("/api/apps/seq/start")
         await h.api.post("/api/apps/seq/stop")
         expected = [
+            AppStatus.IDLE,  # created, wanted running, not booted yet
             AppStatus.PREPARING,
             AppStatus.INITIALIZING,
             AppStatus.INITIALIZED,

@@ -370,7 +370,7 @@ async def test_browser_sign_in_create_start_open_stop_remove(
     await expect(row.locator("td.title")).to_have_text("The Shop")
     await expect(row.locator("td.envs")).to_have_text("local")
     await expect(row.locator("td.desired")).to_have_text("running")
-    await expect(env_status(page, "shop", "local")).to_have_text("stopped")
+    await expect(env_status(page, "shop", "local")).to_have_text("idle")
 
     # start: `running` arrives without a reload
     await row.get_by_role("button", name="Start").click()
@@ -432,7 +432,7 @@ async def test_browser_follows_changes_made_elsewhere(
     async with sqlite_server.admin() as c:
         await create(c, "remote", title="Made by the CLI")
         await expect(app_row(page, "remote").locator("td.title")).to_have_text("Made by the CLI")
-        await expect(env_status(page, "remote", "local")).to_have_text("stopped")
+        await expect(env_status(page, "remote", "local")).to_have_text("idle")
 
         assert (await c.post("/api/apps/remote/start")).status_code == 200
         await expect(env_status(page, "remote", "local")).to_have_text("running")
@@ -444,7 +444,7 @@ async def test_browser_follows_changes_made_elsewhere(
         await expect(app_row(page, "remote").locator("td.desired")).to_have_text("stopped")
         # an on_first_request app boots on its first request: the page sees that too
         await create(c, "lazy")
-        await expect(env_status(page, "lazy", "local")).to_have_text("stopped")
+        await expect(env_status(page, "lazy", "local")).to_have_text("idle")
         assert (await c.get("/apps/lazy/api/info")).status_code == 200
         await expect(env_status(page, "lazy", "local")).to_have_text("running")
 
@@ -562,7 +562,7 @@ async def test_browser_multi_environment_mode(two_environments: Cluster, page: P
     await expect(row.locator("td.envs")).to_have_text("env_a, env_b")
     await expect(row.locator('.env-status[data-env="env_b"] .env-name')).to_have_text("env_b")
     for name in ("env_a", "env_b"):
-        await expect(env_status(page, "split", name)).to_have_text("stopped")
+        await expect(env_status(page, "split", name)).to_have_text("idle")
     await row.get_by_role("button", name="Start").click()
     for name in ("env_a", "env_b"):
         await expect(env_status(page, "split", name)).to_have_text("running")

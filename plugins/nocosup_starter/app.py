@@ -1,11 +1,13 @@
 """A small but real tenant app: records in the app's own database, a blob, a WebSocket echo.
 
 Routes (relative to ``/apps/{name}``): ``/admin`` (HTML), ``/api/info``, ``/api/records``
-(GET, POST), ``/api/blob?size=N`` and the WebSocket ``/api/echo``.
+(GET, POST), ``/api/blob?size=N``, ``/api/sleep?ms=N`` (answers after N ms: a slow
+request to load an app with) and the WebSocket ``/api/echo``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import html
 import json
@@ -27,6 +29,8 @@ from nocosup.appctx import AppContext
 from nocosup.registry import now_iso
 
 MAX_BLOB = 64 * 1024 * 1024
+#: Longest /api/sleep, in milliseconds.
+MAX_SLEEP_MS = 10_000
 BLOB_CHUNK = 64 * 1024
 MAX_TITLE = 200
 MAX_LIMIT = 1000
@@ -166,6 +170,13 @@ def build_app(ctx: AppContext) -> Starlette:
             chunks(), media_type="application/octet-stream", headers={"content-length": str(size)}
         )
 
+    async def sleep(request: Request) -> Response:
+        raw = request.query_params.get("ms", "")
+        if not raw.isdigit() or int(raw) > MAX_SLEEP_MS:
+            raise _Invalid(f"ms must be a whole number from 0 to {MAX_SLEEP_MS}", "ms")
+        await asyncio.sleep(int(raw) / 1000)
+        return JSONResponse({**info(), "slept_ms": int(raw)})
+
     async def admin(request: Request) -> Response:
         rows = await db.fetch_all(records.select().order_by(records.c.id).limit(MAX_LIMIT))
         assert ctx.environment is not None  # app_factory is told where the app runs
@@ -217,6 +228,7 @@ td,th{{border:1px solid #ccc;padding:.3rem .6rem}}</style></head>
             Route("/api/records", list_records, methods=["GET"]),
             Route("/api/records", create_record, methods=["POST"]),
             Route("/api/blob", blob),
+            Route("/api/sleep", sleep),
             WebSocketRoute("/api/echo", echo),
         ],
         lifespan=lifespan,

@@ -76,6 +76,7 @@ class SupervisorRole(Role):
         if settings.process_adapter == "local":
             runtime = self.runtime = LocalRuntime(host)
             self.gateway = runtime
+            host.spawn(runtime.upkeep())
             process = LocalProcess(runtime)
             environments = LocalEnvironments(settings)
         else:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 from typing import TYPE_CHECKING
@@ -14,6 +15,7 @@ from nocosup.appcache import AppCache
 from nocosup.commands import CommandConsumer
 from nocosup.db import ensure_database
 from nocosup.heartbeat import Heartbeat, Presence, StatusReporter, heartbeat_ttl
+from nocosup.lastseen import LastSeenFlusher
 from nocosup.redisconn import close_role_redis, connect_role_redis
 from nocosup.rediskeys import Keys
 from nocosup.redislock import redis_lock
@@ -43,6 +45,7 @@ class WorkerRole(Role):
         self.reporter: StatusReporter | None = None
         self.worker: Worker | None = None
         self.heartbeat: Heartbeat | None = None
+        self.last_seen: LastSeenFlusher | None = None
         self.consumer: CommandConsumer | None = None
         self.consumer_task: asyncio.Task[None] | None = None
         self._restarter: asyncio.Task[None] | None = None
@@ -77,6 +80,9 @@ class WorkerRole(Role):
 
         self.heartbeat = Heartbeat(redis, keys, settings, on_reset=republish)
         await self.heartbeat.start()
+        host.spawn(runtime.upkeep())
+        self.last_seen = LastSeenFlusher(runtime, redis, keys, settings.heartbeat_interval)
+        host.spawn(self.last_seen.run())
 
         for name in await worker.restore():
             host.spawn(_start_logged(runtime, name))
@@ -180,6 +186,10 @@ class WorkerRole(Role):
             # go offline first: the supervisor stops routing here while apps shut down
             await self.heartbeat.stop()
             self.heartbeat = None
+        if self.last_seen is not None:
+            with contextlib.suppress(Exception):  # the last batch, best effort
+                await self.last_seen.flush()
+            self.last_seen = None
         if self.runtime is not None:
             await self.runtime.stop_all()
             self.runtime = None

@@ -12,6 +12,7 @@
     preparing: "busy", initializing: "busy", initialized: "busy", commanding: "busy",
     stopping: "busy",
     stopped: "idle", not_found: "idle",
+    idle: "asleep",
     error: "bad", unavailable: "bad", offline: "bad",
   };
 
