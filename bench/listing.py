@@ -86,7 +86,7 @@ def main() -> int:
                 f"page of 100 after app #{n - 150}": f"/api/apps?limit=100&cursor={deep}",
                 "page of 1000": "/api/apps?limit=1000",
                 "prefix filter (100 matches)": f"/api/apps?limit=100&prefix={app_name(0)[:-2]}",
-                f"status filter (scans {n})": "/api/apps?limit=100&status=stopped",
+                f"status filter (scans {n})": "/api/apps?limit=100&status=idle",
                 "GET /api/apps/{name}": f"/api/apps/{app_name(n // 2)}",
             }
             for path in queries.values():  # warm up every query

@@ -137,7 +137,7 @@ async def test_api_pages_with_total_and_cursor(inproc: InProc) -> None:
     crm, totals = await _walk(inproc.api, prefix="crm", limit=2)
     assert crm == ["crm", "crm-us", "crm_eu"] and set(totals) == {3}
     first = (await inproc.api.get("/api/apps", params={"limit": 1})).json()
-    assert first["apps"][0]["statuses"] == {"local": "stopped"}  # statuses come with a page
+    assert first["apps"][0]["statuses"] == {"local": "idle"}  # statuses come with a page
     assert first["next_cursor"] == encode_cursor("app00")
 
 
@@ -148,8 +148,11 @@ async def test_status_filter_pages_over_matches(inproc: InProc) -> None:
         assert r.status_code == 200, r.text
     running, totals = await _walk(inproc.api, status="running", limit=3)
     assert running == ["s1", "s3", "s4", "s6"] and set(totals) == {4}
-    stopped, totals = await _walk(inproc.api, status="stopped", limit=2)
-    assert stopped == ["s0", "s2", "s5"] and set(totals) == {3}
+    lazy, totals = await _walk(inproc.api, status="idle", limit=2)  # not booted yet
+    assert lazy == ["s0", "s2", "s5"] and set(totals) == {3}
+    assert (await inproc.api.post("/api/apps/s2/stop")).status_code == 200
+    stopped, totals = await _walk(inproc.api, status="stopped")
+    assert stopped == ["s2"] and totals == [1]
     none, totals = await _walk(inproc.api, status="error")
     assert none == [] and totals == [0]
     # status with the other filters

@@ -18,7 +18,7 @@
 
   // The statuses an app can have (the API's status filter takes one of them).
   const APP_STATUSES = [
-    "running", "stopped", "error", "preparing", "initializing", "initialized",
+    "running", "idle", "stopped", "error", "preparing", "initializing", "initialized",
     "commanding", "stopping", "not_found", "unavailable",
   ];
   const PAGE = 100;         // apps per page of the list
