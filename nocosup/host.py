@@ -76,6 +76,8 @@ TENANT_SCOPE_KEYS = frozenset(
         # the TCP peer behind a trusted proxy's client: the proxy to workers adds it to
         # X-Forwarded-For
         PEER,
+        # the app a custom domain chose: the proxy tells the worker (X-Nocosup-App)
+        ROUTED_APP,
     }
 )
 
