@@ -237,6 +237,12 @@ VARIABLES: tuple[Variable, ...] = (
         "Password of the sentinels themselves, when they require one (requirepass).",
     ),
     Variable(
+        "NOCOSUP_METRICS_TOKEN",
+        None,
+        "Token that lets a scraper read GET /metrics (and nothing else); the admin token "
+        "works too.",
+    ),
+    Variable(
         "NOCOSUP_INSTANCE_ID",
         None,
         "Name of this process among the replicas of its environment (default: random).",
@@ -360,6 +366,7 @@ def _parse(env: Mapping[str, str]) -> dict[str, Any]:
         "max_ws_message": _number(env, "NOCOSUP_MAX_WS_MESSAGE", int, 1024, 1 << 30),
         "max_connections": _number(env, "NOCOSUP_MAX_CONNECTIONS", int, 1, 1_000_000),
         "header_timeout": _number(env, "NOCOSUP_HEADER_TIMEOUT", float, 0.1, 3600),
+        "metrics_token": _metrics_token(env),
         **_instance(env),
     }
 
@@ -409,6 +416,12 @@ def check_admin_token(token: str | None, where: str) -> None:
             f"{where} must be at least {MIN_ADMIN_TOKEN} characters (got {len(token)}); "
             "make one with: python3 -c 'import secrets; print(secrets.token_urlsafe(32))'"
         )
+
+
+def _metrics_token(env: Mapping[str, str]) -> str | None:
+    token = _get(env, "NOCOSUP_METRICS_TOKEN")
+    check_admin_token(token, "NOCOSUP_METRICS_TOKEN")  # the same length rule
+    return token
 
 
 def _admin_host(env: Mapping[str, str]) -> str | None:
@@ -473,6 +486,7 @@ class Settings:
     db_password: str = _DEFAULTS["db_password"]
     storage_dir: Path = _DEFAULTS["storage_dir"]
     admin_token: str | None = _DEFAULTS["admin_token"]
+    metrics_token: str | None = _DEFAULTS["metrics_token"]
     session_ttl: float = _DEFAULTS["session_ttl"]
     admin_host: str | None = _DEFAULTS["admin_host"]
     trusted_proxies: tuple[Network, ...] = _DEFAULTS["trusted_proxies"]
