@@ -255,6 +255,12 @@ VARIABLES: tuple[Variable, ...] = (
         "against NOCOSUP_BOOT_WAIT).",
     ),
     Variable(
+        "NOCOSUP_METRICS_TOKEN",
+        None,
+        "Token that lets a scraper read GET /metrics (and nothing else); the admin token "
+        "works too.",
+    ),
+    Variable(
         "NOCOSUP_INSTANCE_ID",
         None,
         "Name of this process among the replicas of its environment (default: random).",
@@ -381,6 +387,7 @@ def _parse(env: Mapping[str, str]) -> dict[str, Any]:
         "idle_timeout": _number(env, "NOCOSUP_IDLE_TIMEOUT", float, 0, 30 * 86400),
         "max_running_apps": _number(env, "NOCOSUP_MAX_RUNNING_APPS", int, 0, 1_000_000),
         "boot_concurrency": _number(env, "NOCOSUP_BOOT_CONCURRENCY", int, 1, 10_000),
+        "metrics_token": _metrics_token(env),
         **_instance(env),
     }
 
@@ -430,6 +437,12 @@ def check_admin_token(token: str | None, where: str) -> None:
             f"{where} must be at least {MIN_ADMIN_TOKEN} characters (got {len(token)}); "
             "make one with: python3 -c 'import secrets; print(secrets.token_urlsafe(32))'"
         )
+
+
+def _metrics_token(env: Mapping[str, str]) -> str | None:
+    token = _get(env, "NOCOSUP_METRICS_TOKEN")
+    check_admin_token(token, "NOCOSUP_METRICS_TOKEN")  # the same length rule
+    return token
 
 
 def _admin_host(env: Mapping[str, str]) -> str | None:
@@ -494,6 +507,7 @@ class Settings:
     db_password: str = _DEFAULTS["db_password"]
     storage_dir: Path = _DEFAULTS["storage_dir"]
     admin_token: str | None = _DEFAULTS["admin_token"]
+    metrics_token: str | None = _DEFAULTS["metrics_token"]
     session_ttl: float = _DEFAULTS["session_ttl"]
     admin_host: str | None = _DEFAULTS["admin_host"]
     trusted_proxies: tuple[Network, ...] = _DEFAULTS["trusted_proxies"]

@@ -37,6 +37,7 @@ from nocosup.errors import AppNotFound, ConfigError, NocosupError, NotFound, err
 from nocosup.events import EventBus
 from nocosup.forwarded import PEER
 from nocosup.forwarded import resolve as resolve_forwarded
+from nocosup.metrics import Metrics, metrics_endpoint
 from nocosup.plugins import load_plugins
 from nocosup.provisioning import TenantDatabases
 from nocosup.responses import error_response, send_error
@@ -98,6 +99,8 @@ class Host(Starlette):
         self.events = EventBus()
         #: Custom domains of the apps (kept current by the supervisor; empty on workers).
         self.domain_routes = DomainRoutes(settings.admin_host)
+        #: What GET /metrics reports: counted on the tenant request path and by the role.
+        self.metrics = Metrics(settings.environment_name)
         #: Named probes run by /readyz; the role adds its own when it starts.
         self.readiness: dict[str, ReadinessCheck] = {}
         self.role: Role = self._make_role()
@@ -110,6 +113,7 @@ class Host(Starlette):
         routes = [
             Route("/healthz", _healthz),
             Route("/readyz", _readyz),
+            Route("/metrics", metrics_endpoint, methods=["GET"]),
             *self.role.routes(),
             *self.hooks.routes(self),
         ]
@@ -289,7 +293,7 @@ class Host(Starlette):
                     if key in _GUARDED:  # rare: most requests carry neither header
                         scope["headers"] = self._tenant_headers(scope["headers"])
                         break
-                await gateway.handle(name, scope, receive, send)
+                await self.metrics.serve(gateway, name, scope, receive, send)
                 return
             if not self.started and scope["type"] == "http":
                 await self.start()

@@ -38,6 +38,7 @@ from nocosup.errors import (
 )
 from nocosup.heartbeat import live_instances, parse_status
 from nocosup.lastseen import latest_by_environment
+from nocosup.metrics import PROXIED_TO
 from nocosup.process import EnvResult, ProcessAdapter, failure_type
 from nocosup.redisconn import raise_if_cancelled
 from nocosup.rediskeys import NAME, Keys, split_member, valid_member
@@ -542,6 +543,7 @@ class ProxyGateway:
             if record.desired_state == "stopped":
                 raise AppStopped(name)
             env = self._choose(record, scope)
+            scope[PROXIED_TO] = env  # the request is counted for that environment
             info = self.environments.snapshot[env]
             upstream = info["proxy_url"] or info["url"]
             if not upstream:

@@ -17,6 +17,8 @@ from starlette.routing import BaseRoute
 from starlette.types import Receive, Scope, Send
 
 if TYPE_CHECKING:
+    from prometheus_client.core import Metric
+
     from nocosup.host import Host
 
 
@@ -53,3 +55,8 @@ class Role(ABC):
     @abstractmethod
     async def stop(self) -> None:
         """Close every service :meth:`start` opened, in reverse order (idempotent)."""
+
+    async def gauges(self) -> list[Metric]:
+        """Metric families read at scrape time (``GET /metrics``): apps by status and
+        whatever else only the role knows. None by default."""
+        return []

@@ -145,7 +145,7 @@ class Supervisor:
             found = await await_me_maybe(self.process.statuses(batch))
             for record in batch:
                 per_env = found.get(record.name, {})
-                if query.status not in _env_statuses(record, per_env).values():
+                if query.status not in env_statuses(record, per_env).values():
                     continue
                 total += 1
                 if query.after is not None and record.name <= query.after:
@@ -168,7 +168,7 @@ class Supervisor:
 
     def _app_json(self, record: AppRecord, per_env: dict[str, dict[str, Any]]) -> dict[str, Any]:
         out = record.to_json()
-        out["statuses"] = _env_statuses(record, per_env)
+        out["statuses"] = env_statuses(record, per_env)
         out["errors"] = {env: info["error"] for env, info in per_env.items() if info.get("error")}
         out["last_seen_at"] = {
             env: per_env.get(env, {}).get("last_seen_at") for env in record.environments
@@ -415,7 +415,7 @@ class Supervisor:
         return app
 
 
-def _env_statuses(record: AppRecord, per_env: dict[str, dict[str, Any]]) -> dict[str, str]:
+def env_statuses(record: AppRecord, per_env: dict[str, dict[str, Any]]) -> dict[str, str]:
     """The status of ``record`` on each of its environments (``not_found`` where unknown)."""
     return {
         env: per_env.get(env, {}).get("status", AppStatus.NOT_FOUND.value)

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import logging
+import time
+from datetime import datetime
 from typing import TYPE_CHECKING
 
 from databases import Database
+from prometheus_client.core import GaugeMetricFamily, Metric
 from redis.asyncio import Redis
 from starlette.routing import BaseRoute
 
@@ -17,6 +20,8 @@ from nocosup.db import connect_registry
 from nocosup.environments import EnvironmentDirectory, LocalEnvironments
 from nocosup.heartbeat import Presence, heartbeat_ttl
 from nocosup.idempotency import IdempotencyStore, pending_lease
+from nocosup.metrics import apps_by_status
+from nocosup.plugins import await_me_maybe
 from nocosup.process import LocalProcess, ProcessAdapter
 from nocosup.proxy import Proxy
 from nocosup.redisconn import close_role_redis, connect_role_redis
@@ -27,7 +32,7 @@ from nocosup.replicas import Replicas
 from nocosup.role import Role
 from nocosup.runtime import LocalRuntime
 from nocosup.sessions import SessionStore
-from nocosup.supervisor import Supervisor
+from nocosup.supervisor import Supervisor, env_statuses
 
 if TYPE_CHECKING:
     from nocosup.host import Host
@@ -113,6 +118,42 @@ class SupervisorRole(Role):
             host, redis, keys, registry, process, self.watcher.period
         )
         return process, environments
+
+    async def gauges(self) -> list[Metric]:
+        """Apps by status (every app, every environment of it) and, in multi-environment
+        mode, each environment's heartbeat age and live instances."""
+        supervisor = self.supervisor
+        if supervisor is None or self.registry is None:
+            return []
+        records = await self.registry.list()
+        statuses = await await_me_maybe(supervisor.process.statuses(records))
+        families: list[Metric] = [
+            apps_by_status(
+                status
+                for record in records
+                for status in env_statuses(record, statuses.get(record.name, {})).values()
+            )
+        ]
+        if self.watcher is None:
+            return families
+        age = GaugeMetricFamily(
+            "nocosup_environment_heartbeat_age_seconds",
+            "Seconds since the environment's last heartbeat (as the supervisor reads it).",
+            labels=["environment"],
+        )
+        instances = GaugeMetricFamily(
+            "nocosup_environment_instances",
+            "Live worker processes of the environment.",
+            labels=["environment"],
+        )
+        now = time.time()
+        for env in await supervisor.environments.list():
+            seen = env.get("last_heartbeat_at")
+            if isinstance(seen, str):
+                when = datetime.fromisoformat(seen).timestamp()
+                age.add_metric([env["name"]], max(0.0, now - when))
+            instances.add_metric([env["name"]], len(env.get("instances") or []))
+        return [*families, age, instances]
 
     async def stop(self) -> None:
         self.gateway = None

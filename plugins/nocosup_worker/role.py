@@ -8,6 +8,7 @@ import json
 import logging
 from typing import TYPE_CHECKING
 
+from prometheus_client.core import Metric
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
@@ -16,6 +17,7 @@ from nocosup.commands import CommandConsumer
 from nocosup.db import ensure_database
 from nocosup.heartbeat import Heartbeat, Presence, StatusReporter, heartbeat_ttl
 from nocosup.lastseen import LastSeenFlusher
+from nocosup.metrics import apps_by_status
 from nocosup.redisconn import close_role_redis, connect_role_redis
 from nocosup.rediskeys import Keys
 from nocosup.redislock import redis_lock
@@ -167,6 +169,13 @@ class WorkerRole(Role):
             raise RuntimeError(f"command consumer is dead: {self.consumer_death or 'not running'}")
         if consumer.error is not None:
             raise RuntimeError(f"command consumer cannot read commands: {consumer.error}")
+
+    async def gauges(self) -> list[Metric]:
+        """Apps by status, as this process runs them."""
+        runtime = self.runtime
+        if runtime is None:
+            return []
+        return [apps_by_status(t.status.value for t in runtime.tenants.values())]
 
     async def stop(self) -> None:
         self.gateway = None

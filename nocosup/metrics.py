@@ -1,0 +1,285 @@
+"""``GET /metrics``: what the host saw, in Prometheus' text format.
+
+Counting happens on the request path, so it is plain integer arithmetic on objects this
+process owns (one event loop: no locks), never a prometheus_client metric with its lock
+and label lookup per call. prometheus_client builds the families from those numbers when
+a scraper asks, and writes the exposition format.
+
+Per app and environment (the environment the request was served in, or on a supervisor
+the one it was proxied to): requests by status class, a latency histogram, requests in
+flight, WebSocket sessions; boots by reason with a cold-start histogram; idle stops,
+evictions and overload rejections. Per environment: command round trips by action and,
+on a supervisor, the heartbeat age. Apps by status come from the role at scrape time.
+"""
+
+from __future__ import annotations
+
+import hmac
+import time
+from bisect import bisect_left
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.registry import Collector, CollectorRegistry
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.types import Message, Receive, Scope, Send
+
+from nocosup.errors import Unauthorized
+
+if TYPE_CHECKING:
+    from nocosup.host import Host
+    from nocosup.role import Gateway
+
+#: Request latency buckets (seconds): a warm in-process request takes tens of µs.
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10)
+#: Cold starts: from a boot's decision to the app answering its lifespan.
+BOOT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+COMMAND_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+#: Why an app booted (the ``reason`` label of nocosup_boots_total).
+BOOT_REASONS = ("first_request", "wake", "admin", "host_start")
+#: Events counted per app and environment, by metric name.
+APP_EVENTS = {
+    "idle_stop": ("nocosup_idle_stops", "Apps stopped after their idle timeout."),
+    "eviction": ("nocosup_evictions", "Apps put to idle to make room (capacity)."),
+    "overload": ("nocosup_overload_rejections", "Requests refused with APP_OVERLOADED."),
+}
+_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx")
+
+
+class Histogram:
+    """Cumulative-on-read bucket counts and a sum: ``observe`` is a bisect and two adds."""
+
+    __slots__ = ("bounds", "counts", "total")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)  # the last one is +Inf's own
+        self.total = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect_left(self.bounds, value)] += 1
+        self.total += value
+
+    def buckets(self) -> list[tuple[str, float]]:
+        out: list[tuple[str, float]] = []
+        running = 0
+        for bound, count in zip((*self.bounds, float("inf")), self.counts, strict=True):
+            running += count
+            out.append(("+Inf" if bound == float("inf") else repr(float(bound)), running))
+        return out
+
+
+class RequestStats:
+    """The requests of one app in one environment."""
+
+    __slots__ = ("by_class", "in_flight", "latency", "websockets")
+
+    def __init__(self) -> None:
+        self.by_class = [0] * 6  # index: status // 100
+        self.in_flight = 0
+        self.websockets = 0
+        self.latency = Histogram(LATENCY_BUCKETS)
+
+
+class Metrics:
+    """Everything this process counts (a host has one)."""
+
+    def __init__(self, environment: str) -> None:
+        self.environment = environment
+        self.requests: dict[tuple[str, str], RequestStats] = {}
+        self.boots: Counter[tuple[str, str, str]] = Counter()
+        self.cold_starts: dict[tuple[str, str], Histogram] = {}
+        self.app_events: Counter[tuple[str, str, str]] = Counter()
+        self.commands: dict[tuple[str, str], Histogram] = {}
+
+    # --- counting ------------------------------------------------------------------------
+
+    async def serve(
+        self, gateway: Gateway, name: str, scope: Scope, receive: Receive, send: Send
+    ) -> None:
+        """Run one tenant request through ``gateway``, counted for app ``name``."""
+        began = time.perf_counter()
+        status = 0
+
+        async def counted(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            elif message["type"] == "websocket.accept":
+                status = 101
+            elif message["type"] == "websocket.http.response.start":
+                status = message["status"]
+            await send(message)
+
+        environment = self.environment
+        stats = self._stats(name, environment)
+        stats.in_flight += 1
+        try:
+            await gateway.handle(name, scope, receive, counted)
+        finally:
+            stats.in_flight -= 1
+            # on a supervisor the gateway names the environment it proxied to
+            proxied = scope.get(PROXIED_TO)
+            if proxied is not None and proxied != environment:
+                stats = self._stats(name, proxied)
+            if status == 101:
+                stats.websockets += 1
+            else:
+                stats.by_class[status // 100 if 100 <= status < 600 else 5] += 1
+                stats.latency.observe(time.perf_counter() - began)
+
+    def _stats(self, app: str, environment: str) -> RequestStats:
+        key = (app, environment)
+        stats = self.requests.get(key)
+        if stats is None:
+            stats = self.requests[key] = RequestStats()
+        return stats
+
+    def boot(self, app: str, environment: str, reason: str, seconds: float | None) -> None:
+        """A boot of ``app`` ran (``seconds`` to running, None if it failed)."""
+        self.boots[(app, environment, reason)] += 1
+        if seconds is not None:
+            key = (app, environment)
+            histogram = self.cold_starts.get(key)
+            if histogram is None:
+                histogram = self.cold_starts[key] = Histogram(BOOT_BUCKETS)
+            histogram.observe(seconds)
+
+    def app_event(self, kind: str, app: str, environment: str) -> None:
+        self.app_events[(kind, app, environment)] += 1
+
+    def command(self, environment: str, action: str, seconds: float) -> None:
+        key = (environment, action)
+        histogram = self.commands.get(key)
+        if histogram is None:
+            histogram = self.commands[key] = Histogram(COMMAND_BUCKETS)
+        histogram.observe(seconds)
+
+    def forget(self, app: str) -> None:
+        """Drop the series of a removed app (Prometheus keeps what it scraped)."""
+        for table in (self.requests, self.cold_starts):
+            for key in [k for k in table if k[0] == app]:
+                del table[key]
+        for key3 in [k for k in self.boots if k[0] == app]:
+            del self.boots[key3]
+        for key3 in [k for k in self.app_events if k[1] == app]:
+            del self.app_events[key3]
+
+    # --- exposition ------------------------------------------------------------------------
+
+    def families(self) -> Iterator[Metric]:
+        requests = CounterMetricFamily(
+            "nocosup_requests",
+            "Tenant requests answered, by status class.",
+            labels=["app", "environment", "code"],
+        )
+        websockets = CounterMetricFamily(
+            "nocosup_websocket_sessions",
+            "Tenant WebSocket sessions accepted.",
+            labels=["app", "environment"],
+        )
+        in_flight = GaugeMetricFamily(
+            "nocosup_requests_in_flight",
+            "Tenant requests being answered now.",
+            labels=["app", "environment"],
+        )
+        latency = HistogramMetricFamily(
+            "nocosup_request_duration_seconds",
+            "Time to answer a tenant request (HTTP; WebSockets are not timed).",
+            labels=["app", "environment"],
+        )
+        for (app, env), stats in sorted(self.requests.items()):
+            for i, label in enumerate(_CLASSES, start=1):
+                if stats.by_class[i]:
+                    requests.add_metric([app, env, label], stats.by_class[i])
+            websockets.add_metric([app, env], stats.websockets)
+            in_flight.add_metric([app, env], stats.in_flight)
+            latency.add_metric([app, env], stats.latency.buckets(), stats.latency.total)
+        yield from (requests, websockets, in_flight, latency)
+
+        boots = CounterMetricFamily(
+            "nocosup_boots", "App boots, by reason.", labels=["app", "environment", "reason"]
+        )
+        for (app, env, reason), count in sorted(self.boots.items()):
+            boots.add_metric([app, env, reason], count)
+        cold = HistogramMetricFamily(
+            "nocosup_cold_start_seconds",
+            "From a boot's start to the app running.",
+            labels=["app", "environment"],
+        )
+        for (app, env), histogram in sorted(self.cold_starts.items()):
+            cold.add_metric([app, env], histogram.buckets(), histogram.total)
+        yield from (boots, cold)
+
+        for kind, (metric, help_text) in APP_EVENTS.items():
+            family = CounterMetricFamily(metric, help_text, labels=["app", "environment"])
+            for (event, app, env), count in sorted(self.app_events.items()):
+                if event == kind:
+                    family.add_metric([app, env], count)
+            yield family
+
+        commands = HistogramMetricFamily(
+            "nocosup_command_round_trip_seconds",
+            "From sending a command to an environment to its last answer (supervisor).",
+            labels=["environment", "action"],
+        )
+        for (env, action), histogram in sorted(self.commands.items()):
+            commands.add_metric([env, action], histogram.buckets(), histogram.total)
+        yield commands
+
+
+#: Scope key a supervisor's gateway sets to the environment it proxied the request to.
+PROXIED_TO = "nocosup.proxied_to"
+
+
+class _Snapshot(Collector):
+    """One scrape's families: the host's counts, then the role's gauges."""
+
+    def __init__(self, families: Iterable[Metric]) -> None:
+        self._families = list(families)
+
+    def collect(self) -> Iterable[Metric]:
+        return self._families
+
+
+def apps_by_status(statuses: Iterable[str]) -> GaugeMetricFamily:
+    """``nocosup_apps{status}``: how many (app, environment) pairs are in each status."""
+    family = GaugeMetricFamily(
+        "nocosup_apps", "Apps by status (one per app and environment).", labels=["status"]
+    )
+    for status, count in sorted(Counter(statuses).items()):
+        family.add_metric([status], count)
+    return family
+
+
+def check_scraper(request: Request) -> None:
+    """A scraper sends ``NOCOSUP_METRICS_TOKEN`` (read-only) or the admin token."""
+    header = request.headers.get("authorization", "")
+    scheme, _, value = header.partition(" ")
+    given = value.strip().encode() if scheme.lower() == "bearer" else b""
+    host: Any = request.app
+    for token in (host.settings.metrics_token, getattr(host.state, "admin_token", None)):
+        if token and given and hmac.compare_digest(given, token.encode()):
+            return
+    raise Unauthorized(
+        "missing or wrong token: send 'Authorization: Bearer <NOCOSUP_METRICS_TOKEN>' "
+        "(or the admin token)"
+    )
+
+
+async def metrics_endpoint(request: Request) -> Response:
+    check_scraper(request)
+    host: Host = request.app
+    families = [*host.metrics.families(), *await host.role.gauges()]
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Snapshot(families))
+    return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)

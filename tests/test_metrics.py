@@ -1,0 +1,121 @@
+"""``GET /metrics``: Prometheus text that prometheus_client's own parser reads, counting
+exactly what the test sent, in shared memory and on a supervisor and its worker."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import websockets
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.cluster import Cluster, wait_for
+from tests.conftest import REDIS_URL
+from tests.inproc import inproc_settings, running_host
+from tests.servers import ADMIN_TOKEN, ServerFactory
+from tests.test_admin_api import assert_error
+from tests.test_tenants import create
+
+METRICS_TOKEN = "metrics-token-abcdefghijklmnopqrstuvwxyz012345"
+
+
+def parse(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    """Every sample as {(name, labels): value}."""
+    return {
+        (s.name, frozenset(s.labels.items())): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def value(samples: dict[Any, float], name: str, **labels: str) -> float | None:
+    return samples.get((name, frozenset(labels.items())))
+
+
+async def scrape(client: httpx.AsyncClient, token: str = ADMIN_TOKEN) -> dict[Any, float]:
+    r = await client.get("/metrics", headers={"Authorization": f"Bearer {token}"})
+    assert r.status_code == 200, r.text
+    assert r.headers["content-type"].startswith("text/plain; version=")
+    return parse(r.text)
+
+
+async def test_shared_memory_counts_what_was_sent(tmp_path: Path) -> None:
+    settings = inproc_settings(tmp_path, NOCOSUP_METRICS_TOKEN=METRICS_TOKEN)
+    async with running_host(settings) as h, h.client() as anon:
+        await create(h.api, "crm")
+        await create(h.api, "shop")
+        for _ in range(3):
+            assert (await anon.get("/apps/crm/api/info")).status_code == 200
+        assert (await anon.get("/apps/crm/no-such-page")).status_code == 404
+        assert (await anon.get("/apps/shop/api/info")).status_code == 200
+        assert (await h.api.post("/api/apps/shop/stop")).status_code == 200
+        assert_error(await anon.get("/apps/shop/api/info"), 503, "APP_STOPPED")
+
+        got = await scrape(anon, METRICS_TOKEN)  # the read-only token
+        crm = {"app": "crm", "environment": "local"}
+        assert value(got, "nocosup_requests_total", code="2xx", **crm) == 3
+        assert value(got, "nocosup_requests_total", code="4xx", **crm) == 1
+        assert value(got, "nocosup_request_duration_seconds_count", **crm) == 4
+        assert value(got, "nocosup_request_duration_seconds_bucket", le="+Inf", **crm) == 4
+        assert value(got, "nocosup_requests_in_flight", **crm) == 0
+        shop = {"app": "shop", "environment": "local"}
+        assert value(got, "nocosup_requests_total", code="2xx", **shop) == 1
+        assert value(got, "nocosup_requests_total", code="5xx", **shop) == 1
+        assert value(got, "nocosup_apps", status="running") == 1
+        assert value(got, "nocosup_apps", status="stopped") == 1
+        # the admin token reads it too; the metrics token opens nothing else
+        assert (await scrape(h.api))[("nocosup_apps", frozenset({("status", "running")}))] == 1
+        r = await anon.get("/api/apps", headers={"Authorization": f"Bearer {METRICS_TOKEN}"})
+        assert_error(r, 401, "UNAUTHORIZED")
+
+
+@pytest.mark.parametrize("header", [None, "Bearer wrong-token", f"Basic {ADMIN_TOKEN}"])
+async def test_metrics_need_a_token(tmp_path: Path, header: str | None) -> None:
+    async with running_host(inproc_settings(tmp_path)) as h, h.client() as anon:
+        headers = {"Authorization": header} if header else {}
+        assert_error(await anon.get("/metrics", headers=headers), 401, "UNAUTHORIZED")
+
+
+def test_a_short_metrics_token_is_a_config_error(servers: ServerFactory) -> None:
+    with pytest.raises(RuntimeError, match="NOCOSUP_METRICS_TOKEN must be at least 32"):
+        servers.start(NOCOSUP_METRICS_TOKEN="short")
+
+
+async def test_supervisor_and_worker_count_proxied_traffic(
+    servers: ServerFactory, pg_env: dict[str, str], redis_prefix: str
+) -> None:
+    cluster = Cluster(servers, pg_env, redis_prefix, REDIS_URL)
+    sup = cluster.start_supervisor(NOCOSUP_METRICS_TOKEN=METRICS_TOKEN)
+    worker = cluster.start_worker("env_a", NOCOSUP_METRICS_TOKEN=METRICS_TOKEN)
+    async with sup.admin() as c, sup.client() as anon, worker.client() as direct:
+        await cluster.wait_environments(c, {"env_a": 1})
+        await create(c, "prox")
+        for _ in range(5):
+            assert (await anon.get("/apps/prox/api/info")).status_code == 200
+        ws_url = sup.url.replace("http", "ws") + "/apps/prox/api/echo"
+        async with websockets.connect(ws_url) as ws:
+            await ws.send("ping")
+            assert await ws.recv() == "ping"
+
+        on_env = {"app": "prox", "environment": "env_a"}
+        got = await scrape(anon, METRICS_TOKEN)
+        assert value(got, "nocosup_requests_total", code="2xx", **on_env) == 5
+        assert value(got, "nocosup_websocket_sessions_total", **on_env) == 1
+        assert value(got, "nocosup_environment_instances", environment="env_a") == 1
+        age = value(got, "nocosup_environment_heartbeat_age_seconds", environment="env_a")
+        assert age is not None and age >= 0
+        assert value(got, "nocosup_apps", status="running") == 1
+
+        # the worker counted the same requests, served in its own environment
+        async def counted_on_worker() -> bool:
+            seen = await scrape(direct, METRICS_TOKEN)
+            return value(seen, "nocosup_requests_total", code="2xx", **on_env) == 5
+
+        await wait_for(counted_on_worker, timeout=10)
+        seen = await scrape(direct, METRICS_TOKEN)
+        assert value(seen, "nocosup_apps", status="running") == 1
+        # a worker has no admin token of its own: only the metrics token reads it
+        r = await direct.get("/metrics", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
+        assert_error(r, 401, "UNAUTHORIZED")
