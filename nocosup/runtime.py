@@ -175,16 +175,28 @@ class LocalRuntime:
         tenant = self.get(name)
         if tenant.status is AppStatus.RUNNING:
             return tenant
-        await asyncio.shield(self._boot_task(tenant))
+        reason = "admin" if self.host.started else "host_start"
+        await asyncio.shield(self._boot_task(tenant, reason))
         return tenant
 
-    def _boot_task(self, tenant: Tenant) -> asyncio.Task[None]:
+    def _boot_task(self, tenant: Tenant, reason: str) -> asyncio.Task[None]:
+        """The boot under way, or a new one; ``reason`` is counted (nocosup_boots_total)."""
         if tenant.boot is None or tenant.boot.done():
             self._set_status(tenant, AppStatus.PREPARING)
-            tenant.boot = asyncio.create_task(self._boot(tenant), name=f"boot:{tenant.name}")
+            boot = self._boot(tenant, reason)
+            tenant.boot = asyncio.create_task(boot, name=f"boot:{tenant.name}")
         return tenant.boot
 
-    async def _boot(self, tenant: Tenant) -> None:
+    async def _boot(self, tenant: Tenant, reason: str) -> None:
+        began = _monotonic()
+        try:
+            await self._booted(tenant)
+        finally:
+            running = tenant.status is AppStatus.RUNNING
+            seconds = _monotonic() - began if running else None
+            self.host.metrics.boot(tenant.name, self.environment, reason, seconds)
+
+    async def _booted(self, tenant: Tenant) -> None:
         async with self.admission.slot(), tenant.lock:
             if tenant.status is AppStatus.RUNNING:
                 return
@@ -243,7 +255,8 @@ class LocalRuntime:
                     raise AppCapacity(tenant.name, limit)
                 victim = min(free, key=lambda t: t.active_at)
                 log.info("app %s goes idle to make room for %s", victim.name, tenant.name)
-                await self.put_idle(victim.name)
+                if await self.put_idle(victim.name):
+                    self.host.metrics.app_event("eviction", victim.name, self.environment)
             self.occupied[tenant.name] = tenant
 
     async def stop(self, name: str) -> Tenant:
@@ -319,7 +332,11 @@ class LocalRuntime:
                         timeout,
                     )
                     tenant.going_idle = True
-                    self.host.spawn(self.put_idle(tenant.name))
+                    self.host.spawn(self._idle_stop(tenant.name))
+
+    async def _idle_stop(self, name: str) -> None:
+        if await self.put_idle(name):
+            self.host.metrics.app_event("idle_stop", name, self.environment)
 
     def _idle_check(self) -> float:
         """Seconds to the next idle check: a quarter of the shortest idle timeout of a
@@ -353,6 +370,7 @@ class LocalRuntime:
             await asyncio.to_thread(remove_app_files, self.settings, record.name)
         self.tenants.pop(record.name, None)
         self.occupied.pop(record.name, None)
+        self.host.metrics.forget(record.name)
         for listener in self.status_listeners:
             listener(record.name, None, None)
         ctx = AppContext(record, self.environment, self.settings.instance_id, self.host)
@@ -415,6 +433,7 @@ class LocalRuntime:
         try:
             if gate is not None and scope["type"] == "http":
                 if not await gate.enter():
+                    self.host.metrics.app_event("overload", name, self.environment)
                     await send_error(
                         scope, receive, send, AppOverloaded(name, gate.limit, gate.queue)
                     )
@@ -468,7 +487,8 @@ class LocalRuntime:
                     pass
                 continue
             if status in ASLEEP or status in BOOTING:
-                await asyncio.shield(self._boot_task(tenant))
+                reason = "wake" if tenant.booted_at else "first_request"
+                await asyncio.shield(self._boot_task(tenant, reason))
         # the boot moves the status on: a fresh variable drops mypy's narrowing from above
         final: AppStatus = tenant.status
         if final is AppStatus.ERROR:

@@ -312,6 +312,7 @@ class Supervisor:
             if failed:
                 await self.process.forget(stopped)
         self._locks.pop(name, None)
+        self.host.metrics.forget(name)
         dropped = drop_database and not failed
         await self._changed(stopped, "removed", database_dropped=dropped)
         return {

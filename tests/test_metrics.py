@@ -3,6 +3,7 @@ exactly what the test sent, in shared memory and on a supervisor and its worker.
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -102,7 +103,13 @@ async def test_supervisor_and_worker_count_proxied_traffic(
         on_env = {"app": "prox", "environment": "env_a"}
         got = await scrape(anon, METRICS_TOKEN)
         assert value(got, "nocosup_requests_total", code="2xx", **on_env) == 5
-        assert value(got, "nocosup_websocket_sessions_total", **on_env) == 1
+
+        # the session is counted when the proxy has closed both sides: soon after
+        async def session_counted() -> bool:
+            seen = await scrape(anon, METRICS_TOKEN)
+            return value(seen, "nocosup_websocket_sessions_total", **on_env) == 1
+
+        await wait_for(session_counted, timeout=10)
         assert value(got, "nocosup_environment_instances", environment="env_a") == 1
         age = value(got, "nocosup_environment_heartbeat_age_seconds", environment="env_a")
         assert age is not None and age >= 0
@@ -119,3 +126,55 @@ async def test_supervisor_and_worker_count_proxied_traffic(
         # a worker has no admin token of its own: only the metrics token reads it
         r = await direct.get("/metrics", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
         assert_error(r, 401, "UNAUTHORIZED")
+
+
+async def test_boots_idle_stops_evictions_and_overloads_are_counted(tmp_path: Path) -> None:
+    settings = inproc_settings(tmp_path, NOCOSUP_MAX_RUNNING_APPS="2")
+    async with running_host(settings) as h, h.client() as anon:
+        await create(h.api, "lazy", options={"idleTimeout": 1})
+        await create(h.api, "eager")
+        await create(h.api, "third")
+        await create(h.api, "tight", options={"maxConcurrency": 1})
+        assert (await anon.get("/apps/lazy/api/info")).status_code == 200  # first request
+        assert (await h.api.post("/api/apps/eager/start")).status_code == 200  # admin
+
+        async def lazy_idle() -> bool:
+            r = await h.api.get("/api/apps/lazy")
+            return bool(r.json()["statuses"] == {"local": "idle"})
+
+        await wait_for(lazy_idle, timeout=15)
+        assert (await anon.get("/apps/lazy/api/info")).status_code == 200  # wake
+        # two apps run (the cap): a third evicts the least recently used, eager
+        assert (await anon.get("/apps/third/api/info")).status_code == 200
+        # one request in flight at a time for tight, none queued: the second is refused
+        slow = asyncio.create_task(anon.get("/apps/tight/api/sleep", params={"ms": 1500}))
+        await asyncio.sleep(0.5)
+        assert_error(await anon.get("/apps/tight/api/info"), 503, "APP_OVERLOADED")
+        assert (await slow).status_code == 200
+
+        got = await scrape(anon)
+        boots = {
+            (app, reason): value(
+                got, "nocosup_boots_total", app=app, environment="local", reason=reason
+            )
+            for app, reason in [
+                ("lazy", "first_request"),
+                ("lazy", "wake"),
+                ("eager", "admin"),
+                ("third", "first_request"),
+            ]
+        }
+        assert boots == {k: 1 for k in boots}, boots
+        lazy = {"app": "lazy", "environment": "local"}
+        assert value(got, "nocosup_cold_start_seconds_count", **lazy) == 2
+        assert value(got, "nocosup_idle_stops_total", **lazy) == 1
+        evicted = value(got, "nocosup_evictions_total", app="eager", environment="local")
+        assert evicted == 1
+        tight = {"app": "tight", "environment": "local"}
+        assert value(got, "nocosup_overload_rejections_total", **tight) == 1
+        assert value(got, "nocosup_requests_total", code="5xx", **tight) == 1
+
+        # a removed app's series go with it
+        assert (await h.api.delete("/api/apps/tight")).status_code == 200
+        after = await scrape(anon)
+        assert value(after, "nocosup_requests_total", code="2xx", **tight) is None
