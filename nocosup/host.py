@@ -60,6 +60,12 @@ class Host(Starlette):
         self.events = EventBus()
         #: Named probes run by /readyz; the role adds its own when it starts.
         self.readiness: dict[str, ReadinessCheck] = {}
+        #: Seconds a probe named here may fail before /readyz fails: meanwhile the host
+        #: is "degraded" (200). Redis gets the heartbeat TTL: a blip must not pull every
+        #: pod out of its Service at once while their tenants are still servable.
+        self.readiness_grace: dict[str, float] = {}
+        #: When each probe began failing (loop time), for readiness_grace.
+        self.failing_since: dict[str, float] = {}
         self.role: Role = self._make_role()
         self.started = False
         self._background: set[asyncio.Task[Any]] = set()
@@ -409,21 +415,47 @@ async def _healthz(request: Request) -> Response:
     return JSONResponse({"status": "ok", "version": __version__, "mode": request.app.settings.mode})
 
 
+#: Seconds each /readyz probe may take; they run at once, so the answer comes within
+#: about this (documented: 5 s), whatever hangs behind a probe.
+READY_PROBE_TIMEOUT = 3.0
+
+
+async def _probe(probe: ReadinessCheck) -> str | None:
+    """None when ``probe`` passed, else why not (a timeout included)."""
+    try:
+        async with asyncio.timeout(READY_PROBE_TIMEOUT):
+            await probe()
+    except TimeoutError:
+        return f"TimeoutError: no answer within {READY_PROBE_TIMEOUT:g} s"
+    except Exception as exc:
+        return f"{type(exc).__name__}: {exc}"
+    return None
+
+
 async def _readyz(request: Request) -> Response:
     host: Host = request.app
     checks: dict[str, Any] = {"started": host.started}
     ok = host.started
-    for name, probe in host.readiness.items():
-        try:
-            await asyncio.wait_for(probe(), 5)
+    degraded: list[str] = []
+    names = list(host.readiness)
+    results = await asyncio.gather(*(_probe(host.readiness[n]) for n in names))
+    now = asyncio.get_running_loop().time()
+    for name, problem in zip(names, results, strict=True):
+        if problem is None:
             checks[name] = True
-        except Exception as exc:
-            checks[name] = f"{type(exc).__name__}: {exc}"
+            host.failing_since.pop(name, None)
+            continue
+        checks[name] = problem
+        since = host.failing_since.setdefault(name, now)
+        if now - since < host.readiness_grace.get(name, 0):
+            degraded.append(name)  # tolerated for a while: the host still serves
+        else:
             ok = False
-    return JSONResponse(
-        {"status": "ready" if ok else "unavailable", "checks": checks},
-        status_code=200 if ok else 503,
-    )
+    status = "unavailable" if not ok else "degraded" if degraded else "ready"
+    body: dict[str, Any] = {"status": status, "checks": checks}
+    if degraded and ok:
+        body["degraded"] = degraded
+    return JSONResponse(body, status_code=200 if ok else 503)
 
 
 async def _nocosup_error(request: Request, exc: Exception) -> Response:
