@@ -31,7 +31,14 @@ from nocosup import __version__
 from nocosup.appctx import AppContext
 from nocosup.auth import COOKIE_NAME
 from nocosup.config import Settings
-from nocosup.errors import AppNotFound, ConfigError, NocosupError, NotFound, error_body
+from nocosup.errors import (
+    AppNotFound,
+    ConfigError,
+    NocosupError,
+    NotFound,
+    ShuttingDown,
+    error_body,
+)
 from nocosup.events import EventBus
 from nocosup.forwarded import resolve as resolve_forwarded
 from nocosup.plugins import load_plugins
@@ -45,6 +52,7 @@ log = logging.getLogger("nocosup.host")
 ReadinessCheck = Callable[[], Awaitable[object]]
 #: Request headers that may carry admin credentials (filtered by Host._tenant_headers).
 _GUARDED = frozenset({b"cookie", b"authorization"})
+_SHUTTING_DOWN = ShuttingDown("this server is shutting down; retry shortly")
 #: Plugin notifications queued at most (status and environment changes, registry events).
 MAX_NOTICES = 10_000
 
@@ -68,6 +76,9 @@ class Host(Starlette):
         self.failing_since: dict[str, float] = {}
         self.role: Role = self._make_role()
         self.started = False
+        #: Set when the server began a graceful shutdown: new tenant requests get 503
+        #: SHUTTING_DOWN (Retry-After) while those in flight finish.
+        self.draining = False
         self._background: set[asyncio.Task[Any]] = set()
         self._start_lock = asyncio.Lock()
         self._notices: asyncio.Queue[tuple[str, dict[str, Any]]] = asyncio.Queue(MAX_NOTICES)
@@ -129,6 +140,13 @@ class Host(Starlette):
         await self.hooks.notify("shutdown", host=self)
         await self.role.stop()
         await self._close_notifier()
+
+    def begin_draining(self) -> None:
+        """The server is shutting down gracefully (uvicorn calls this through the
+        protocols of ``nocosup.server``): answer new tenant requests 503 from now on."""
+        if not self.draining:
+            self.draining = True
+            log.info("draining: new requests get 503 SHUTTING_DOWN until shutdown")
 
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         """Run ``coro`` in the background; failures are logged, the task ends with the host."""
@@ -221,6 +239,9 @@ class Host(Starlette):
                 gateway = self.role.gateway
                 if gateway is None:
                     await send_error(scope, receive, send, AppNotFound(name))
+                    return
+                if self.draining:
+                    await send_error(scope, receive, send, _SHUTTING_DOWN)
                     return
                 scope = dict(scope)
                 scope["root_path"] = prefix
