@@ -80,7 +80,9 @@ class ConnectionBudget:
         #: Idle connections, least recently used first, with their pool and release time.
         self._idle: OrderedDict[asyncpg.Connection, tuple[BudgetPool, float]] = OrderedDict()
         self._changed: asyncio.Event | None = None
-        self._reaper: asyncio.Task[None] | None = None
+        #: A timer, not a task: nothing is left pending when the loop ends.
+        self._timer: asyncio.TimerHandle | None = None
+        self._closing: set[asyncio.Task[None]] = set()
 
     async def reserve(self) -> bool:
         """Take a slot for a new connection: a free one, else the one of the least
@@ -92,7 +94,11 @@ class ConnectionBudget:
             return False
         conn, (pool, _) = self._idle.popitem(last=False)
         pool.forget_idle(conn)
-        await _close(conn)  # the slot passes to the caller only once it is really free
+        try:
+            await _close(conn)  # the slot passes to the caller only once it is really free
+        except BaseException:
+            self.free()  # cancelled while closing: the slot is nobody's
+            raise
         return True
 
     def free(self) -> None:
@@ -100,9 +106,10 @@ class ConnectionBudget:
         self.notify()
 
     def parked(self, conn: asyncpg.Connection, pool: BudgetPool) -> None:
-        self._idle[conn] = (pool, asyncio.get_running_loop().time())
-        if self._reaper is None or self._reaper.done():
-            self._reaper = asyncio.create_task(self._close_idle(), name="db-idle-reaper")
+        loop = asyncio.get_running_loop()
+        self._idle[conn] = (pool, loop.time())
+        if self._timer is None:
+            self._timer = loop.call_later(self.idle, self._reap)
         self.notify()
 
     def unparked(self, conn: asyncpg.Connection) -> None:
@@ -120,19 +127,31 @@ class ConnectionBudget:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._changed.wait(), timeout)
 
-    async def _close_idle(self) -> None:
-        """Close connections idle for ``idle`` seconds; end when none is idle."""
+    def _reap(self) -> None:
+        """Close the connections idle for ``idle`` seconds; come back for the next one."""
+        self._timer = None
         loop = asyncio.get_running_loop()
+        now = loop.time()
+        expired: list[asyncpg.Connection] = []
         while self._idle:
             conn, (pool, since) = next(iter(self._idle.items()))
-            due = since + self.idle - loop.time()
-            if due > 0:
-                await asyncio.sleep(due)
-                continue
+            if since + self.idle > now:
+                self._timer = loop.call_later(since + self.idle - now, self._reap)
+                break
             del self._idle[conn]
             pool.forget_idle(conn)
-            await _close(conn)
-            self.free()
+            expired.append(conn)
+        if expired:
+            task = loop.create_task(self._close_all(expired), name="db-idle-close")
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
+
+    async def _close_all(self, conns: list[asyncpg.Connection]) -> None:
+        for conn in conns:
+            try:
+                await _close(conn)
+            finally:
+                self.free()
 
 
 class BudgetPool:
@@ -199,11 +218,18 @@ class BudgetPool:
         return conn
 
     async def release(self, conn: asyncpg.Connection) -> None:
-        if self._closed or _spoilt(conn):
-            # a timed-out or broken connection is never handed out again
-            await _close(conn)
+        if _spoilt(conn):
+            # timed out or broken: dropped at once (its server may not answer a goodbye)
+            conn.terminate()
             self.size -= 1
             self.budget.free()
+            return
+        if self._closed:
+            try:
+                await _close(conn)
+            finally:
+                self.size -= 1
+                self.budget.free()
             return
         self._idle.append(conn)
         self.budget.parked(conn, self)
@@ -218,9 +244,12 @@ class BudgetPool:
         idle, self._idle = self._idle, []
         for conn in idle:
             self.budget.unparked(conn)
-            await _close(conn)
-            self.size -= 1
-            self.budget.free()
+        for conn in idle:
+            try:
+                await _close(conn)
+            finally:
+                self.size -= 1
+                self.budget.free()
 
 
 def _spoilt(conn: asyncpg.Connection) -> bool:
