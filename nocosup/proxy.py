@@ -176,7 +176,7 @@ class Proxy:
         """
         target = self._upstream(upstream)
         if scope["type"] == "websocket":
-            await self._websocket(target, scope, receive, send)
+            await self._websocket(target, scope, receive, send, refused)
         else:
             await self._http(target, scope, receive, send, refused)
 
@@ -279,7 +279,12 @@ class Proxy:
     # ----------------------------------------------------------------- WebSocket
 
     async def _websocket(
-        self, upstream: Upstream, scope: Scope, receive: Receive, send: Send
+        self,
+        upstream: Upstream,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        refused: Callable[[], NocosupError] | None = None,
     ) -> None:
         message = await receive()
         if message["type"] != "websocket.connect":
@@ -316,9 +321,10 @@ class Proxy:
             )
             return
         except (OSError, InvalidHandshake) as exc:
-            await _answer_error(
-                scope, receive, send, UpstreamUnreachable(f"WebSocket to {url} failed: {exc}")
-            )
+            error: NocosupError = UpstreamUnreachable(f"WebSocket to {url} failed: {exc}")
+            if refused is not None and isinstance(exc, ConnectionRefusedError):
+                error = refused()
+            await _answer_error(scope, receive, send, error)
             return
         try:
             handshake = ws.response

@@ -10,6 +10,9 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
+import pytest
+import websockets
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from tests.cluster import Cluster, wait_for
 from tests.conftest import REDIS_URL
@@ -93,6 +96,18 @@ async def test_a_worker_shutting_down_gracefully_gives_503_never_502(
             return resp.status_code == 503
 
         await wait_for(refused)
+        # still online (its heartbeat runs while it drains): the refused connection says so
+        assert "not accepting connections" in answers[-1].json()["error"]["message"]
+        # while it drains, a WebSocket it refuses is denied with the same 503 (or closed 1013)
+        ws_url = supervisor.url.replace("http://", "ws://") + "/apps/drain2/api/echo"
+        with pytest.raises((InvalidStatus, ConnectionClosed)) as denied:
+            async with websockets.connect(ws_url, proxy=None) as ws:
+                await ws.recv()
+        if isinstance(denied.value, InvalidStatus):
+            assert denied.value.response.status_code == 503
+            assert b"APP_ENVIRONMENT_UNAVAILABLE" in (denied.value.response.body or b"")
+        else:
+            assert denied.value.rcvd is not None and denied.value.rcvd.code == 1013
         release.set()
         drained = await held
         assert drained.status_code == 200, drained.text
