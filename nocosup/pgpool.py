@@ -101,6 +101,10 @@ class ConnectionBudget:
             raise
         return True
 
+    def exhausted(self) -> bool:
+        """Every slot holds a busy connection: nothing to take or to make room from."""
+        return self.open >= self.limit and not self._idle
+
     def free(self) -> None:
         self.open -= 1
         self.notify()
@@ -176,7 +180,11 @@ class BudgetPool:
 
     async def open(self) -> None:
         """Open one connection now (then keep it idle): a database that cannot be reached
-        fails ``Database.connect()``, as asyncpg's pool does."""
+        fails ``Database.connect()``, as asyncpg's pool does. When every connection of the
+        budget is busy, the first query opens it instead: a boot must not fail (and leave
+        its app in error) because other apps are busy for a moment."""
+        if self.budget.exhausted():
+            return
         conn = await self.acquire()
         await self.release(conn)
 

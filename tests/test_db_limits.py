@@ -139,11 +139,12 @@ async def test_a_spent_budget_waits_a_bounded_time_then_says_so(pg_database: str
     await first.connect()
     try:
         async with first.connection() as held, held.transaction():
-            # the one connection is busy: the other database cannot get one
+            # the one connection is busy: the other database connects lazily (a boot does
+            # not fail for it), and its query waits a bounded time, then says why
+            await second.connect()
             with pytest.raises(DatabaseUnavailable, match="no connection came free"):
-                await second.connect()
+                await second.fetch_val("SELECT 1")
         # released and idle: the other database takes its slot
-        await second.connect()
         assert await second.fetch_val("SELECT 1") == 1
         assert budget.open == 1
         assert await first.fetch_val("SELECT 2") == 2  # and back
