@@ -261,6 +261,35 @@ VARIABLES: tuple[Variable, ...] = (
         "works too.",
     ),
     Variable(
+        "NOCOSUP_DB_CONNECT_TIMEOUT",
+        "5",
+        "Seconds to open a PostgreSQL connection (registry and tenant databases) before "
+        "503 DATABASE_UNAVAILABLE.",
+    ),
+    Variable(
+        "NOCOSUP_DB_STATEMENT_TIMEOUT",
+        "30",
+        "Seconds one SQL statement may run (client and server side; the SQLite busy "
+        "timeout too) before 503 DATABASE_UNAVAILABLE.",
+    ),
+    Variable(
+        "NOCOSUP_DB_MAX_CONNECTIONS",
+        "50",
+        "PostgreSQL connections all tenant databases of one process may hold together "
+        "(the registry's own pool is not counted).",
+    ),
+    Variable(
+        "NOCOSUP_DB_POOL_IDLE",
+        "60",
+        "Seconds a tenant database connection may sit unused before it is closed.",
+    ),
+    Variable(
+        "NOCOSUP_DB_BUDGET_WAIT",
+        "5",
+        "Seconds a query waits for a connection when NOCOSUP_DB_MAX_CONNECTIONS are all "
+        "busy before 503 DATABASE_UNAVAILABLE.",
+    ),
+    Variable(
         "NOCOSUP_INSTANCE_ID",
         None,
         "Name of this process among the replicas of its environment (default: random).",
@@ -388,6 +417,11 @@ def _parse(env: Mapping[str, str]) -> dict[str, Any]:
         "max_running_apps": _number(env, "NOCOSUP_MAX_RUNNING_APPS", int, 0, 1_000_000),
         "boot_concurrency": _number(env, "NOCOSUP_BOOT_CONCURRENCY", int, 1, 10_000),
         "metrics_token": _metrics_token(env),
+        "db_connect_timeout": _number(env, "NOCOSUP_DB_CONNECT_TIMEOUT", float, 0.1, 600),
+        "db_statement_timeout": _number(env, "NOCOSUP_DB_STATEMENT_TIMEOUT", float, 0.1, 86400),
+        "db_max_connections": _number(env, "NOCOSUP_DB_MAX_CONNECTIONS", int, 1, 100_000),
+        "db_pool_idle": _number(env, "NOCOSUP_DB_POOL_IDLE", float, 0.1, 86400),
+        "db_budget_wait": _number(env, "NOCOSUP_DB_BUDGET_WAIT", float, 0, 600),
         **_instance(env),
     }
 
@@ -531,6 +565,11 @@ class Settings:
     idle_timeout: float = _DEFAULTS["idle_timeout"]
     max_running_apps: int = _DEFAULTS["max_running_apps"]
     boot_concurrency: int = _DEFAULTS["boot_concurrency"]
+    db_connect_timeout: float = _DEFAULTS["db_connect_timeout"]
+    db_statement_timeout: float = _DEFAULTS["db_statement_timeout"]
+    db_max_connections: int = _DEFAULTS["db_max_connections"]
+    db_pool_idle: float = _DEFAULTS["db_pool_idle"]
+    db_budget_wait: float = _DEFAULTS["db_budget_wait"]
     #: Unique per process: tells replicas of one environment apart.
     instance_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
 

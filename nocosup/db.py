@@ -7,6 +7,7 @@ parameters, so every name is checked against a strict pattern before it is quote
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 from urllib.parse import quote
@@ -15,7 +16,8 @@ import asyncpg
 from databases import Database
 
 from nocosup.config import Settings
-from nocosup.errors import DatabaseError, InvalidInput
+from nocosup.errors import DatabaseError, DatabaseUnavailable, InvalidInput
+from nocosup.pgpool import ConnectionBudget, DbTimeouts, pg_database
 from nocosup.sqlite import sqlite_database
 from nocosup.storage import private_dir
 
@@ -38,12 +40,31 @@ def pg_url(settings: Settings, database: str) -> str:
     return f"postgresql://{auth}@{settings.db_host}:{settings.db_port}/{quote(database, safe='')}"
 
 
+#: Connections of the registry's own pool (outside NOCOSUP_DB_MAX_CONNECTIONS).
+REGISTRY_CONNECTIONS = 10
+
+
+def db_timeouts(settings: Settings) -> DbTimeouts:
+    return DbTimeouts(settings.db_connect_timeout, settings.db_statement_timeout)
+
+
 def registry_database(settings: Settings) -> Database:
-    """The supervisor's own database (not yet connected)."""
+    """The supervisor's own database (not yet connected), with the connect and statement
+    timeouts of NOCOSUP_DB_CONNECT_TIMEOUT and NOCOSUP_DB_STATEMENT_TIMEOUT."""
     if settings.db_dialect == "postgres":
-        return Database(pg_url(settings, settings.db_database), min_size=1, max_size=10)
+        budget = ConnectionBudget(
+            REGISTRY_CONNECTIONS, settings.db_pool_idle, settings.db_budget_wait
+        )
+        return pg_database(
+            pg_url(settings, settings.db_database),
+            budget,
+            db_timeouts(settings),
+            max_size=REGISTRY_CONNECTIONS,
+        )
     private_dir(settings.storage_dir)
-    return sqlite_database(settings.storage_dir / "nocosup.sqlite")
+    return sqlite_database(
+        settings.storage_dir / "nocosup.sqlite", timeout=settings.db_statement_timeout
+    )
 
 
 async def connect_registry(settings: Settings) -> Database:
@@ -55,6 +76,8 @@ async def connect_registry(settings: Settings) -> Database:
         await create_pg_database(settings, settings.db_database, maintenance="postgres")
         db = registry_database(settings)
         await db.connect()
+    except DatabaseUnavailable as exc:
+        raise DatabaseError(f"cannot connect to the registry database: {exc.message}") from exc
     except (OSError, asyncpg.PostgresError) as exc:
         raise DatabaseError(f"cannot connect to the registry database: {exc}") from exc
     return db
@@ -66,9 +89,21 @@ async def ensure_database(settings: Settings) -> None:
 
 
 async def pg_connect(settings: Settings, database: str) -> asyncpg.Connection:
+    """A single connection (DDL runs outside pools), with the configured timeouts."""
     try:
-        return await asyncpg.connect(pg_url(settings, database), timeout=10)
-    except (TimeoutError, OSError, asyncpg.PostgresError) as exc:
+        async with asyncio.timeout(settings.db_connect_timeout + 1):
+            conn: asyncpg.Connection = await asyncpg.connect(
+                pg_url(settings, database),
+                timeout=settings.db_connect_timeout,
+                command_timeout=settings.db_statement_timeout,
+            )
+            return conn
+    except (TimeoutError, OSError) as exc:
+        raise DatabaseUnavailable(
+            f"cannot connect to PostgreSQL database {database!r}: "
+            f"{exc or 'no answer within NOCOSUP_DB_CONNECT_TIMEOUT'}"
+        ) from exc
+    except asyncpg.PostgresError as exc:
         raise DatabaseError(f"cannot connect to PostgreSQL database {database!r}: {exc}") from exc
 
 
@@ -83,6 +118,8 @@ async def create_pg_database(settings: Settings, name: str, maintenance: str) ->
         log.info("created database %s", name)
     except (asyncpg.DuplicateDatabaseError, asyncpg.UniqueViolationError):
         return  # another process (a replica) created it at the same moment
+    except TimeoutError as exc:
+        raise DatabaseUnavailable(f"could not create database {name!r}: no answer") from exc
     except asyncpg.PostgresError as exc:
         raise DatabaseError(f"could not create database {name!r}: {exc}") from exc
     finally:

@@ -25,6 +25,8 @@
     │   └── AppOverloaded           503 APP_OVERLOADED (options.maxConcurrency, Retry-After)
     ├── BackendUnavailable          503 REDIS_UNAVAILABLE (Redis did not answer)
     ├── DatabaseError               500 DATABASE_ERROR (a database could not be made or dropped)
+    │   └── DatabaseUnavailable     503 DATABASE_UNAVAILABLE (no answer in time, or no connection
+    │                                   free in the budget; Retry-After)
     ├── CommandTimeout              504 COMMAND_TIMEOUT
     ├── CommandFailed               502 COMMAND_FAILED
     ├── UpstreamUnreachable         502 UPSTREAM_CONNECT_ERROR
@@ -302,6 +304,17 @@ class BackendUnavailable(NocosupError):
 
 class DatabaseError(NocosupError):
     code = "DATABASE_ERROR"
+
+
+class DatabaseUnavailable(DatabaseError):
+    """The database did not answer within its timeout, or no connection of the process's
+    budget came free in time: a passing condition, so 503 with Retry-After."""
+
+    status = 503
+    code = "DATABASE_UNAVAILABLE"
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": "5"}
 
 
 class CommandTimeout(NocosupError):

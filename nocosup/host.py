@@ -33,7 +33,14 @@ from nocosup.appctx import AppContext
 from nocosup.auth import COOKIE_NAME
 from nocosup.config import Settings
 from nocosup.domains import APP_HEADER, ROUTED_APP, DomainRoutes
-from nocosup.errors import AppNotFound, ConfigError, NocosupError, NotFound, error_body
+from nocosup.errors import (
+    AppNotFound,
+    ConfigError,
+    NocosupError,
+    NotFound,
+    ShuttingDown,
+    error_body,
+)
 from nocosup.events import EventBus
 from nocosup.forwarded import PEER
 from nocosup.forwarded import resolve as resolve_forwarded
@@ -50,6 +57,7 @@ ReadinessCheck = Callable[[], Awaitable[object]]
 #: Request headers that may carry admin credentials, or the proxy's app choice, filtered
 #: by Host._tenant_headers.
 _GUARDED = frozenset({b"cookie", b"authorization", APP_HEADER})
+_SHUTTING_DOWN = ShuttingDown("this server is shutting down; retry shortly")
 #: Plugin notifications queued at most (status and environment changes, registry events).
 MAX_NOTICES = 10_000
 #: The scope keys a tenant gets: those of the ASGI spec (HTTP and WebSocket). What an outer
@@ -103,8 +111,17 @@ class Host(Starlette):
         self.metrics = Metrics(settings.environment_name)
         #: Named probes run by /readyz; the role adds its own when it starts.
         self.readiness: dict[str, ReadinessCheck] = {}
+        #: Seconds a probe named here may fail before /readyz fails: meanwhile the host
+        #: is "degraded" (200). Redis gets the heartbeat TTL: a blip must not pull every
+        #: pod out of its Service at once while their tenants are still servable.
+        self.readiness_grace: dict[str, float] = {}
+        #: When each probe began failing (loop time), for readiness_grace.
+        self.failing_since: dict[str, float] = {}
         self.role: Role = self._make_role()
         self.started = False
+        #: Set when the server began a graceful shutdown: new tenant requests get 503
+        #: SHUTTING_DOWN (Retry-After) while those in flight finish.
+        self.draining = False
         self._background: set[asyncio.Task[Any]] = set()
         self._start_lock = asyncio.Lock()
         self._notices: asyncio.Queue[tuple[str, dict[str, Any]]] = asyncio.Queue(MAX_NOTICES)
@@ -187,6 +204,13 @@ class Host(Starlette):
             yield
         finally:
             await self.stop()
+
+    def begin_draining(self) -> None:
+        """The server is shutting down gracefully (uvicorn calls this through the
+        protocols of ``nocosup.server``): answer new tenant requests 503 from now on."""
+        if not self.draining:
+            self.draining = True
+            log.info("draining: new requests get 503 SHUTTING_DOWN until shutdown")
 
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         """Run ``coro`` in the background; failures are logged, the task ends with the host."""
@@ -283,6 +307,9 @@ class Host(Starlette):
                 gateway = self.role.gateway
                 if gateway is None:
                     await send_error(scope, receive, send, AppNotFound(name))
+                    return
+                if self.draining:
+                    await send_error(scope, receive, send, _SHUTTING_DOWN)
                     return
                 if TENANT_SCOPE_KEYS.issuperset(scope):  # served directly: ~130 ns
                     scope = dict(scope)
@@ -512,21 +539,47 @@ async def _healthz(request: Request) -> Response:
     return JSONResponse({"status": "ok", "version": __version__, "mode": request.app.settings.mode})
 
 
+#: Seconds each /readyz probe may take; they run at once, so the answer comes within
+#: about this (documented: 5 s), whatever hangs behind a probe.
+READY_PROBE_TIMEOUT = 3.0
+
+
+async def _probe(probe: ReadinessCheck) -> str | None:
+    """None when ``probe`` passed, else why not (a timeout included)."""
+    try:
+        async with asyncio.timeout(READY_PROBE_TIMEOUT):
+            await probe()
+    except TimeoutError:
+        return f"TimeoutError: no answer within {READY_PROBE_TIMEOUT:g} s"
+    except Exception as exc:
+        return f"{type(exc).__name__}: {exc}"
+    return None
+
+
 async def _readyz(request: Request) -> Response:
     host: Host = request.app
     checks: dict[str, Any] = {"started": host.started}
     ok = host.started
-    for name, probe in host.readiness.items():
-        try:
-            await asyncio.wait_for(probe(), 5)
+    degraded: list[str] = []
+    names = list(host.readiness)
+    results = await asyncio.gather(*(_probe(host.readiness[n]) for n in names))
+    now = asyncio.get_running_loop().time()
+    for name, problem in zip(names, results, strict=True):
+        if problem is None:
             checks[name] = True
-        except Exception as exc:
-            checks[name] = f"{type(exc).__name__}: {exc}"
+            host.failing_since.pop(name, None)
+            continue
+        checks[name] = problem
+        since = host.failing_since.setdefault(name, now)
+        if now - since < host.readiness_grace.get(name, 0):
+            degraded.append(name)  # tolerated for a while: the host still serves
+        else:
             ok = False
-    return JSONResponse(
-        {"status": "ready" if ok else "unavailable", "checks": checks},
-        status_code=200 if ok else 503,
-    )
+    status = "unavailable" if not ok else "degraded" if degraded else "ready"
+    body: dict[str, Any] = {"status": status, "checks": checks}
+    if degraded and ok:
+        body["degraded"] = degraded
+    return JSONResponse(body, status_code=200 if ok else 503)
 
 
 async def _nocosup_error(request: Request, exc: Exception) -> Response:

@@ -585,7 +585,8 @@ def _readiness() -> dict[str, Any]:
         "type": "object",
         "required": ["status", "checks"],
         "properties": {
-            "status": {"enum": ["ready", "unavailable"]},
+            "status": {"enum": ["ready", "degraded", "unavailable"]},
             "checks": {"type": "object"},
+            "degraded": {"type": "array", "items": {"type": "string"}},
         },
     }

@@ -19,8 +19,15 @@ import asyncpg
 from databases import Database
 
 from nocosup.config import Settings
-from nocosup.db import create_pg_database, pg_connect, pg_url, quote_ident
-from nocosup.errors import ConfigError, DatabaseError, DatabaseNameReserved, InvalidInput
+from nocosup.db import create_pg_database, db_timeouts, pg_connect, pg_url, quote_ident
+from nocosup.errors import (
+    ConfigError,
+    DatabaseError,
+    DatabaseNameReserved,
+    DatabaseUnavailable,
+    InvalidInput,
+)
+from nocosup.pgpool import ConnectionBudget, pg_database
 from nocosup.sqlite import sqlite_database
 from nocosup.storage import private_dir
 
@@ -127,7 +134,7 @@ class SqliteProvisioner(Provisioner):
         return TenantDatabase("new_database", name, None, self.name)
 
     def open(self, spec: TenantDatabase, max_size: int = 5) -> Database:
-        return sqlite_database(self.path(spec))
+        return sqlite_database(self.path(spec), timeout=self.settings.db_statement_timeout)
 
     def url(self, spec: TenantDatabase) -> str:
         return "sqlite:///" + str(self.path(spec).resolve())
@@ -161,6 +168,13 @@ class PostgresProvisioner(Provisioner):
     name = "postgres"
     conn_types = ("new_database", "new_schema")
 
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(settings)
+        #: NOCOSUP_DB_MAX_CONNECTIONS: one budget for every tenant pool of this process.
+        self.budget = ConnectionBudget(
+            settings.db_max_connections, settings.db_pool_idle, settings.db_budget_wait
+        )
+
     def spec(self, app: str, conn_type: str) -> TenantDatabase:
         if conn_type == "new_schema":
             schema = tenant_schema_name(app)
@@ -169,11 +183,14 @@ class PostgresProvisioner(Provisioner):
         return TenantDatabase("new_database", name, None, self.name)
 
     def open(self, spec: TenantDatabase, max_size: int = 5) -> Database:
-        # tenant pools stay small: asyncpg would open 10 connections per app by default
-        options: dict[str, Any] = {"min_size": 1, "max_size": max_size}
-        if spec.schema:
-            options["server_settings"] = {"search_path": spec.schema}
-        return Database(pg_url(self.settings, spec.name), **options)
+        # each pool opens connections on demand, within the process's budget
+        return pg_database(
+            pg_url(self.settings, spec.name),
+            self.budget,
+            db_timeouts(self.settings),
+            max_size=max(1, min(max_size, self.settings.db_max_connections)),
+            server_settings={"search_path": spec.schema} if spec.schema else None,
+        )
 
     def url(self, spec: TenantDatabase) -> str:
         # the schema of a new_schema app is not in the URL: it goes on search_path
@@ -207,6 +224,8 @@ class PostgresProvisioner(Provisioner):
         conn = await pg_connect(self.settings, database)
         try:
             await conn.execute(sql)
+        except TimeoutError as exc:
+            raise DatabaseUnavailable(f"{what}: the database did not answer in time") from exc
         except asyncpg.PostgresError as exc:
             raise DatabaseError(f"{what}: {exc}") from exc
         finally:

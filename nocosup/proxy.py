@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from types import TracebackType
 from typing import Any
 from urllib.parse import quote, unquote
@@ -52,6 +52,7 @@ from nocosup.proxy_client import (
     UpstreamError,
     UpstreamResponse,
     UpstreamTimeoutError,
+    never_answered,
 )
 from nocosup.responses import close_reason, deny_websocket, send_error
 
@@ -159,17 +160,27 @@ class Proxy:
         """Close the pooled upstream connections."""
         await self.client.aclose()
 
-    async def forward(self, upstream: str, scope: Scope, receive: Receive, send: Send) -> None:
+    async def forward(
+        self,
+        upstream: str,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        refused: Callable[[], NocosupError] | None = None,
+    ) -> None:
         """Answer ``scope`` with what ``upstream`` + ``scope["path"]`` (+ query) answers.
 
         ``upstream`` is a base URL such as ``http://127.0.0.1:9001``; the caller vouches
-        for it. ``scope["root_path"]`` becomes ``X-Forwarded-Prefix``.
+        for it. ``scope["root_path"]`` becomes ``X-Forwarded-Prefix``. ``refused`` makes
+        the answer when the upstream refused the connection or dropped it unread (502
+        ``UPSTREAM_CONNECT_ERROR`` without it): a gateway that knows the upstream is one
+        of its environments answers 503 with Retry-After, as for one shutting down.
         """
         target = self._upstream(upstream)
         if scope["type"] == "websocket":
-            await self._websocket(target, scope, receive, send)
+            await self._websocket(target, scope, receive, send, refused)
         else:
-            await self._http(target, scope, receive, send)
+            await self._http(target, scope, receive, send, refused)
 
     def _upstream(self, url: str) -> Upstream:
         upstream = self._upstreams.get(url)
@@ -181,7 +192,14 @@ class Proxy:
 
     # ---------------------------------------------------------------------- HTTP
 
-    async def _http(self, upstream: Upstream, scope: Scope, receive: Receive, send: Send) -> None:
+    async def _http(
+        self,
+        upstream: Upstream,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        refused: Callable[[], NocosupError] | None = None,
+    ) -> None:
         headers, mode = request_headers(scope, upstream)
         body: Body = None
         stream: AsyncGenerator[bytes, None] | None = None
@@ -206,7 +224,8 @@ class Proxy:
         except _ClientGone:
             return
         except UpstreamError as exc:
-            await _answer_error(scope, receive, send, _error(upstream, exc))
+            error = refused() if refused is not None and never_answered(exc) else None
+            await _answer_error(scope, receive, send, error or _error(upstream, exc))
             return
         finally:
             if stream is not None:
@@ -262,7 +281,12 @@ class Proxy:
     # ----------------------------------------------------------------- WebSocket
 
     async def _websocket(
-        self, upstream: Upstream, scope: Scope, receive: Receive, send: Send
+        self,
+        upstream: Upstream,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        refused: Callable[[], NocosupError] | None = None,
     ) -> None:
         message = await receive()
         if message["type"] != "websocket.connect":
@@ -299,9 +323,10 @@ class Proxy:
             )
             return
         except (OSError, InvalidHandshake) as exc:
-            await _answer_error(
-                scope, receive, send, UpstreamUnreachable(f"WebSocket to {url} failed: {exc}")
-            )
+            error: NocosupError = UpstreamUnreachable(f"WebSocket to {url} failed: {exc}")
+            if refused is not None and isinstance(exc, ConnectionRefusedError):
+                error = refused()
+            await _answer_error(scope, receive, send, error)
             return
         try:
             handshake = ws.response

@@ -179,6 +179,12 @@ class _Stale(UpstreamProtocolError):
     """A reused connection closed before answering (the upstream dropped it while idle)."""
 
 
+def never_answered(exc: UpstreamError) -> bool:
+    """Whether the upstream refused the connection or dropped a kept-alive one before
+    reading the request: what a server that is shutting down (or gone) does."""
+    return isinstance(exc, UpstreamConnectError | _Stale)
+
+
 class _Conn(asyncio.Protocol):
     """One upstream connection and the state of the exchange it carries.
 

@@ -104,6 +104,8 @@ async def connect_role_redis(host: Host) -> tuple[aioredis.Redis, aioredis.Redis
     assert settings.supervisor_redis_url and settings.redis_command_url
     redis = await connect_redis(settings.supervisor_redis_url, "APP_SUPERVISOR_REDIS_URL", settings)
     host.readiness["redis"] = redis.ping
+    # a Redis blip is "degraded" for a heartbeat TTL (3 intervals), then "unavailable"
+    host.readiness_grace["redis"] = 3 * settings.heartbeat_interval
     if settings.redis_command_url == settings.supervisor_redis_url:
         return redis, redis
     try:

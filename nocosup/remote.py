@@ -15,7 +15,7 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import parse_qsl, urlsplit
 
@@ -37,6 +37,7 @@ from nocosup.errors import (
     NocosupError,
 )
 from nocosup.heartbeat import live_instances, parse_status
+from nocosup.inflight import InFlight
 from nocosup.lastseen import latest_by_environment
 from nocosup.metrics import PROXIED_TO
 from nocosup.process import EnvResult, ProcessAdapter, failure_type
@@ -116,6 +117,8 @@ class RedisEnvironments(EnvironmentDirectory):
         self.ttl = ttl
         #: Last computed view, used on the proxy's hot path (refreshed by the Watcher).
         self.snapshot: dict[str, dict[str, Any]] = {}
+        #: Called with an environment's name when it goes from online to offline.
+        self.offline_listeners: builtins.list[Callable[[str], object]] = []
 
     async def list(self) -> list[dict[str, Any]]:
         return sorted((await self.refresh()).values(), key=lambda e: e["name"])
@@ -209,6 +212,9 @@ class RedisEnvironments(EnvironmentDirectory):
                 or old["instances"] != env["instances"]
             ):
                 self._changed(env, old)
+            if old is not None and old["status"] == "online" and env["status"] == "offline":
+                for listener in self.offline_listeners:
+                    listener(name)
         return envs
 
     async def _discard(self, key: str, why: str) -> None:
@@ -534,6 +540,9 @@ class ProxyGateway:
         self.process = process
         self.environments = environments
         self.proxy = proxy
+        #: Requests in flight per environment: answered 503 at once when it goes offline.
+        self.inflight = InFlight()
+        environments.offline_listeners.append(self.inflight.abort)
 
     async def handle(self, name: str, scope: Scope, receive: Receive, send: Send) -> None:
         try:
@@ -551,7 +560,18 @@ class ProxyGateway:
         except NocosupError as exc:
             await send_error(scope, receive, send, exc)
             return
-        await self.proxy.forward(upstream, scope, receive, send)
+
+        def refused() -> NocosupError:
+            # a worker shutting down (or restarting) closed its socket: retry shortly
+            return EnvironmentUnavailable(
+                f"environment {env!r} is not accepting connections (shutting down or "
+                "restarting); retry shortly"
+            )
+
+        async def exchange(tracked: Send) -> None:
+            await self.proxy.forward(upstream, scope, receive, tracked, refused=refused)
+
+        await self.inflight.serve(env, scope, receive, send, exchange)
 
     def _choose(self, record: AppRecord, scope: Scope) -> str:
         wanted = _requested_environment(scope)

@@ -205,6 +205,14 @@ class _Guarded:
         self.guard.cancel()
         super().connection_lost(exc)  # type: ignore[misc]
 
+    def shutdown(self) -> None:
+        """uvicorn begins a graceful shutdown (SIGTERM): tell the host, so that a request
+        that still reaches it while in-flight ones drain gets 503, not a late answer."""
+        begin = getattr(getattr(self, "app", None), "begin_draining", None)
+        if callable(begin):
+            begin()
+        super().shutdown()  # type: ignore[misc]
+
 
 class LimitedH11Protocol(_Guarded, H11Protocol):
     """uvicorn's h11 protocol with a head-size limit (431) and a head deadline."""

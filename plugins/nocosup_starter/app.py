@@ -26,6 +26,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from nocosup import strictjson
 from nocosup.appctx import AppContext
+from nocosup.errors import DatabaseUnavailable
 from nocosup.registry import now_iso
 
 MAX_BLOB = 64 * 1024 * 1024
@@ -221,6 +222,11 @@ td,th{{border:1px solid #ccc;padding:.3rem .6rem}}</style></head>
         code = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED"}.get(exc.status_code, "HTTP_ERROR")
         return _error(code, exc.detail, exc.status_code)
 
+    async def database_unavailable(request: Request, exc: Exception) -> Response:
+        # the database did not answer in time, or the process's connection budget is spent
+        assert isinstance(exc, DatabaseUnavailable)
+        return JSONResponse(exc.body(), exc.status, headers=exc.headers())
+
     return Starlette(
         routes=[
             Route("/admin", admin),
@@ -232,5 +238,8 @@ td,th{{border:1px solid #ccc;padding:.3rem .6rem}}</style></head>
             WebSocketRoute("/api/echo", echo),
         ],
         lifespan=lifespan,
-        exception_handlers={HTTPException: http_error},
+        exception_handlers={
+            HTTPException: http_error,
+            DatabaseUnavailable: database_unavailable,
+        },
     )

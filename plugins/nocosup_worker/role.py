@@ -104,6 +104,8 @@ class WorkerRole(Role):
         )
         self._run_consumer()
         host.readiness["commands"] = self._consumer_ready
+        # a consumer that cannot read while Redis blips is degraded, as Redis is
+        host.readiness_grace["commands"] = heartbeat_ttl(settings)
         log.info(
             "worker %s of environment %s registered (%s)",
             settings.instance_id,

@@ -1,0 +1,93 @@
+"""Requests the supervisor is proxying, per environment, so that an environment going
+offline (its heartbeat expired: a frozen or dead worker) answers them 503 at once
+instead of after ``NOCOSUP_PROXY_TIMEOUT``.
+
+:meth:`InFlight.serve` runs one proxied exchange; :meth:`InFlight.abort` (called by the
+environment directory when an environment goes offline) cancels every exchange still
+waiting on that environment. One whose response had not started gets 503
+``APP_ENVIRONMENT_UNAVAILABLE`` with Retry-After; one whose response had started is cut
+short (the client sees an incomplete response, as from a worker that died).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+
+from starlette.types import Message, Receive, Scope, Send
+
+from nocosup.errors import EnvironmentUnavailable
+from nocosup.responses import send_error
+
+log = logging.getLogger("nocosup.proxy")
+
+
+class _Exchange:
+    """One request in flight: its task, whether its response began, whether aborted."""
+
+    __slots__ = ("aborted", "send", "started", "task")
+
+    def __init__(self, task: asyncio.Task[object], send: Send) -> None:
+        self.task = task
+        self.send = send
+        self.started = False
+        self.aborted = False
+
+    async def tracked_send(self, message: Message) -> None:
+        self.started = True
+        await self.send(message)
+
+
+class InFlight:
+    """The exchanges in flight, by environment name."""
+
+    def __init__(self) -> None:
+        self._by_env: dict[str, set[_Exchange]] = {}
+
+    def count(self, env: str) -> int:
+        return len(self._by_env.get(env, ()))
+
+    async def serve(
+        self,
+        env: str,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        exchange: Callable[[Send], Awaitable[None]],
+    ) -> None:
+        """Run ``exchange(send)`` for a request to ``env``, abortable by :meth:`abort`."""
+        task = asyncio.current_task()
+        assert task is not None
+        entry = _Exchange(task, send)
+        group = self._by_env.setdefault(env, set())
+        group.add(entry)
+        try:
+            await exchange(entry.tracked_send)
+        except asyncio.CancelledError:
+            if not entry.aborted:
+                raise
+            task.uncancel()
+            if not entry.started:
+                error = EnvironmentUnavailable(
+                    f"environment {env!r} went offline while serving this request"
+                )
+                try:
+                    await send_error(scope, receive, send, error)
+                except OSError:
+                    pass  # the client left too
+        finally:
+            group.discard(entry)
+            if not group:
+                self._by_env.pop(env, None)
+
+    def abort(self, env: str) -> int:
+        """Cancel every exchange waiting on ``env``; how many there were."""
+        group = self._by_env.get(env, set())
+        for entry in group:
+            if not entry.aborted:
+                entry.aborted = True
+                entry.task.cancel()
+        if group:
+            log.warning("environment %s went offline: %d proxied requests aborted", env, len(group))
+        return len(group)
