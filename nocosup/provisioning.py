@@ -49,6 +49,10 @@ class TenantDatabase:
         return out
 
 
+class ForeignDatabase(DatabaseError):
+    """An app record names a database other than the one its app has here."""
+
+
 class Provisioner(ABC):
     """Creates, opens and drops one kind of tenant database."""
 
@@ -92,7 +96,9 @@ class SqliteProvisioner(Provisioner):
         return self.files / f"{spec.name}.sqlite"
 
     def spec(self, app: str, conn_type: str) -> TenantDatabase:
-        return TenantDatabase("new_database", f"{self.settings.db_database}_{app}", None, self.name)
+        return TenantDatabase(
+            "new_database", f"{self.settings.tenant_db_base}_{app}", None, self.name
+        )
 
     def open(self, spec: TenantDatabase, max_size: int = 5) -> Database:
         return sqlite_database(self.path(spec))
@@ -125,8 +131,10 @@ class PostgresProvisioner(Provisioner):
 
     def spec(self, app: str, conn_type: str) -> TenantDatabase:
         if conn_type == "new_schema":
-            return TenantDatabase(conn_type, self.settings.db_database, app, self.name)
-        return TenantDatabase("new_database", f"{self.settings.db_database}_{app}", None, self.name)
+            return TenantDatabase(conn_type, self.settings.tenant_db_base, app, self.name)
+        return TenantDatabase(
+            "new_database", f"{self.settings.tenant_db_base}_{app}", None, self.name
+        )
 
     def open(self, spec: TenantDatabase, max_size: int = 5) -> Database:
         # tenant pools stay small: asyncpg would open 10 connections per app by default
@@ -220,6 +228,28 @@ class TenantDatabases:
         # Without an explicit choice, every process uses its own DB_DIALECT's provisioner
         # (a worker on PostgreSQL behind a supervisor on SQLite keeps working as before).
         return spec if provisioner else replace(spec, provisioner=None)
+
+    def derive(self, app: str, options: dict[str, Any], stored: dict[str, Any]) -> TenantDatabase:
+        """The database of ``app`` by this process's own settings, as :meth:`spec_for` made
+        it at creation; ForeignDatabase when ``stored`` (the record's ``database``, read
+        from Redis) names another. A worker never takes a name, path or URL from a
+        command: at most it refuses one that differs."""
+        conn_type, provisioner = options.get("dbConnType"), options.get("dbProvisioner")
+        try:
+            spec = self.spec_for(
+                app,
+                conn_type if isinstance(conn_type, str) else None,
+                provisioner if isinstance(provisioner, str) else None,
+            )
+        except InvalidInput as exc:
+            raise ForeignDatabase(f"database of {app!r}: {exc.message}") from None
+        if spec.to_json() != stored:
+            raise ForeignDatabase(
+                f"the record of {app!r} names database {stored!r:.200}, but this process "
+                f"derives {spec.to_json()!r} (do NOCOSUP_TENANT_DB_PREFIX / DB_DATABASE "
+                "agree with the supervisor's?)"
+            )
+        return spec
 
     def open(self, spec: TenantDatabase, max_size: int = 5) -> Database:
         return self.provisioner(spec).open(spec, max_size=max_size)

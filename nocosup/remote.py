@@ -36,18 +36,21 @@ from nocosup.errors import (
     EnvironmentUnavailable,
     NocosupError,
 )
-from nocosup.heartbeat import live_instances, parse_status
+from nocosup.heartbeat import live_instances, parse_status, status_context
 from nocosup.process import EnvResult, ProcessAdapter, failure_type
 from nocosup.redisconn import raise_if_cancelled
 from nocosup.rediskeys import NAME, Keys, split_member, valid_member
 from nocosup.registry import AppRecord, EnvironmentStore, Registry, iso_time
 from nocosup.responses import send_error
+from nocosup.signing import MAX_SKEW, BadSignature, RateLimitedLog, Signer
 from nocosup.status import BOOTING, AppStatus
 
 if TYPE_CHECKING:
     from nocosup.host import Host
 
 log = logging.getLogger("nocosup.remote")
+#: Forged or stale messages are logged at most every 10 s per kind (a flood stays quiet).
+_dropped = RateLimitedLog(log)
 
 #: Seconds between full checks of the config cache (every record parsed).
 FULL_CHECK_EVERY = 30
@@ -102,8 +105,10 @@ class RedisEnvironments(EnvironmentDirectory):
         store: EnvironmentStore,
         ttl: float,
         commands: Redis | None = None,
+        signer: Signer | None = None,
     ) -> None:
         self.host = host
+        self.signer = signer or Signer(None, host.settings.instance_id)
         self.redis = redis
         #: The Redis of the command streams (and their dead letters).
         self.commands = commands or redis
@@ -239,11 +244,31 @@ class RedisEnvironments(EnvironmentDirectory):
             elif isinstance(result, Exception):
                 raise result
             kept = {k: v for k, v in info.items() if isinstance(v, str) and len(v) <= 2048}
+            kept = self._verified(name, kept)
             for k in ("url", "proxy_url"):
                 if kept.get(k) and not _http_url(kept[k]):
                     log.warning("ignoring %s %.80r of environment %s", k, kept.pop(k), name)
             infos.append(kept)
         return infos
+
+    def _verified(self, name: str, info: dict[str, str]) -> dict[str, str]:
+        """The registration of ``name`` when its signature holds and is at most a heartbeat
+        TTL old; else only ``registered_at`` (unsigned, informational), so the URLs last
+        stored in the database serve (a stale one is an environment gone offline)."""
+        if not info:
+            return info
+        registered = {k: v for k, v in info.items() if k == "registered_at"}
+        signed = {k: v for k, v in info.items() if k != "registered_at"}
+        try:
+            return {
+                **self.signer.verify("environment", name, signed, self.ttl + MAX_SKEW),
+                **registered,
+            }
+        except BadSignature as exc:
+            _dropped.warning(
+                f"environment:{name}", "ignoring the registration of %s in Redis: %s", name, exc
+            )
+            return registered
 
     async def _read(self) -> dict[str, dict[str, Any]]:
         stored = await self.store.list()
@@ -251,7 +276,7 @@ class RedisEnvironments(EnvironmentDirectory):
         ordered = sorted(names)
         infos = await self._infos(ordered)
         last_seen = await self._last_seen()
-        live = await live_instances(self.redis, self.keys, None, self.ttl)
+        live = await live_instances(self.redis, self.keys, None, self.ttl, self.signer)
         out = {}
         for name, info in zip(ordered, infos, strict=True):
             row = stored.get(name, {})
@@ -412,7 +437,8 @@ class RemoteProcess(ProcessAdapter):
                 for r in records:
                     pipe.hgetall(self.keys.status(r.name))
                 raw = await pipe.execute(raise_on_error=False)
-            live = await live_instances(self.redis, self.keys, None, self.environments.ttl)
+            envs = self.environments
+            live = await live_instances(self.redis, self.keys, None, envs.ttl, envs.signer)
             raw = [
                 await self._checked_statuses(r, f, live) for r, f in zip(records, raw, strict=True)
             ]
@@ -458,7 +484,9 @@ class RemoteProcess(ProcessAdapter):
         out: dict[str, dict[str, Any]] = {}
         bad: list[str] = []
         for field, value in fields.items():
-            report = parse_status(value)
+            report = parse_status(
+                value, self.environments.signer, status_context(record.name, str(field))
+            )
             if report is None or not valid_member(field):
                 bad.append(field)
             else:
@@ -657,6 +685,13 @@ class Watcher:
         except (TypeError, ValueError):
             return
         if not isinstance(event, dict):
+            return
+        try:
+            event = self.environments.signer.verify_json(
+                "event", "", event, self.environments.ttl + MAX_SKEW
+            )
+        except BadSignature as exc:
+            _dropped.warning("event", "ignoring an event that does not verify: %s", exc)
             return
         if event.get("type") == "environment":
             self._wake.set()

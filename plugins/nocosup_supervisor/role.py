@@ -25,6 +25,7 @@ from nocosup.remote import ProxyGateway, RedisEnvironments, RemoteProcess, Watch
 from nocosup.role import Role
 from nocosup.runtime import LocalRuntime
 from nocosup.sessions import SessionStore
+from nocosup.signing import cluster_signer, command_window, warn_if_unsigned
 from nocosup.supervisor import Supervisor
 
 if TYPE_CHECKING:
@@ -88,14 +89,22 @@ class SupervisorRole(Role):
         redis, commands = await connect_role_redis(host)
         self.redis, self.command_redis = redis, commands
         ttl = heartbeat_ttl(settings)
+        signer = cluster_signer(settings)
+        warn_if_unsigned(settings, log)
         self.sender = CommandSender(
-            commands, keys, settings.instance_id, Presence(redis, keys, ttl)
+            commands,
+            keys,
+            settings.instance_id,
+            Presence(redis, keys, ttl, signer),
+            signer=signer,
+            window=command_window(settings),
         )
         await self.sender.start()
         environments = RedisEnvironments(
-            host, redis, keys, EnvironmentStore(db), ttl, commands=commands
+            host, redis, keys, EnvironmentStore(db), ttl, commands=commands, signer=signer
         )
-        process = RemoteProcess(host, redis, keys, AppCache(redis, keys), self.sender, environments)
+        cache = AppCache(redis, keys, signer=signer)
+        process = RemoteProcess(host, redis, keys, cache, self.sender, environments)
         self.proxy = Proxy(read_timeout=settings.proxy_timeout, ws_max_size=settings.max_ws_message)
         self.gateway = ProxyGateway(host, process, environments, self.proxy)
         self.watcher = Watcher(host, redis, keys, registry, environments, process)
