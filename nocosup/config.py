@@ -274,6 +274,20 @@ def _number(
     return value
 
 
+def mask_url(url: str) -> str:
+    """``url`` with the password of its user info replaced by ``***`` (for logs and API
+    answers: Redis URLs carry AUTH passwords, ``redis://user:secret@host``)."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return url
+    authority, slash, tail = rest.partition("/")
+    userinfo, at, hostport = authority.rpartition("@")
+    if not at:
+        return url
+    user, colon, _password = userinfo.partition(":")
+    return f"{scheme}://{user}{':***' if colon else ''}@{hostport}{slash}{tail}"
+
+
 def _url(env: Mapping[str, str], name: str, schemes: tuple[str, ...]) -> str | None:
     value = _get(env, name)
     if value is None:
@@ -282,7 +296,7 @@ def _url(env: Mapping[str, str], name: str, schemes: tuple[str, ...]) -> str | N
     if scheme not in schemes:
         raise ConfigError(
             f"{name} must be a URL starting with {' or '.join(s + '://' for s in schemes)}; "
-            f"got {value!r}"
+            f"got {mask_url(value)!r}"
         )
     return value.rstrip("/")
 
@@ -358,7 +372,7 @@ def _parse(env: Mapping[str, str]) -> dict[str, Any]:
         "cluster_secret": _cluster_secret(env),
         "allowed_upstreams": _upstreams(env, "NOCOSUP_ALLOWED_UPSTREAMS"),
         "tenant_db_prefix": _tenant_db_prefix(env),
-        "redis_ca_file": _get(env, "NOCOSUP_REDIS_CA_FILE"),
+        "redis_ca_file": _file(env, "NOCOSUP_REDIS_CA_FILE"),
         **_instance(env),
     }
 
@@ -376,6 +390,13 @@ def check_admin_token(token: str | None, where: str) -> None:
             f"{where} must be at least {MIN_ADMIN_TOKEN} characters (got {len(token)}); "
             "make one with: python3 -c 'import secrets; print(secrets.token_urlsafe(32))'"
         )
+
+
+def _file(env: Mapping[str, str], name: str) -> str | None:
+    value = _get(env, name)
+    if value is not None and not os.path.isfile(value):
+        raise ConfigError(f"{name} must name an existing file; got {value!r}")
+    return value
 
 
 def _cluster_secret(env: Mapping[str, str]) -> str | None:

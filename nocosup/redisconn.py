@@ -8,32 +8,44 @@ from typing import TYPE_CHECKING
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from nocosup.config import mask_url
 from nocosup.errors import ConfigError
 
 if TYPE_CHECKING:
     from nocosup.host import Host
 
 
-async def connect_redis(url: str, variable: str) -> aioredis.Redis:
+async def connect_redis(url: str, variable: str, ca_file: str | None = None) -> aioredis.Redis:
     """A client for ``url`` that has answered a PING (else ConfigError naming ``variable``).
 
     Strings come back decoded. ``socket_timeout`` is None (redis-py 8 defaults to 5 s,
     which wraps every call in a timeout task): command streams block in XREAD for seconds,
-    and health checks catch dead connections instead.
+    and health checks catch dead connections instead. AUTH comes from the URL
+    (``redis://user:password@host``, an ACL user, or ``redis://:password@host``); a
+    ``rediss://`` URL speaks TLS, verified against ``ca_file`` (NOCOSUP_REDIS_CA_FILE) or
+    the URL's ``ssl_ca_certs`` query parameter, else the system's CAs. The password never
+    appears in a message.
     """
-    client = aioredis.from_url(
-        url,
-        decode_responses=True,
-        health_check_interval=15,
-        socket_connect_timeout=5,
-        socket_timeout=None,
-        retry_on_timeout=True,
-    )
+    options: dict[str, object] = {}
+    if ca_file and url.lower().startswith("rediss://"):
+        options["ssl_ca_certs"] = ca_file
+    try:
+        client = aioredis.from_url(
+            url,
+            decode_responses=True,
+            health_check_interval=15,
+            socket_connect_timeout=5,
+            socket_timeout=None,
+            retry_on_timeout=True,
+            **options,
+        )
+    except ValueError as exc:
+        raise ConfigError(f"{variable}: invalid Redis URL {mask_url(url)}: {exc}") from None
     try:
         await client.ping()
     except (RedisError, OSError) as exc:
         await client.aclose()
-        raise ConfigError(f"{variable}: cannot reach Redis at {url}: {exc}") from exc
+        raise ConfigError(f"{variable}: cannot reach Redis at {mask_url(url)}: {exc}") from exc
     return client
 
 
@@ -44,12 +56,13 @@ async def connect_role_redis(host: Host) -> tuple[aioredis.Redis, aioredis.Redis
     """
     settings = host.settings
     assert settings.supervisor_redis_url and settings.redis_command_url
-    redis = await connect_redis(settings.supervisor_redis_url, "APP_SUPERVISOR_REDIS_URL")
+    ca = settings.redis_ca_file
+    redis = await connect_redis(settings.supervisor_redis_url, "APP_SUPERVISOR_REDIS_URL", ca)
     host.readiness["redis"] = redis.ping
     if settings.redis_command_url == settings.supervisor_redis_url:
         return redis, redis
     try:
-        commands = await connect_redis(settings.redis_command_url, "APP_COMMAND_REDIS_URL")
+        commands = await connect_redis(settings.redis_command_url, "APP_COMMAND_REDIS_URL", ca)
     except BaseException:
         await redis.aclose()
         raise

@@ -26,6 +26,7 @@ from starlette.types import Receive, Scope, Send
 from nocosup.appcache import AppCache
 from nocosup.appctx import AppContext
 from nocosup.commands import Command, CommandSender, Reply
+from nocosup.config import mask_url
 from nocosup.environments import EnvironmentDirectory
 from nocosup.errors import (
     AppNotFound,
@@ -35,6 +36,7 @@ from nocosup.errors import (
     EnvironmentNotFound,
     EnvironmentUnavailable,
     NocosupError,
+    UpstreamNotAllowed,
 )
 from nocosup.heartbeat import live_instances, parse_status, status_context
 from nocosup.process import EnvResult, ProcessAdapter, failure_type
@@ -44,6 +46,7 @@ from nocosup.registry import AppRecord, EnvironmentStore, Registry, iso_time
 from nocosup.responses import send_error
 from nocosup.signing import MAX_SKEW, BadSignature, RateLimitedLog, Signer
 from nocosup.status import BOOTING, AppStatus
+from nocosup.upstreams import UpstreamPolicy
 
 if TYPE_CHECKING:
     from nocosup.host import Host
@@ -84,6 +87,14 @@ def _http_url(value: str) -> bool:
     return parts.scheme in ("http", "https") and bool(parts.netloc)
 
 
+def _shown(env: dict[str, Any]) -> dict[str, Any]:
+    """An environment as the API shows it: passwords in its URLs masked."""
+    return {
+        **env,
+        **{k: mask_url(env[k]) for k in ("url", "proxy_url") if isinstance(env.get(k), str)},
+    }
+
+
 def _iso_ms(ms: float | None) -> str | None:
     return iso_time(ms / 1000) if ms else None
 
@@ -119,7 +130,8 @@ class RedisEnvironments(EnvironmentDirectory):
         self.snapshot: dict[str, dict[str, Any]] = {}
 
     async def list(self) -> list[dict[str, Any]]:
-        return sorted((await self.refresh()).values(), key=lambda e: e["name"])
+        envs = (await self.refresh()).values()
+        return sorted((_shown(e) for e in envs), key=lambda e: e["name"])
 
     async def get(self, name: str) -> dict[str, Any]:
         """The environment with its dead letters: how many are kept, the last few."""
@@ -130,7 +142,7 @@ class RedisEnvironments(EnvironmentDirectory):
             dead = await self.dead_letters(name)
         except RedisError as exc:
             raise BackendUnavailable(f"Redis did not answer: {exc}") from exc
-        return {**known[name], "dead_letters": dead}
+        return {**_shown(known[name]), "dead_letters": dead}
 
     async def dead_letters(self, env: str, last: int = 5) -> dict[str, Any]:
         key = self.keys.dead(env)
@@ -525,6 +537,21 @@ class ProxyGateway:
         self.process = process
         self.environments = environments
         self.proxy = proxy
+        self.policy = UpstreamPolicy(host.settings.allowed_upstreams)
+
+    def _upstream(self, env: str) -> str | None:
+        info = self.environments.snapshot.get(env) or {}
+        return info.get("proxy_url") or info.get("url")
+
+    def _refusal(self, env: str) -> str | None:
+        """Why ``env`` may not be proxied to (its URL is outside the allow-list), logged."""
+        url = self._upstream(env)
+        why = self.policy.refusal(url) if url else None
+        if why is not None:
+            _dropped.warning(
+                f"upstream:{env}", "not routing to environment %s (%.200s): %s", env, url, why
+            )
+        return why
 
     async def handle(self, name: str, scope: Scope, receive: Receive, send: Send) -> None:
         try:
@@ -534,8 +561,7 @@ class ProxyGateway:
             if record.desired_state == "stopped":
                 raise AppStopped(name)
             env = self._choose(record, scope)
-            info = self.environments.snapshot[env]
-            upstream = info["proxy_url"] or info["url"]
+            upstream = self._upstream(env)
             if not upstream:
                 raise EnvironmentUnavailable(f"environment {env!r} registered no URL")
         except NocosupError as exc:
@@ -556,8 +582,19 @@ class ProxyGateway:
                     f"deployment environment {wanted!r} of application {record.name!r} "
                     "is unavailable"
                 )
+            why = self._refusal(wanted) if self.policy.restricted else None
+            if why is not None:
+                raise UpstreamNotAllowed(f"environment {wanted!r} is not routed to: {why}")
             return wanted
         online = [e for e in record.environments if self.environments.is_online(e)]
+        if self.policy.restricted and online:
+            refused = {e: why for e in online if (why := self._refusal(e)) is not None}
+            online = [e for e in online if e not in refused]
+            if not online:
+                raise UpstreamNotAllowed(
+                    f"no environment of application {record.name!r} may be proxied to: "
+                    + "; ".join(f"{e}: {why}" for e, why in refused.items())
+                )
         if not online:
             raise EnvironmentUnavailable(
                 f"deployment environment for application {record.name!r} is unavailable "

@@ -91,6 +91,11 @@ class SupervisorRole(Role):
         ttl = heartbeat_ttl(settings)
         signer = cluster_signer(settings)
         warn_if_unsigned(settings, log)
+        if not settings.allowed_upstreams:
+            log.warning(
+                "NOCOSUP_ALLOWED_UPSTREAMS is not set: the proxy follows any URL an "
+                "environment registers"
+            )
         self.sender = CommandSender(
             commands,
             keys,
