@@ -54,6 +54,13 @@ RESULT_TTL = 600
 BLOCK_MS = 2_000
 
 
+def reply_stream_ttl(heartbeat_interval: float) -> float:
+    """Seconds a supervisor's reply stream outlives its last sign of life: its owner renews
+    the expiry every heartbeat interval, so a supervisor killed with SIGKILL leaves its
+    stream for at most 6 intervals (1 minute by default)."""
+    return heartbeat_interval * 6
+
+
 class MalformedCommand(ValueError):
     """A stream entry that is not a command this worker understands."""
 
@@ -187,10 +194,14 @@ class CommandSender:
         presence: Presence,
         signer: Signer | None = None,
         window: float | None = None,
+        reply_ttl: float = 60,
     ) -> None:
         self.redis = redis
         self.keys = keys
         self.reply_stream = keys.replies(instance)
+        #: Expiry of the reply stream, renewed every sixth of it while this process lives.
+        self.reply_ttl = reply_ttl
+        self._renewer: asyncio.Task[None] | None = None
         self.presence = presence
         self.signer = signer or Signer(None, instance)
         #: How old a reply may be (None: any age).
@@ -201,12 +212,27 @@ class CommandSender:
 
     async def start(self) -> None:
         self._reader = asyncio.create_task(self._read_replies(), name="command-replies")
+        self._renewer = asyncio.create_task(self._renew(), name="reply-stream-expiry")
+
+    async def _renew(self) -> None:
+        """Keep the reply stream's expiry ahead while this process lives (workers set it
+        when their reply creates the stream): a killed supervisor's stream expires."""
+        while True:
+            try:
+                await self.redis.pexpire(self.reply_stream, int(self.reply_ttl * 1000))
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                raise_if_cancelled()
+                log.warning("could not renew the reply stream's expiry: %r", exc)
+            await asyncio.sleep(self.reply_ttl / 6)
 
     async def close(self) -> None:
-        if self._reader is not None:
-            self._reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._reader
+        for task in (self._reader, self._renewer):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         with contextlib.suppress(RedisError):
             await self.redis.delete(self.reply_stream)
 
@@ -339,10 +365,13 @@ class CommandConsumer:
         concurrency: int = 32,
         signer: Signer | None = None,
         window: float | None = None,
+        reply_ttl: float = 60,
     ) -> None:
         self.redis = redis
         self.keys = keys
         self.env = env
+        #: Expiry a reply gives the reply stream it creates (its owner renews it).
+        self.reply_ttl_ms = int(reply_ttl * 1000)
         self.instance = instance
         self.stream = keys.commands(env)
         self.dead = keys.dead(env)
@@ -586,6 +615,7 @@ class CommandConsumer:
             if command.reply_to:
                 # invariant dict of unions, as in send()
                 pipe.xadd(command.reply_to, signed, maxlen=REPLY_MAXLEN, approximate=True)  # type: ignore[arg-type]
+                pipe.pexpire(command.reply_to, self.reply_ttl_ms, nx=True)
             await pipe.execute()
 
     async def _dead_letter(
@@ -642,6 +672,7 @@ class CommandConsumer:
                 if isinstance(reply_to, str) and self.keys.is_reply_stream(reply_to):
                     # invariant dict of unions, as in CommandSender.send()
                     pipe.xadd(reply_to, signed, maxlen=REPLY_MAXLEN, approximate=True)  # type: ignore[arg-type]
+                    pipe.pexpire(reply_to, self.reply_ttl_ms, nx=True)
                 await pipe.execute()
         except RedisError as exc:
             log.warning("could not answer failed command %s: %r", request_id, exc)

@@ -12,7 +12,7 @@ from starlette.routing import BaseRoute
 from nocosup import admin_api
 from nocosup.appcache import AppCache
 from nocosup.auth import LoginLimiter, resolve_admin_token
-from nocosup.commands import CommandSender
+from nocosup.commands import CommandSender, reply_stream_ttl
 from nocosup.db import connect_registry
 from nocosup.environments import EnvironmentDirectory, LocalEnvironments
 from nocosup.heartbeat import Presence, heartbeat_ttl
@@ -103,6 +103,7 @@ class SupervisorRole(Role):
             Presence(redis, keys, ttl, signer),
             signer=signer,
             window=command_window(settings),
+            reply_ttl=reply_stream_ttl(settings.heartbeat_interval),
         )
         await self.sender.start()
         environments = RedisEnvironments(

@@ -10,7 +10,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from nocosup.appcache import AppCache
-from nocosup.commands import CommandConsumer
+from nocosup.commands import CommandConsumer, reply_stream_ttl
 from nocosup.db import ensure_database
 from nocosup.heartbeat import Heartbeat, Presence, StatusReporter, heartbeat_ttl
 from nocosup.redisconn import close_role_redis, connect_role_redis
@@ -97,6 +97,7 @@ class WorkerRole(Role):
             Presence(redis, keys, heartbeat_ttl(settings), signer),
             signer=signer,
             window=command_window(settings),
+            reply_ttl=reply_stream_ttl(settings.heartbeat_interval),
         )
         self._run_consumer()
         host.readiness["commands"] = self._consumer_ready
