@@ -29,6 +29,8 @@ _PREFIX = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 _FACTORY = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
 _DB_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _HOST = re.compile(r"([A-Za-z0-9][A-Za-z0-9.-]{0,252}|\[[0-9A-Fa-f:.]+\])(:[0-9]{1,5})?")
+#: An upstream host may hold '_' (Docker Compose service names such as worker_a).
+_UPSTREAM_HOST = re.compile(r"([A-Za-z0-9][A-Za-z0-9._-]{0,252}|\[[0-9A-Fa-f:.]+\])(:[0-9]{1,5})?")
 #: The admin token guards every app and its data: shorter ones are refused at start.
 MIN_ADMIN_TOKEN = 32
 #: The cluster secret signs every control-plane message: shorter ones are refused at start.
@@ -442,7 +444,7 @@ def _upstreams(env: Mapping[str, str], name: str) -> tuple[Upstream, ...]:
             continue
         except ValueError:
             pass
-        match = _HOST.fullmatch(item)
+        match = _UPSTREAM_HOST.fullmatch(item)
         port = int(item.rsplit(":", 1)[1]) if match and match.group(2) else None
         if match is None or (port is not None and not 1 <= port <= 65535):
             raise ConfigError(
