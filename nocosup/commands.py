@@ -550,7 +550,10 @@ class CommandConsumer:
         be run or answered goes to the dead letters."""
         try:
             plain = self.signer.verify("command", self.env, fields, self.window)
-            self._check_replay(plain.get("id"))
+            if not redelivered:
+                # a pending entry taken again is the same entry (answered from its stored
+                # result), not a copy; a copy is always a new entry
+                self._check_replay(plain.get("id"))
         except BadSignature as exc:
             # not from a supervisor of this cluster: never answered, only dead-lettered
             await self._dead_letter(group, entry_id, fields, f"rejected: {exc}", answer=False)

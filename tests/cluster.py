@@ -34,9 +34,11 @@ class Cluster:
         self.redis_url = redis_url
         self.command_redis_url = command_redis_url or redis_url
         self.interval = interval
-        #: NOCOSUP_CLUSTER_SECRET of every process (TEST_CLUSTER_SECRET runs every cluster
-        #: test signed).
-        self.secret = secret or os.environ.get("TEST_CLUSTER_SECRET") or None
+        #: NOCOSUP_CLUSTER_SECRET of every process; None: TEST_CLUSTER_SECRET (which runs
+        #: every cluster test signed), "": none.
+        if secret is None:
+            secret = os.environ.get("TEST_CLUSTER_SECRET")
+        self.secret = secret or None
         self.supervisor: NocosupServer | None = None
         self.workers: dict[str, NocosupServer] = {}
 
