@@ -248,13 +248,17 @@ async def test_unsigned_badly_signed_and_stale_commands_are_dead_lettered(
     good = Signer(SECRET, "attacker").sign("command", "env_a", ping("good1"))
     await r.xadd(stream, good)  # type: ignore[arg-type]
     await r.xadd(stream, good)  # type: ignore[arg-type]
-    letters = await dead_letters(r, cluster, 5)
+    # a signed entry is still checked as before: a reply_to that is no reply stream
+    poison = {**ping("poison1"), "reply_to": f"{cluster.prefix}:meta"}
+    await r.xadd(stream, Signer(SECRET, "x").sign("command", "env_a", poison))  # type: ignore[arg-type]
+    letters = await dead_letters(r, cluster, 6)
     reasons = {json.loads(f["fields"])["id"]: f["reason"] for f in letters}
     assert reasons["unsigned1"] == "rejected: unsigned (NOCOSUP_CLUSTER_SECRET is set)"
     assert reasons["badsig1"] == "rejected: bad signature"
     assert reasons["stale1"].startswith("rejected: stale: signed 36"), reasons
     assert reasons["moved1"] == "rejected: bad signature"
     assert reasons["good1"].startswith("rejected: replayed command id 'good1'")
+    assert reasons["poison1"].startswith("malformed command: reply_to"), reasons
     # the good one was answered once; nothing forged was answered at all
     answers = await r.hgetall(f"{cluster.prefix}:cmd:good1")
     assert [json.loads(v)["status"] for v in answers.values()] == ["pong"]
@@ -262,7 +266,7 @@ async def test_unsigned_badly_signed_and_stale_commands_are_dead_lettered(
         assert not await r.exists(f"{cluster.prefix}:cmd:{forged}")
     async with sup(cluster).admin() as c:
         env = (await c.get("/api/environments/env_a")).json()
-        assert env["dead_letters"]["count"] == 5
+        assert env["dead_letters"]["count"] == 6
         # commands from the supervisor still flow
         await create(c, "after", environments=["env_a"], options=ECHO)
         assert (await c.get("/apps/after/")).status_code == 200
