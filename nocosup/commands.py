@@ -344,6 +344,10 @@ class CommandSender:
 Handler = Callable[[Command], Awaitable[Reply]]
 
 
+def _log_error(_kind: str, msg: str, *args: object) -> None:
+    log.error(msg, *args)
+
+
 class CommandConsumer:
     """The worker's side: read its environment's stream, run commands, reply, then ack.
 
@@ -393,6 +397,7 @@ class CommandConsumer:
         self.window = window
         #: Ids of signed commands run within the window, by when: a copy is a replay.
         self._seen: dict[str, float] = {}
+        self._rejected = RateLimitedLog(log)
 
     async def run(self) -> None:
         """Consume until cancelled: an exception is logged and the loop starts over (after
@@ -626,8 +631,12 @@ class CommandConsumer:
     ) -> None:
         """Move the entry to the dead letters (with why, who and when), tell its sender
         when it can be told safely, then acknowledge it. If the dead letter cannot be
-        written the entry stays pending (and in the log): it is not lost."""
-        log.error(
+        written the entry stays pending (and in the log): it is not lost. Entries that
+        are not ours (``answer`` False: their signature failed) are logged rate-limited,
+        so a flood of forgeries cannot fill the log (the dead letters are capped)."""
+        report = self._rejected.warning if not answer else _log_error
+        report(
+            "command",
             "command entry %s on %s dead-lettered: %s (%.500r)",
             entry_id,
             self.stream,
