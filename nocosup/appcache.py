@@ -21,6 +21,7 @@ from redis.typing import EncodableT, FieldT
 
 from nocosup.rediskeys import SCHEMA_VERSION, Keys
 from nocosup.registry import AppRecord, InvalidRecord
+from nocosup.signing import BadSignature, Signer
 
 log = logging.getLogger("nocosup.appcache")
 
@@ -38,15 +39,21 @@ end
 """
 
 
-def parse_cached(name: object, raw: object) -> AppRecord:
+def parse_cached(name: object, raw: object, signer: Signer | None = None) -> AppRecord:
     """The record cached under ``name``; InvalidRecord when it is not one (bad JSON, bad
-    fields, or the record of another name)."""
+    fields, the record of another name, or with a cluster secret not signed for it)."""
     if not isinstance(raw, str) or not isinstance(name, str):
         raise InvalidRecord("not a string")
     try:
         data = json.loads(raw)
     except ValueError as exc:
         raise InvalidRecord(f"not JSON: {exc}") from None
+    if signer is not None and isinstance(data, dict):
+        try:
+            # kept as long as the app is: no age limit
+            data = signer.verify_json("app", name, data, None)
+        except BadSignature as exc:
+            raise InvalidRecord(str(exc)) from None
     record = AppRecord.from_json(data)
     if record.name != name:
         raise InvalidRecord(f"holds the record of {record.name!r}")
@@ -55,10 +62,15 @@ def parse_cached(name: object, raw: object) -> AppRecord:
 
 class AppCache:
     def __init__(
-        self, redis: Redis, keys: Keys, on_invalid: Callable[[str, str], None] | None = None
+        self,
+        redis: Redis,
+        keys: Keys,
+        on_invalid: Callable[[str, str], None] | None = None,
+        signer: Signer | None = None,
     ) -> None:
         self.redis = redis
         self.keys = keys
+        self.signer = signer or Signer(None, "")
         #: Called with (app name, reason) for every unreadable entry a read skipped.
         self.on_invalid = on_invalid
         #: How many unreadable entries reads skipped so far.
@@ -72,8 +84,11 @@ class AppCache:
 
     async def put(self, record: AppRecord) -> None:
         await self.redis.eval(
-            _PUT, 2, self.keys.apps, self.keys.meta, record.name, json.dumps(record.to_json())
+            _PUT, 2, self.keys.apps, self.keys.meta, record.name, self._signed(record)
         )
+
+    def _signed(self, record: AppRecord) -> str:
+        return self.signer.sign_json("app", record.name, record.to_json())
 
     async def remove(self, name: str) -> None:
         await self.redis.eval(_REMOVE, 2, self.keys.apps, self.keys.meta, name)
@@ -88,7 +103,7 @@ class AppCache:
         if raw is None:
             return None
         try:
-            return parse_cached(name, raw)
+            return parse_cached(name, raw, self.signer)
         except InvalidRecord as exc:
             self._invalid(name, str(exc))
             return None
@@ -103,7 +118,7 @@ class AppCache:
         out = []
         for name, value in raw.items():
             try:
-                out.append(parse_cached(name, value))
+                out.append(parse_cached(name, value, self.signer))
             except InvalidRecord as exc:
                 self._invalid(str(name), str(exc))
         return out
@@ -133,7 +148,7 @@ class AppCache:
             raw = await self.redis.hgetall(self.keys.apps)
             for name, value in raw.items():
                 try:
-                    parse_cached(name, value)
+                    parse_cached(name, value, self.signer)
                 except InvalidRecord as exc:
                     return f"the record {name!r:.80} is invalid: {exc}"
         return None
@@ -143,7 +158,7 @@ class AppCache:
 
     async def rebuild(self, records: Iterable[AppRecord]) -> None:
         """Replace the whole cache atomically with ``records`` and mark it built."""
-        mapping: dict[FieldT, EncodableT] = {r.name: json.dumps(r.to_json()) for r in records}
+        mapping: dict[FieldT, EncodableT] = {r.name: self._signed(r) for r in records}
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.delete(self.keys.apps, self.keys.meta)
             if mapping:

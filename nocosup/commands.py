@@ -34,6 +34,7 @@ from nocosup.heartbeat import Presence
 from nocosup.redisconn import raise_if_cancelled
 from nocosup.rediskeys import Keys
 from nocosup.registry import AppRecord, InvalidRecord, now_iso
+from nocosup.signing import BadSignature, RateLimitedLog, Signer
 from nocosup.validation import APP_NAME
 
 log = logging.getLogger("nocosup.commands")
@@ -53,8 +54,20 @@ RESULT_TTL = 600
 BLOCK_MS = 2_000
 
 
+def reply_stream_ttl(heartbeat_interval: float) -> float:
+    """Seconds a supervisor's reply stream outlives its last sign of life: its owner renews
+    the expiry every heartbeat interval, so a supervisor killed with SIGKILL leaves its
+    stream for at most 6 intervals (1 minute by default)."""
+    return heartbeat_interval * 6
+
+
 class MalformedCommand(ValueError):
     """A stream entry that is not a command this worker understands."""
+
+
+class RefusedCommand(Exception):
+    """A well-formed command the worker will not run (it asks for what the worker's own
+    settings do not give that app): dead-lettered with the reason, never run."""
 
 
 @dataclass(frozen=True)
@@ -173,22 +186,53 @@ class _Waiter:
 class CommandSender:
     """The supervisor's side: send a command to an environment and await every replica."""
 
-    def __init__(self, redis: Redis, keys: Keys, instance: str, presence: Presence) -> None:
+    def __init__(
+        self,
+        redis: Redis,
+        keys: Keys,
+        instance: str,
+        presence: Presence,
+        signer: Signer | None = None,
+        window: float | None = None,
+        reply_ttl: float = 60,
+    ) -> None:
         self.redis = redis
         self.keys = keys
         self.reply_stream = keys.replies(instance)
+        #: Expiry of the reply stream, renewed every sixth of it while this process lives.
+        self.reply_ttl = reply_ttl
+        self._renewer: asyncio.Task[None] | None = None
         self.presence = presence
+        self.signer = signer or Signer(None, instance)
+        #: How old a reply may be (None: any age).
+        self.window = window
+        self._dropped = RateLimitedLog(log)
         self._waiters: dict[str, _Waiter] = {}
         self._reader: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         self._reader = asyncio.create_task(self._read_replies(), name="command-replies")
+        self._renewer = asyncio.create_task(self._renew(), name="reply-stream-expiry")
+
+    async def _renew(self) -> None:
+        """Keep the reply stream's expiry ahead while this process lives (workers set it
+        when their reply creates the stream): a killed supervisor's stream expires."""
+        while True:
+            try:
+                await self.redis.pexpire(self.reply_stream, int(self.reply_ttl * 1000))
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                raise_if_cancelled()
+                log.warning("could not renew the reply stream's expiry: %r", exc)
+            await asyncio.sleep(self.reply_ttl / 6)
 
     async def close(self) -> None:
-        if self._reader is not None:
-            self._reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._reader
+        for task in (self._reader, self._renewer):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         with contextlib.suppress(RedisError):
             await self.redis.delete(self.reply_stream)
 
@@ -217,7 +261,7 @@ class CommandSender:
             # fits (redis/redis-py#2917)
             await self.redis.xadd(
                 self.keys.commands(env),
-                command.fields(),  # type: ignore[arg-type]
+                self.signer.sign("command", env, command.fields()),  # type: ignore[arg-type]
                 maxlen=STREAM_MAXLEN,
                 approximate=True,
             )
@@ -244,12 +288,27 @@ class CommandSender:
         """Pick up replies the stream reader missed; stop waiting for dead instances."""
         stored = await self.redis.hgetall(self.keys.command(request_id))
         for raw in stored.values():
-            with contextlib.suppress(ValueError, KeyError, TypeError):
-                waiter.add(Reply.from_fields(json.loads(raw)))
+            with contextlib.suppress(ValueError, KeyError, TypeError, AttributeError):
+                reply = self._verified(request_id, json.loads(raw))
+                if reply is not None:
+                    waiter.add(reply)
         live = await self.presence.instances(env)
         waiter.expected &= live | set(waiter.replies)
         if waiter.expected <= set(waiter.replies) and (waiter.replies or not waiter.expected):
             waiter.event.set()
+
+    def _verified(self, request_id: str, fields: dict[str, Any]) -> Reply | None:
+        """The reply in ``fields`` when its signature holds (and it answers
+        ``request_id``); None (logged, rate-limited) when it does not."""
+        try:
+            plain = self.signer.verify("reply", request_id, fields, self.window)
+        except BadSignature as exc:
+            self._dropped.warning(
+                "reply", "ignoring a reply to %.64s that does not verify: %s", request_id, exc
+            )
+            return None
+        reply = Reply.from_fields(plain)
+        return reply if reply.id == request_id else None
 
     async def _read_replies(self) -> None:
         last = "0-0"
@@ -271,9 +330,11 @@ class CommandSender:
                 for entry_id, fields in entries:
                     last = entry_id
                     try:
-                        reply = Reply.from_fields(fields)
+                        reply = self._verified(str(fields.get("id")), fields)
                     except KeyError:
-                        log.warning("ignoring malformed reply %s: %r", entry_id, fields)
+                        log.warning("ignoring malformed reply %s: %.200r", entry_id, fields)
+                        continue
+                    if reply is None:
                         continue
                     waiter = self._waiters.get(reply.id)
                     if waiter is not None:
@@ -281,6 +342,10 @@ class CommandSender:
 
 
 Handler = Callable[[Command], Awaitable[Reply]]
+
+
+def _log_error(_kind: str, msg: str, *args: object) -> None:
+    log.error(msg, *args)
 
 
 class CommandConsumer:
@@ -302,10 +367,15 @@ class CommandConsumer:
         handler: Handler,
         presence: Presence,
         concurrency: int = 32,
+        signer: Signer | None = None,
+        window: float | None = None,
+        reply_ttl: float = 60,
     ) -> None:
         self.redis = redis
         self.keys = keys
         self.env = env
+        #: Expiry a reply gives the reply stream it creates (its owner renews it).
+        self.reply_ttl_ms = int(reply_ttl * 1000)
         self.instance = instance
         self.stream = keys.commands(env)
         self.dead = keys.dead(env)
@@ -322,6 +392,12 @@ class CommandConsumer:
         self.restarts = 0
         #: An entry could not be dead-lettered and stays pending: retry when Redis is back.
         self._left_pending = False
+        self.signer = signer or Signer(None, instance)
+        #: How old a command may be (None: any age).
+        self.window = window
+        #: Ids of signed commands run within the window, by when: a copy is a replay.
+        self._seen: dict[str, float] = {}
+        self._rejected = RateLimitedLog(log)
 
     async def run(self) -> None:
         """Consume until cancelled: an exception is logged and the loop starts over (after
@@ -478,7 +554,17 @@ class CommandConsumer:
         its stored answer is sent again instead of running it twice. An entry that cannot
         be run or answered goes to the dead letters."""
         try:
-            command = Command.parse(fields)
+            plain = self.signer.verify("command", self.env, fields, self.window)
+            if not redelivered:
+                # a pending entry taken again is the same entry (answered from its stored
+                # result), not a copy; a copy is always a new entry
+                self._check_replay(plain.get("id"))
+        except BadSignature as exc:
+            # not from a supervisor of this cluster: never answered, only dead-lettered
+            await self._dead_letter(group, entry_id, fields, f"rejected: {exc}", answer=False)
+            return
+        try:
+            command = Command.parse(plain)
             if command.reply_to is not None and not self.keys.is_reply_stream(command.reply_to):
                 raise MalformedCommand(
                     f"reply_to {command.reply_to!r:.120} is not a reply stream "
@@ -491,6 +577,9 @@ class CommandConsumer:
             await self._answer(command, redelivered)
         except asyncio.CancelledError:
             raise
+        except RefusedCommand as exc:
+            await self._dead_letter(group, entry_id, fields, f"refused: {exc}")
+            return
         except Exception as exc:
             log.exception("command %s (%s %s) failed", command.id, command.action, command.app)
             await self._dead_letter(
@@ -498,6 +587,17 @@ class CommandConsumer:
             )
             return
         await self._ack(group, entry_id)
+
+    def _check_replay(self, request_id: str | None) -> None:
+        """A signed command whose id ran here within the window is a copy: BadSignature."""
+        if not self.signer.enabled or request_id is None:
+            return
+        now = time.monotonic()
+        if len(self._seen) > 10_000 or (self._seen and next(iter(self._seen.values())) < now):
+            self._seen = {k: t for k, t in self._seen.items() if t >= now}
+        if request_id in self._seen:
+            raise BadSignature(f"replayed command id {request_id!r:.80}")
+        self._seen[request_id] = now + (self.window or 0) + 1
 
     async def _answer(self, command: Command, redelivered: bool) -> None:
         """Run ``command`` (or reuse this instance's stored answer) and publish the reply."""
@@ -507,34 +607,44 @@ class CommandConsumer:
         reply = None
         if done is not None:
             with contextlib.suppress(ValueError, KeyError, TypeError, AttributeError):
-                reply = Reply.from_fields(json.loads(done))
+                # our own earlier answer: any age (it is signed again when sent)
+                reply = Reply.from_fields(
+                    self.signer.verify("reply", command.id, json.loads(done), None)
+                )
         if reply is None:
             reply = await self.handler(command)
         await self._publish(command, reply)
 
     async def _publish(self, command: Command, reply: Reply) -> None:
+        signed = self.signer.sign("reply", reply.id, reply.fields())
         async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.hset(self.keys.command(command.id), self.instance, json.dumps(reply.fields()))
+            pipe.hset(self.keys.command(command.id), self.instance, json.dumps(signed))
             pipe.expire(self.keys.command(command.id), RESULT_TTL)
             if command.reply_to:
                 # invariant dict of unions, as in send()
-                pipe.xadd(command.reply_to, reply.fields(), maxlen=REPLY_MAXLEN, approximate=True)  # type: ignore[arg-type]
+                pipe.xadd(command.reply_to, signed, maxlen=REPLY_MAXLEN, approximate=True)  # type: ignore[arg-type]
+                pipe.pexpire(command.reply_to, self.reply_ttl_ms, nx=True)
             await pipe.execute()
 
     async def _dead_letter(
-        self, group: str, entry_id: str, fields: dict[str, str], reason: str
+        self, group: str, entry_id: str, fields: dict[str, str], reason: str, answer: bool = True
     ) -> None:
         """Move the entry to the dead letters (with why, who and when), tell its sender
         when it can be told safely, then acknowledge it. If the dead letter cannot be
-        written the entry stays pending (and in the log): it is not lost."""
-        log.error(
+        written the entry stays pending (and in the log): it is not lost. Entries that
+        are not ours (``answer`` False: their signature failed) are logged rate-limited,
+        so a flood of forgeries cannot fill the log (the dead letters are capped)."""
+        report = self._rejected.warning if not answer else _log_error
+        report(
+            "command",
             "command entry %s on %s dead-lettered: %s (%.500r)",
             entry_id,
             self.stream,
             reason,
             fields,
         )
-        await self._reply_failure(fields, reason)
+        if answer:
+            await self._reply_failure(fields, reason)
         copy = json.dumps(fields)
         if len(copy) > DEAD_FIELDS_MAX:
             copy = json.dumps({"truncated": copy[:DEAD_FIELDS_MAX]})
@@ -566,13 +676,15 @@ class CommandConsumer:
         if not isinstance(request_id, str) or not REQUEST_ID.fullmatch(request_id):
             return
         reply = Reply(request_id, self.env, self.instance, False, "error", error)
+        signed = self.signer.sign("reply", request_id, reply.fields())
         try:
             async with self.redis.pipeline(transaction=False) as pipe:
-                pipe.hset(self.keys.command(request_id), self.instance, json.dumps(reply.fields()))
+                pipe.hset(self.keys.command(request_id), self.instance, json.dumps(signed))
                 pipe.expire(self.keys.command(request_id), RESULT_TTL)
                 if isinstance(reply_to, str) and self.keys.is_reply_stream(reply_to):
                     # invariant dict of unions, as in CommandSender.send()
-                    pipe.xadd(reply_to, reply.fields(), maxlen=REPLY_MAXLEN, approximate=True)  # type: ignore[arg-type]
+                    pipe.xadd(reply_to, signed, maxlen=REPLY_MAXLEN, approximate=True)  # type: ignore[arg-type]
+                    pipe.pexpire(reply_to, self.reply_ttl_ms, nx=True)
                 await pipe.execute()
         except RedisError as exc:
             log.warning("could not answer failed command %s: %r", request_id, exc)

@@ -21,6 +21,7 @@ from nocosup.redisurl import (
     SENTINEL_SCHEMES,
     SERVICE_NAME,
     is_sentinel_url,
+    mask_url,
     parse_sentinel_url,
     parse_sentinels,
     through_sentinels,
@@ -38,8 +39,12 @@ _PREFIX = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 _FACTORY = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
 _DB_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _HOST = re.compile(r"([A-Za-z0-9][A-Za-z0-9.-]{0,252}|\[[0-9A-Fa-f:.]+\])(:[0-9]{1,5})?")
+#: An upstream host may hold '_' (Docker Compose service names such as worker_a).
+_UPSTREAM_HOST = re.compile(r"([A-Za-z0-9][A-Za-z0-9._-]{0,252}|\[[0-9A-Fa-f:.]+\])(:[0-9]{1,5})?")
 #: The admin token guards every app and its data: shorter ones are refused at start.
 MIN_ADMIN_TOKEN = 32
+#: The cluster secret signs every control-plane message: shorter ones are refused at start.
+MIN_CLUSTER_SECRET = 32
 #: App names are at most 40 characters and tenant databases were named ``{DB_DATABASE}_{app}``
 #: (now ``{DB_DATABASE}_app_{app}``: an app whose name would not fit is refused at create);
 #: PostgreSQL truncates identifiers past 63 bytes, so DB_DATABASE must leave room.
@@ -294,6 +299,29 @@ VARIABLES: tuple[Variable, ...] = (
         None,
         "Name of this process among the replicas of its environment (default: random).",
     ),
+    Variable(
+        "NOCOSUP_CLUSTER_SECRET",
+        None,
+        "Shared secret (at least 32 characters) signing every control-plane message in "
+        "Redis; unset, every Redis writer is trusted.",
+    ),
+    Variable(
+        "NOCOSUP_ALLOWED_UPSTREAMS",
+        None,
+        "Comma-separated hosts, host:port or IPs/CIDRs the supervisor may proxy to; unset "
+        "allows any environment URL.",
+    ),
+    Variable(
+        "NOCOSUP_TENANT_DB_PREFIX",
+        None,
+        "Tenant databases are named {prefix}_{app} (schema mode: database {prefix}); "
+        "defaults to DB_DATABASE; workers must use the supervisor's.",
+    ),
+    Variable(
+        "NOCOSUP_REDIS_CA_FILE",
+        None,
+        "CA certificate file (PEM) that verifies Redis servers reached with rediss:// URLs.",
+    ),
 )
 _BY_NAME = {v.name: v for v in VARIABLES}
 
@@ -341,7 +369,7 @@ def _url(env: Mapping[str, str], name: str, schemes: tuple[str, ...]) -> str | N
     if scheme not in schemes:
         raise ConfigError(
             f"{name} must be a URL starting with {' or '.join(s + '://' for s in schemes)}; "
-            f"got {value!r}"
+            f"got {mask_url(value)!r}"
         )
     return value.rstrip("/")
 
@@ -422,6 +450,10 @@ def _parse(env: Mapping[str, str]) -> dict[str, Any]:
         "db_max_connections": _number(env, "NOCOSUP_DB_MAX_CONNECTIONS", int, 1, 100_000),
         "db_pool_idle": _number(env, "NOCOSUP_DB_POOL_IDLE", float, 0.1, 86400),
         "db_budget_wait": _number(env, "NOCOSUP_DB_BUDGET_WAIT", float, 0, 600),
+        "cluster_secret": _cluster_secret(env),
+        "allowed_upstreams": _upstreams(env, "NOCOSUP_ALLOWED_UPSTREAMS"),
+        "tenant_db_prefix": _tenant_db_prefix(env),
+        "redis_ca_file": _file(env, "NOCOSUP_REDIS_CA_FILE"),
         **_instance(env),
     }
 
@@ -477,6 +509,71 @@ def _metrics_token(env: Mapping[str, str]) -> str | None:
     token = _get(env, "NOCOSUP_METRICS_TOKEN")
     check_admin_token(token, "NOCOSUP_METRICS_TOKEN")  # the same length rule
     return token
+
+
+def _file(env: Mapping[str, str], name: str) -> str | None:
+    value = _get(env, name)
+    if value is not None and not os.path.isfile(value):
+        raise ConfigError(f"{name} must name an existing file; got {value!r}")
+    return value
+
+
+def _cluster_secret(env: Mapping[str, str]) -> str | None:
+    secret = _get(env, "NOCOSUP_CLUSTER_SECRET")
+    if secret is not None and len(secret) < MIN_CLUSTER_SECRET:
+        raise ConfigError(
+            f"NOCOSUP_CLUSTER_SECRET must be at least {MIN_CLUSTER_SECRET} characters (got "
+            f"{len(secret)}); make one with: openssl rand -hex 32"
+        )
+    return secret
+
+
+def _tenant_db_prefix(env: Mapping[str, str]) -> str | None:
+    value = _pattern(
+        env,
+        "NOCOSUP_TENANT_DB_PREFIX",
+        _DB_NAME,
+        "letters, digits and underscores, not starting with a digit",
+    )
+    if value is not None and len(value) > MAX_DB_DATABASE_LEN:
+        raise ConfigError(
+            f"NOCOSUP_TENANT_DB_PREFIX must be at most {MAX_DB_DATABASE_LEN} characters so that "
+            f"tenant databases ({{prefix}}_{{app}}) fit PostgreSQL's 63-byte names; got {value!r}"
+        )
+    return value
+
+
+@dataclass(frozen=True)
+class Upstream:
+    """One entry of NOCOSUP_ALLOWED_UPSTREAMS: a network, or a host name (lower case),
+    with a port when the entry names one."""
+
+    network: ipaddress.IPv4Network | ipaddress.IPv6Network | None
+    host: str | None
+    port: int | None = None
+
+
+def _upstreams(env: Mapping[str, str], name: str) -> tuple[Upstream, ...]:
+    out: list[Upstream] = []
+    for item in _names(_get(env, name)):
+        try:
+            out.append(Upstream(ipaddress.ip_network(item, strict=False), None))
+            continue
+        except ValueError:
+            pass
+        match = _UPSTREAM_HOST.fullmatch(item)
+        port = int(item.rsplit(":", 1)[1]) if match and match.group(2) else None
+        if match is None or (port is not None and not 1 <= port <= 65535):
+            raise ConfigError(
+                f"{name} must be comma-separated host names, host:port, IP addresses or "
+                f"CIDRs; got {item!r}"
+            )
+        host = match.group(1).strip("[]").lower()
+        try:
+            out.append(Upstream(ipaddress.ip_network(host), None, port))
+        except ValueError:
+            out.append(Upstream(None, host, port))
+    return tuple(out)
 
 
 def _admin_host(env: Mapping[str, str]) -> str | None:
@@ -570,6 +667,10 @@ class Settings:
     db_max_connections: int = _DEFAULTS["db_max_connections"]
     db_pool_idle: float = _DEFAULTS["db_pool_idle"]
     db_budget_wait: float = _DEFAULTS["db_budget_wait"]
+    cluster_secret: str | None = _DEFAULTS["cluster_secret"]
+    allowed_upstreams: tuple[Upstream, ...] = _DEFAULTS["allowed_upstreams"]
+    tenant_db_prefix: str | None = _DEFAULTS["tenant_db_prefix"]
+    redis_ca_file: str | None = _DEFAULTS["redis_ca_file"]
     #: Unique per process: tells replicas of one environment apart.
     instance_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
 
@@ -638,6 +739,11 @@ class Settings:
     def proxy_url(self) -> str | None:
         """The URL a supervisor uses to reach this environment."""
         return self.environment_proxy_url or self.environment_url
+
+    @property
+    def tenant_db_base(self) -> str:
+        """What tenant database names start with: NOCOSUP_TENANT_DB_PREFIX, else DB_DATABASE."""
+        return self.tenant_db_prefix or self.db_database
 
     @property
     def admin_token_file(self) -> Path:

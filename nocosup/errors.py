@@ -32,7 +32,8 @@
     ├── UpstreamUnreachable         502 UPSTREAM_CONNECT_ERROR
     ├── UpstreamInvalidResponse     502 UPSTREAM_PROTOCOL_ERROR (a garbled or cut-short answer)
     ├── ShuttingDown                503 SHUTTING_DOWN
-    └── UpstreamTimeout             504 UPSTREAM_TIMEOUT
+    ├── UpstreamTimeout             504 UPSTREAM_TIMEOUT
+    └── UpstreamNotAllowed          503 UPSTREAM_NOT_ALLOWED (URL outside NOCOSUP_ALLOWED_UPSTREAMS)
 
 :func:`error_body` renders any of them as ``{"error": {"code": ..., "message": ...}}``.
 """
@@ -353,3 +354,10 @@ class UpstreamTimeout(NocosupError):
 def error_body(code: str, message: str, **details: Any) -> dict[str, Any]:
     """``{"error": {"code", "message", ...details}}``: the one error shape of every API."""
     return {"error": {"code": code, "message": message, **details}}
+
+
+class UpstreamNotAllowed(AppUnavailable):
+    """Every environment that could serve the app registered a URL outside
+    NOCOSUP_ALLOWED_UPSTREAMS: nothing is proxied there."""
+
+    code = "UPSTREAM_NOT_ALLOWED"

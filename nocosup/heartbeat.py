@@ -27,11 +27,13 @@ from nocosup.config import Settings
 from nocosup.redisconn import raise_if_cancelled
 from nocosup.rediskeys import Keys, member, split_member, valid_member
 from nocosup.registry import now_iso
+from nocosup.signing import MAX_SKEW, BadSignature, RateLimitedLog, Signer
 from nocosup.status import AppStatus
 
 _STATUSES = frozenset(s.value for s in AppStatus)
 
 log = logging.getLogger("nocosup.heartbeat")
+_dropped = RateLimitedLog(log)
 
 
 def heartbeat_ttl(settings: Settings) -> float:
@@ -49,26 +51,82 @@ for _, m in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], ARGV[1], '+inf')) do
 end
 return out
 """
+# The same, with each heartbeat's value after its member (to check its signature).
+_LIVE_VALUES = """
+local out = {}
+for _, m in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], ARGV[1], '+inf')) do
+  local env, instance = string.match(m, '^(.-)/(.*)$')
+  if env and (ARGV[3] == '' or env == ARGV[3]) then
+    local ok, value = pcall(redis.call, 'GET', ARGV[2] .. env .. ':inst:' .. instance)
+    if ok and value then
+      table.insert(out, m)
+      table.insert(out, value)
+    end
+  end
+end
+return out
+"""
 
 
-async def live_instances(redis: Redis, keys: Keys, env: str | None, ttl: float) -> set[str]:
+async def live_instances(
+    redis: Redis, keys: Keys, env: str | None, ttl: float, signer: Signer | None = None
+) -> set[str]:
     """``{env}/{instance}`` of the instances whose heartbeat key exists (the truth); the
     zset only narrows the search to those seen in the last two TTLs. One round trip: it
-    runs before every command."""
+    runs before every command. With a cluster secret (``signer``) a heartbeat counts only
+    when its signature holds and it is at most a TTL old."""
     since = (time.time() - ttl * 2) * 1000
-    members = await redis.eval(_LIVE, 1, keys.instances, since, f"{keys.prefix}:env:", env or "")
-    return {m for m in members if valid_member(m)}
+    prefix = f"{keys.prefix}:env:"
+    if signer is None or not signer.enabled:
+        members = await redis.eval(_LIVE, 1, keys.instances, since, prefix, env or "")
+        return {m for m in members if valid_member(m)}
+    flat = await redis.eval(_LIVE_VALUES, 1, keys.instances, since, prefix, env or "")
+    out = set()
+    for m, raw in zip(flat[::2], flat[1::2], strict=True):
+        if valid_member(m) and signed_heartbeat(signer, m, raw, ttl + MAX_SKEW):
+            out.add(m)
+    return out
 
 
-def parse_status(raw: object) -> dict[str, Any] | None:
+def signed_heartbeat(signer: Signer, m: str, raw: object, window: float) -> bool:
+    """Whether ``raw`` is a heartbeat of instance ``m`` signed within ``window`` seconds."""
+    try:
+        value = json.loads(raw) if isinstance(raw, str) else None
+        if not isinstance(value, dict):
+            raise BadSignature("not a JSON object")
+        plain = signer.verify_json("heartbeat", m, value, window)
+        if member(str(plain.get("environment")), str(plain.get("instance"))) != m:
+            raise BadSignature("of another instance")
+    except (BadSignature, ValueError) as exc:
+        _dropped.warning("heartbeat", "ignoring the heartbeat of %.80s: %s", m, exc)
+        return False
+    return True
+
+
+def status_context(app: str, field: str) -> str:
+    """What a status report is signed for: one app on one ``{env}/{instance}``."""
+    return f"{app}|{field}"
+
+
+def parse_status(
+    raw: object, signer: Signer | None = None, context: str = ""
+) -> dict[str, Any] | None:
     """A status field as :class:`StatusReporter` writes it (``{"status", "error", "at"}``),
-    or None when it is not one (whoever wrote it): callers skip it."""
+    or None when it is not one (whoever wrote it), or, with a cluster secret (``signer``),
+    when it is not signed for ``context`` (:func:`status_context`): callers skip it."""
     try:
         value = json.loads(raw) if isinstance(raw, str | bytes) else None
     except ValueError:
         return None
     if not isinstance(value, dict):
         return None
+    if signer is not None:
+        try:
+            # written on change only: a status may be old, so no age limit
+            value = signer.verify_json("status", context, value, None)
+        except BadSignature as exc:
+            _dropped.warning("status", "ignoring the status %.120s: %s", context, exc)
+            return None
     status, error = value.get("status"), value.get("error")
     if status not in _STATUSES or not (error is None or isinstance(error, str)):
         return None
@@ -79,22 +137,28 @@ class Presence:
     """Who is alive, read from the Redis that holds the heartbeats (which may not be the
     Redis that carries commands)."""
 
-    def __init__(self, redis: Redis, keys: Keys, ttl: float) -> None:
+    def __init__(self, redis: Redis, keys: Keys, ttl: float, signer: Signer | None = None) -> None:
         self.redis = redis
         self.keys = keys
         self.ttl = ttl
+        self.signer = signer
 
     async def instances(self, env: str) -> set[str]:
         """Instance ids of ``env`` that are alive now."""
-        return {
-            split_member(m)[1] for m in await live_instances(self.redis, self.keys, env, self.ttl)
-        }
+        live = await live_instances(self.redis, self.keys, env, self.ttl, self.signer)
+        return {split_member(m)[1] for m in live}
 
 
 class Heartbeat:
     def __init__(
-        self, redis: Redis, keys: Keys, settings: Settings, on_reset: Callable[[], Awaitable[None]]
+        self,
+        redis: Redis,
+        keys: Keys,
+        settings: Settings,
+        on_reset: Callable[[], Awaitable[None]],
+        signer: Signer | None = None,
     ) -> None:
+        self.signer = signer or Signer(None, settings.instance_id)
         self.redis = redis
         self.keys = keys
         self.settings = settings
@@ -134,11 +198,15 @@ class Heartbeat:
         had vanished (first beat, Redis reset) or the supervisor asked (``resync``)."""
         key = self.keys.instance(self.env, self.instance)
         async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.set(key, json.dumps(self.instance_info()), px=self.ttl_ms, get=True)
+            me = member(self.env, self.instance)
+            heartbeat = self.signer.sign_json("heartbeat", me, self.instance_info())
+            pipe.set(key, heartbeat, px=self.ttl_ms, get=True)
             pipe.zadd(self.keys.instances, {member(self.env, self.instance): time.time() * 1000})
             pipe.hsetnx(self.keys.env(self.env), "registered_at", now_iso())
             # redis-py types mapping with an invariant key type that no dict[str, str] matches
-            pipe.hset(self.keys.env(self.env), mapping=self.env_info())  # type: ignore[arg-type]
+            # signed again with every beat: the supervisor ignores registrations gone stale
+            registration = self.signer.sign("environment", self.env, self.env_info())
+            pipe.hset(self.keys.env(self.env), mapping=registration)  # type: ignore[arg-type]
             pipe.sadd(self.keys.envs, self.env)
             pipe.getdel(self.keys.resync(self.env, self.instance))
             previous, *_, resync = await pipe.execute()
@@ -150,8 +218,10 @@ class Heartbeat:
             self.reset_reason = "the heartbeat key was gone: Redis restarted?"
             await self.redis.publish(
                 self.keys.events,
-                json.dumps(
-                    {"type": "environment", "environment": self.env, "instance": self.instance}
+                self.signer.sign_json(
+                    "event",
+                    "",
+                    {"type": "environment", "environment": self.env, "instance": self.instance},
                 ),
             )
             return True
@@ -187,8 +257,10 @@ class Heartbeat:
             await self.redis.delete(self.keys.instance(self.env, self.instance))
             await self.redis.publish(
                 self.keys.events,
-                json.dumps(
-                    {"type": "environment", "environment": self.env, "instance": self.instance}
+                self.signer.sign_json(
+                    "event",
+                    "",
+                    {"type": "environment", "environment": self.env, "instance": self.instance},
                 ),
             )
         except Exception as exc:
@@ -198,12 +270,15 @@ class Heartbeat:
 class StatusReporter:
     """Writes this instance's app statuses to Redis in order, from one task."""
 
-    def __init__(self, redis: Redis, keys: Keys, env: str, instance: str) -> None:
+    def __init__(
+        self, redis: Redis, keys: Keys, env: str, instance: str, signer: Signer | None = None
+    ) -> None:
         self.redis = redis
         self.keys = keys
         self.env = env
         self.instance = instance
         self.field = member(env, instance)
+        self.signer = signer or Signer(None, instance)
         self._queue: asyncio.Queue[tuple[str, str | None, str | None]] = asyncio.Queue()
         self._pending = 0
         self._task: asyncio.Task[None] | None = None
@@ -238,11 +313,14 @@ class StatusReporter:
             await self.redis.hdel(key, self.field)
             return
         value = {"status": status, "error": error, "at": now_iso()}
+        signed = self.signer.sign_json("status", status_context(app, self.field), value)
         async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.hset(key, self.field, json.dumps(value))
+            pipe.hset(key, self.field, signed)
             pipe.publish(
                 self.keys.events,
-                json.dumps(
+                self.signer.sign_json(
+                    "event",
+                    "",
                     {
                         "type": "app_status",
                         "app": app,
@@ -250,7 +328,7 @@ class StatusReporter:
                         "instance": self.instance,
                         "status": status,
                         "error": error,
-                    }
+                    },
                 ),
             )
             await pipe.execute()

@@ -77,6 +77,10 @@ class TenantDatabase:
         return out
 
 
+class ForeignDatabase(DatabaseError):
+    """An app record names a database other than the one its app has here."""
+
+
 class Provisioner(ABC):
     """Creates, opens and drops one kind of tenant database."""
 
@@ -130,7 +134,7 @@ class SqliteProvisioner(Provisioner):
         return self.files / f"{spec.name}.sqlite"
 
     def spec(self, app: str, conn_type: str) -> TenantDatabase:
-        name = tenant_database_name(self.settings.db_database, app)
+        name = tenant_database_name(self.settings.tenant_db_base, app)
         return TenantDatabase("new_database", name, None, self.name)
 
     def open(self, spec: TenantDatabase, max_size: int = 5) -> Database:
@@ -178,8 +182,8 @@ class PostgresProvisioner(Provisioner):
     def spec(self, app: str, conn_type: str) -> TenantDatabase:
         if conn_type == "new_schema":
             schema = tenant_schema_name(app)
-            return TenantDatabase(conn_type, self.settings.db_database, schema, self.name)
-        name = tenant_database_name(self.settings.db_database, app)
+            return TenantDatabase(conn_type, self.settings.tenant_db_base, schema, self.name)
+        name = tenant_database_name(self.settings.tenant_db_base, app)
         return TenantDatabase("new_database", name, None, self.name)
 
     def open(self, spec: TenantDatabase, max_size: int = 5) -> Database:
@@ -318,6 +322,33 @@ class TenantDatabases:
                 f"tenant schema {schema!r} is one PostgreSQL or nocosup's registry uses"
             )
 
+    def derive(self, app: str, options: dict[str, Any], stored: dict[str, Any]) -> TenantDatabase:
+        """The database of ``app`` by this process's own settings, as :meth:`spec_for` made
+        it at creation; ForeignDatabase when ``stored`` (the record's ``database``, read
+        from Redis) names another. A worker never takes a name, path or URL from a
+        command: at most it refuses one that differs."""
+        conn_type, provisioner = options.get("dbConnType"), options.get("dbProvisioner")
+        try:
+            spec = self.spec_for(
+                app,
+                conn_type if isinstance(conn_type, str) else None,
+                provisioner if isinstance(provisioner, str) else None,
+            )
+        except InvalidInput as exc:
+            raise ForeignDatabase(f"database of {app!r}: {exc.message}") from None
+        if spec.to_json() != stored and _legacy(spec, app).to_json() == stored:
+            # created before tenant names took their "_app_" infix: its database keeps
+            # the old name, and must still not be one this process uses itself
+            spec = _legacy(spec, app)
+            self.check_reserved(spec)
+        if spec.to_json() != stored:
+            raise ForeignDatabase(
+                f"the record of {app!r} names database {stored!r:.200}, but this process "
+                f"derives {spec.to_json()!r} (do NOCOSUP_TENANT_DB_PREFIX / DB_DATABASE "
+                "agree with the supervisor's?)"
+            )
+        return spec
+
     def open(self, spec: TenantDatabase, max_size: int = 5) -> Database:
         return self.provisioner(spec).open(spec, max_size=max_size)
 
@@ -334,3 +365,12 @@ class TenantDatabases:
     async def drop(self, spec: TenantDatabase) -> None:
         self.check_reserved(spec)
         await self.provisioner(spec).drop(spec)
+
+
+def _legacy(spec: TenantDatabase, app: str) -> TenantDatabase:
+    """``spec`` as releases before the ``_app_`` infix named it: ``{base}_{app}``, or the
+    schema ``{app}``."""
+    if spec.schema is not None:
+        return replace(spec, schema=app)
+    base = spec.name[: -len(TENANT_INFIX + app)]
+    return replace(spec, name=f"{base}_{app}")

@@ -40,15 +40,23 @@ async def connect_redis(
 ) -> aioredis.Redis:
     """A client for ``url`` that has answered a PING (else ConfigError naming ``variable``).
 
-    Strings come back decoded. A Sentinel address (``redis+sentinel://``, or any URL when
-    ``settings`` names sentinels) gives a client that asks the sentinels where the master
-    is on every new connection, so it follows a failover by reconnecting.
+    Strings come back decoded. AUTH comes from the URL (``redis://user:password@host``, an
+    ACL user, or ``redis://:password@host``); a ``rediss://`` URL speaks TLS, verified
+    against NOCOSUP_REDIS_CA_FILE or the URL's ``ssl_ca_certs`` query parameter, else the
+    system's CAs. The password never appears in a message. A Sentinel address
+    (``redis+sentinel://``, or any URL when ``settings`` names sentinels) gives a client
+    that asks the sentinels where the master is on every new connection, so it follows a
+    failover by reconnecting.
     """
     target = sentinel_target(url, variable, settings)
-    if target is None:
-        client = aioredis.from_url(url, **_CLIENT_OPTIONS)
-    else:
-        client = _sentinel_client(target, settings)
+    try:
+        if target is None:
+            tls = url.lower().startswith("rediss://")
+            client = aioredis.from_url(url, **_CLIENT_OPTIONS, **_ca_option(tls, settings))
+        else:
+            client = _sentinel_client(target, settings)
+    except ValueError as exc:
+        raise ConfigError(f"{variable}: invalid Redis URL {mask_url(url)}: {exc}") from None
     try:
         await client.ping()
     except (RedisError, OSError) as exc:
@@ -79,10 +87,18 @@ def _sentinel_client(target: SentinelTarget, settings: Settings | None) -> aiore
         password=target.password,
         db=target.db,
         ssl=target.ssl,
+        **_ca_option(target.ssl, settings),
         **_CLIENT_OPTIONS,
     )
     client: aioredis.Redis = sentinel.master_for(target.service, redis_class=_SentinelRedis)
     return client
+
+
+def _ca_option(tls: bool, settings: Settings | None) -> dict[str, Any]:
+    """NOCOSUP_REDIS_CA_FILE for a TLS connection (else the system's CAs)."""
+    if tls and settings is not None and settings.redis_ca_file:
+        return {"ssl_ca_certs": settings.redis_ca_file}
+    return {}
 
 
 class _SentinelRedis(aioredis.Redis):

@@ -26,6 +26,7 @@ key                                      type    what
 ``{p}:env:{env}:inst:{instance}:resync`` string  asks that instance to republish its statuses
                                                  (the supervisor found one unreadable)
 ``{p}:sup:{instance}:replies``           stream  command results for one supervisor process
+                                                 (expires unless its owner renews it)
 ``{p}:cmd:{id}``                         hash    ``{instance}`` -> result JSON; kept 10 min:
                                                  lets a late waiter find its answer and makes
                                                  redelivered commands idempotent

@@ -116,5 +116,14 @@ def _credentials(userinfo: str) -> tuple[str | None, str | None]:
 
 
 def mask_url(url: str) -> str:
-    """``url`` with any password replaced, for error messages and logs."""
-    return re.sub(r"(://[^/@]*?:)[^/@]*@", r"\1***@", url)
+    """``url`` with the password of its user info replaced by ``***`` (for logs, errors
+    and API answers: Redis URLs carry AUTH passwords, ``redis://user:secret@host``)."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return url
+    authority, slash, tail = rest.partition("/")
+    userinfo, at, hostport = authority.rpartition("@")
+    if not at:
+        return url
+    user, colon, _password = userinfo.partition(":")
+    return f"{scheme}://{user}{':***' if colon else ''}@{hostport}{slash}{tail}"

@@ -35,23 +35,29 @@ from nocosup.errors import (
     EnvironmentNotFound,
     EnvironmentUnavailable,
     NocosupError,
+    UpstreamNotAllowed,
 )
-from nocosup.heartbeat import live_instances, parse_status
+from nocosup.heartbeat import live_instances, parse_status, status_context
 from nocosup.inflight import InFlight
 from nocosup.lastseen import latest_by_environment
 from nocosup.metrics import PROXIED_TO
 from nocosup.process import EnvResult, ProcessAdapter, failure_type
 from nocosup.redisconn import raise_if_cancelled
 from nocosup.rediskeys import NAME, Keys, split_member, valid_member
+from nocosup.redisurl import mask_url
 from nocosup.registry import AppRecord, EnvironmentStore, Registry, iso_time
 from nocosup.responses import send_error
+from nocosup.signing import MAX_SKEW, BadSignature, RateLimitedLog, Signer
 from nocosup.status import BOOTING, AppStatus
+from nocosup.upstreams import UpstreamPolicy
 
 if TYPE_CHECKING:
     from nocosup.host import Host
     from nocosup.replicas import Replicas
 
 log = logging.getLogger("nocosup.remote")
+#: Forged or stale messages are logged at most every 10 s per kind (a flood stays quiet).
+_dropped = RateLimitedLog(log)
 
 #: Seconds between full checks of the config cache (every record parsed).
 FULL_CHECK_EVERY = 30
@@ -86,6 +92,14 @@ def _http_url(value: str) -> bool:
     return parts.scheme in ("http", "https") and bool(parts.netloc)
 
 
+def _shown(env: dict[str, Any]) -> dict[str, Any]:
+    """An environment as the API shows it: passwords in its URLs masked."""
+    return {
+        **env,
+        **{k: mask_url(env[k]) for k in ("url", "proxy_url") if isinstance(env.get(k), str)},
+    }
+
+
 def _iso_ms(ms: float | None) -> str | None:
     return iso_time(ms / 1000) if ms else None
 
@@ -107,8 +121,10 @@ class RedisEnvironments(EnvironmentDirectory):
         store: EnvironmentStore,
         ttl: float,
         commands: Redis | None = None,
+        signer: Signer | None = None,
     ) -> None:
         self.host = host
+        self.signer = signer or Signer(None, host.settings.instance_id)
         self.redis = redis
         #: The Redis of the command streams (and their dead letters).
         self.commands = commands or redis
@@ -121,7 +137,8 @@ class RedisEnvironments(EnvironmentDirectory):
         self.offline_listeners: builtins.list[Callable[[str], object]] = []
 
     async def list(self) -> list[dict[str, Any]]:
-        return sorted((await self.refresh()).values(), key=lambda e: e["name"])
+        envs = (await self.refresh()).values()
+        return sorted((_shown(e) for e in envs), key=lambda e: e["name"])
 
     async def get(self, name: str) -> dict[str, Any]:
         """The environment with its dead letters: how many are kept, the last few."""
@@ -132,7 +149,7 @@ class RedisEnvironments(EnvironmentDirectory):
             dead = await self.dead_letters(name)
         except RedisError as exc:
             raise BackendUnavailable(f"Redis did not answer: {exc}") from exc
-        return {**known[name], "dead_letters": dead}
+        return {**_shown(known[name]), "dead_letters": dead}
 
     async def dead_letters(self, env: str, last: int = 5) -> dict[str, Any]:
         key = self.keys.dead(env)
@@ -278,11 +295,31 @@ class RedisEnvironments(EnvironmentDirectory):
             elif isinstance(result, Exception):
                 raise result
             kept = {k: v for k, v in info.items() if isinstance(v, str) and len(v) <= 2048}
+            kept = self._verified(name, kept)
             for k in ("url", "proxy_url"):
                 if kept.get(k) and not _http_url(kept[k]):
                     log.warning("ignoring %s %.80r of environment %s", k, kept.pop(k), name)
             infos.append(kept)
         return infos
+
+    def _verified(self, name: str, info: dict[str, str]) -> dict[str, str]:
+        """The registration of ``name`` when its signature holds and is at most a heartbeat
+        TTL old; else only ``registered_at`` (unsigned, informational), so the URLs last
+        stored in the database serve (a stale one is an environment gone offline)."""
+        if not info:
+            return info
+        registered = {k: v for k, v in info.items() if k == "registered_at"}
+        signed = {k: v for k, v in info.items() if k != "registered_at"}
+        try:
+            return {
+                **self.signer.verify("environment", name, signed, self.ttl + MAX_SKEW),
+                **registered,
+            }
+        except BadSignature as exc:
+            _dropped.warning(
+                f"environment:{name}", "ignoring the registration of %s in Redis: %s", name, exc
+            )
+            return registered
 
     async def _read(self) -> dict[str, dict[str, Any]]:
         stored = await self.store.list()
@@ -290,7 +327,7 @@ class RedisEnvironments(EnvironmentDirectory):
         ordered = sorted(names)
         infos = await self._infos(ordered)
         last_seen = await self._last_seen()
-        live = await live_instances(self.redis, self.keys, None, self.ttl)
+        live = await live_instances(self.redis, self.keys, None, self.ttl, self.signer)
         out = {}
         for name, info in zip(ordered, infos, strict=True):
             row = stored.get(name, {})
@@ -453,7 +490,8 @@ class RemoteProcess(ProcessAdapter):
                     pipe.hgetall(self.keys.seen(r.name))
                 both = await pipe.execute(raise_on_error=False)
             raw, seen = both[0::2], [latest_by_environment(f) for f in both[1::2]]
-            live = await live_instances(self.redis, self.keys, None, self.environments.ttl)
+            envs = self.environments
+            live = await live_instances(self.redis, self.keys, None, envs.ttl, envs.signer)
             raw = [
                 await self._checked_statuses(r, f, live) for r, f in zip(records, raw, strict=True)
             ]
@@ -501,7 +539,9 @@ class RemoteProcess(ProcessAdapter):
         out: dict[str, dict[str, Any]] = {}
         bad: list[str] = []
         for field, value in fields.items():
-            report = parse_status(value)
+            report = parse_status(
+                value, self.environments.signer, status_context(record.name, str(field))
+            )
             if report is None or not valid_member(field):
                 bad.append(field)
             else:
@@ -543,6 +583,21 @@ class ProxyGateway:
         #: Requests in flight per environment: answered 503 at once when it goes offline.
         self.inflight = InFlight()
         environments.offline_listeners.append(self.inflight.abort)
+        self.policy = UpstreamPolicy(host.settings.allowed_upstreams)
+
+    def _upstream(self, env: str) -> str | None:
+        info = self.environments.snapshot.get(env) or {}
+        return info.get("proxy_url") or info.get("url")
+
+    def _refusal(self, env: str) -> str | None:
+        """Why ``env`` may not be proxied to (its URL is outside the allow-list), logged."""
+        url = self._upstream(env)
+        why = self.policy.refusal(url) if url else None
+        if why is not None:
+            _dropped.warning(
+                f"upstream:{env}", "not routing to environment %s (%.200s): %s", env, url, why
+            )
+        return why
 
     async def handle(self, name: str, scope: Scope, receive: Receive, send: Send) -> None:
         try:
@@ -553,8 +608,7 @@ class ProxyGateway:
                 raise AppStopped(name)
             env = self._choose(record, scope)
             scope[PROXIED_TO] = env  # the request is counted for that environment
-            info = self.environments.snapshot[env]
-            upstream = info["proxy_url"] or info["url"]
+            upstream = self._upstream(env)
             if not upstream:
                 raise EnvironmentUnavailable(f"environment {env!r} registered no URL")
         except NocosupError as exc:
@@ -586,8 +640,19 @@ class ProxyGateway:
                     f"deployment environment {wanted!r} of application {record.name!r} "
                     "is unavailable"
                 )
+            why = self._refusal(wanted) if self.policy.restricted else None
+            if why is not None:
+                raise UpstreamNotAllowed(f"environment {wanted!r} is not routed to: {why}")
             return wanted
         online = [e for e in record.environments if self.environments.is_online(e)]
+        if self.policy.restricted and online:
+            refused = {e: why for e in online if (why := self._refusal(e)) is not None}
+            online = [e for e in online if e not in refused]
+            if not online:
+                raise UpstreamNotAllowed(
+                    f"no environment of application {record.name!r} may be proxied to: "
+                    + "; ".join(f"{e}: {why}" for e, why in refused.items())
+                )
         if not online:
             raise EnvironmentUnavailable(
                 f"deployment environment for application {record.name!r} is unavailable "
@@ -734,6 +799,13 @@ class Watcher:
         except (TypeError, ValueError):
             return
         if not isinstance(event, dict):
+            return
+        try:
+            event = self.environments.signer.verify_json(
+                "event", "", event, self.environments.ttl + MAX_SKEW
+            )
+        except BadSignature as exc:
+            _dropped.warning("event", "ignoring an event that does not verify: %s", exc)
             return
         if event.get("type") == "environment":
             self._wake.set()

@@ -21,7 +21,6 @@ used to keep to itself is shared here:
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
@@ -100,7 +99,10 @@ class Replicas:
         hint = {"type": "registry", "app": name, "action": action, "origin": self.instance}
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.incr(self.keys.registry_stamp)
-            pipe.publish(self.keys.events, json.dumps(hint))
+            # signed like every event when a cluster secret is set (receivers drop others)
+            pipe.publish(
+                self.keys.events, self.process.environments.signer.sign_json("event", "", hint)
+            )
             stamp, _ = await pipe.execute()
         # Nobody else wrote in between: the table is current without a reload.
         if self.stamp is not None and int(stamp) == self.stamp + 1:

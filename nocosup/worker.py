@@ -13,9 +13,10 @@ from redis.exceptions import ResponseError
 from starlette.types import Receive, Scope, Send
 
 from nocosup.appcache import AppCache
-from nocosup.commands import Command, Reply
+from nocosup.commands import Command, RefusedCommand, Reply
 from nocosup.errors import AppNotFound, NocosupError
-from nocosup.heartbeat import StatusReporter, parse_status
+from nocosup.heartbeat import StatusReporter, parse_status, status_context
+from nocosup.provisioning import ForeignDatabase
 from nocosup.rediskeys import Keys, split_member
 from nocosup.registry import AppRecord
 from nocosup.responses import send_error
@@ -39,12 +40,24 @@ class Worker:
     def runs_here(self, record: AppRecord) -> bool:
         return self.env in record.environments
 
+    def own_database(self, record: AppRecord) -> bool:
+        """Whether ``record`` (from a command or the cache) names the database this worker
+        derives for its app from its own settings; logged when it does not."""
+        try:
+            self.runtime.databases.derive(record.name, record.options, record.database)
+        except ForeignDatabase as exc:
+            log.warning("ignoring the record of %s: %s", record.name, exc.message)
+            return False
+        return True
+
     # --- commands ----------------------------------------------------------------------
 
     async def handle_command(self, command: Command) -> Reply:
         """Carry out one command; failures become a reply, never an exception."""
         try:
             status, error, ok = await self._execute(command)
+        except RefusedCommand:
+            raise
         except NocosupError as exc:
             status, error, ok = AppStatus.ERROR.value, exc.message, False
         except Exception as exc:
@@ -66,6 +79,12 @@ class Worker:
             return "pong", None, True
         assert command.record is not None
         record = AppRecord.from_json(command.record)
+        try:
+            # the database is derived here, never taken from the command: a record naming
+            # another one (a forged remove with drop_database) is refused
+            self.runtime.databases.derive(record.name, record.options, record.database)
+        except ForeignDatabase as exc:
+            raise RefusedCommand(exc.message) from None
         if not self.runs_here(record) and command.action != "remove":
             return AppStatus.NOT_FOUND.value, f"not deployed to environment {self.env!r}", False
         if command.action == "create":
@@ -90,7 +109,7 @@ class Worker:
         """Learn this environment's apps from the cache; boot those that should run now:
         ``with_supervisor`` apps, and apps this environment last reported running.
         ``only_new``: leave the apps this worker knows already alone."""
-        records = [r for r in await self.cache.all() if self.runs_here(r)]
+        records = [r for r in await self.cache.all() if self.runs_here(r) and self.own_database(r)]
         if only_new:
             records = [r for r in records if r.name not in self.runtime.tenants]
         eager = []
@@ -111,7 +130,7 @@ class Worker:
             log.warning("statuses of %s unreadable, taken as not running: %r", app, exc)
             return False
         for field, raw in fields.items():
-            report = parse_status(raw)
+            report = parse_status(raw, self.reporter.signer, status_context(app, str(field)))
             if report is None:
                 log.warning("skipping an unreadable status of %s (%.80r)", app, field)
                 continue
@@ -130,7 +149,7 @@ class Worker:
             except Exception as exc:
                 log.warning("config cache unreachable looking up %s: %r", name, exc)
                 record = None
-            if record is None or not self.runs_here(record):
+            if record is None or not self.runs_here(record) or not self.own_database(record):
                 await send_error(scope, receive, send, AppNotFound(name))
                 return
             self.runtime.load(record)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ class Cluster:
         redis_url: str,
         interval: float = 0.5,
         command_redis_url: str | None = None,
+        secret: str | None = None,
     ) -> None:
         self.servers = servers
         self.pg_env = pg_env
@@ -32,6 +34,11 @@ class Cluster:
         self.redis_url = redis_url
         self.command_redis_url = command_redis_url or redis_url
         self.interval = interval
+        #: NOCOSUP_CLUSTER_SECRET of every process; None: TEST_CLUSTER_SECRET (which runs
+        #: every cluster test signed), "": none.
+        if secret is None:
+            secret = os.environ.get("TEST_CLUSTER_SECRET")
+        self.secret = secret or None
         self.supervisor: NocosupServer | None = None
         self.workers: dict[str, NocosupServer] = {}
 
@@ -44,6 +51,7 @@ class Cluster:
             "APP_COMMAND_REDIS_URL": self.command_redis_url,
             "NOCOSUP_REDIS_PREFIX": self.prefix,
             "NOCOSUP_HEARTBEAT_INTERVAL": str(self.interval),
+            **({"NOCOSUP_CLUSTER_SECRET": self.secret} if self.secret else {}),
         }
 
     def start_supervisor(self, **extra: str) -> NocosupServer:

@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from nocosup.config import VARIABLES, Settings
+from nocosup.upstreams import UpstreamPolicy
 
 COMPOSE = Path(__file__).resolve().parent.parent / "compose" / "docker-compose.yml"
 NOCOSUP_SERVICES = ("supervisor", "worker_a", "worker_b")
@@ -54,8 +55,33 @@ def test_docker_compose_accepts_the_file() -> None:
             [*cmd, "-f", str(COMPOSE), "config", "-q"],
             capture_output=True,
             text=True,
-            env={"NOCOSUP_ADMIN_TOKEN": "x", "PATH": "/usr/bin:/bin"},
+            env={
+                "NOCOSUP_ADMIN_TOKEN": "x",
+                "NOCOSUP_CLUSTER_SECRET": "y",
+                "PATH": "/usr/bin:/bin",
+            },
         )
         assert result.returncode == 0, result.stderr
         return
     pytest.skip("neither 'docker compose' nor 'docker-compose' is installed")
+
+
+def _settings(name: str) -> Settings:
+    env = {
+        k: _INTERPOLATION.sub("token-from-the-shell-0123456789abcdef", str(v))
+        for k, v in services()[name]["environment"].items()
+    }
+    return Settings.from_env(env)
+
+
+def test_the_cluster_is_signed_and_workers_derive_the_supervisors_tenant_databases() -> None:
+    supervisor = _settings("supervisor")
+    policy = UpstreamPolicy(supervisor.allowed_upstreams)
+    assert supervisor.cluster_secret and policy.restricted
+    for name in NOCOSUP_SERVICES:
+        settings = _settings(name)
+        assert settings.cluster_secret == supervisor.cluster_secret
+        assert settings.tenant_db_base == supervisor.db_database
+        if settings.mode == "worker":
+            assert settings.proxy_url and policy.refusal(settings.proxy_url) is None
+    assert "${NOCOSUP_CLUSTER_SECRET:?" in COMPOSE.read_text()

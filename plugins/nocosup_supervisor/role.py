@@ -15,7 +15,7 @@ from starlette.routing import BaseRoute
 from nocosup import admin_api
 from nocosup.appcache import AppCache
 from nocosup.auth import LoginLimiter, resolve_admin_token
-from nocosup.commands import CommandSender
+from nocosup.commands import CommandSender, reply_stream_ttl
 from nocosup.db import connect_registry
 from nocosup.environments import EnvironmentDirectory, LocalEnvironments
 from nocosup.heartbeat import Presence, heartbeat_ttl
@@ -32,6 +32,7 @@ from nocosup.replicas import Replicas
 from nocosup.role import Role
 from nocosup.runtime import LocalRuntime
 from nocosup.sessions import SessionStore
+from nocosup.signing import cluster_signer, command_window, warn_if_unsigned
 from nocosup.supervisor import Supervisor, env_statuses
 
 if TYPE_CHECKING:
@@ -103,14 +104,28 @@ class SupervisorRole(Role):
         redis, commands = await connect_role_redis(host)
         self.redis, self.command_redis = redis, commands
         ttl = heartbeat_ttl(settings)
+        signer = cluster_signer(settings)
+        warn_if_unsigned(settings, log)
+        if not settings.allowed_upstreams:
+            log.warning(
+                "NOCOSUP_ALLOWED_UPSTREAMS is not set: the proxy follows any URL an "
+                "environment registers"
+            )
         self.sender = CommandSender(
-            commands, keys, settings.instance_id, Presence(redis, keys, ttl)
+            commands,
+            keys,
+            settings.instance_id,
+            Presence(redis, keys, ttl, signer),
+            signer=signer,
+            window=command_window(settings),
+            reply_ttl=reply_stream_ttl(settings.heartbeat_interval),
         )
         await self.sender.start()
         environments = RedisEnvironments(
-            host, redis, keys, EnvironmentStore(db), ttl, commands=commands
+            host, redis, keys, EnvironmentStore(db), ttl, commands=commands, signer=signer
         )
-        process = RemoteProcess(host, redis, keys, AppCache(redis, keys), self.sender, environments)
+        cache = AppCache(redis, keys, signer=signer)
+        process = RemoteProcess(host, redis, keys, cache, self.sender, environments)
         self.proxy = Proxy(read_timeout=settings.proxy_timeout, ws_max_size=settings.max_ws_message)
         self.gateway = ProxyGateway(host, process, environments, self.proxy)
         self.watcher = Watcher(host, redis, keys, registry, environments, process)

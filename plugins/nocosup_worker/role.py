@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 from typing import TYPE_CHECKING
 
@@ -13,7 +12,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from nocosup.appcache import AppCache
-from nocosup.commands import CommandConsumer
+from nocosup.commands import CommandConsumer, reply_stream_ttl
 from nocosup.db import ensure_database
 from nocosup.heartbeat import Heartbeat, Presence, StatusReporter, heartbeat_ttl
 from nocosup.lastseen import LastSeenFlusher
@@ -23,6 +22,7 @@ from nocosup.rediskeys import Keys
 from nocosup.redislock import redis_lock
 from nocosup.role import Role
 from nocosup.runtime import LocalRuntime
+from nocosup.signing import Signer, cluster_signer, command_window, warn_if_unsigned
 from nocosup.worker import Worker
 
 if TYPE_CHECKING:
@@ -53,10 +53,13 @@ class WorkerRole(Role):
         self._restarter: asyncio.Task[None] | None = None
         #: Why the consumer task last died (None while it runs).
         self.consumer_death: str | None = None
+        self.signer: Signer = cluster_signer(host.settings)
 
     async def start(self) -> None:
         host, settings = self.host, self.settings
         keys = Keys(settings.redis_prefix)
+        signer = self.signer
+        warn_if_unsigned(settings, log)
         if settings.db_dialect == "postgres":
             # tenant databases are created from this one: it must exist
             await ensure_database(settings)
@@ -68,11 +71,11 @@ class WorkerRole(Role):
             redis, keys.lock(name), ttl=settings.lock_ttl, wait=settings.command_timeout
         )
         reporter = self.reporter = StatusReporter(
-            redis, keys, settings.environment_name, settings.instance_id
+            redis, keys, settings.environment_name, settings.instance_id, signer
         )
         reporter.start()
         runtime.status_listeners.append(reporter.report)
-        cache = AppCache(redis, keys, on_invalid=self._cache_invalid)
+        cache = AppCache(redis, keys, on_invalid=self._cache_invalid, signer=signer)
         worker = self.worker = Worker(runtime, cache, keys, reporter)
         self.gateway = worker
 
@@ -80,7 +83,7 @@ class WorkerRole(Role):
             for name, tenant in runtime.tenants.items():
                 reporter.report(name, tenant.status, tenant.error)
 
-        self.heartbeat = Heartbeat(redis, keys, settings, on_reset=republish)
+        self.heartbeat = Heartbeat(redis, keys, settings, on_reset=republish, signer=signer)
         await self.heartbeat.start()
         host.spawn(runtime.upkeep())
         self.last_seen = LastSeenFlusher(runtime, redis, keys, settings.heartbeat_interval)
@@ -100,7 +103,10 @@ class WorkerRole(Role):
             settings.environment_name,
             settings.instance_id,
             worker.handle_command,
-            Presence(redis, keys, heartbeat_ttl(settings)),
+            Presence(redis, keys, heartbeat_ttl(settings), signer),
+            signer=signer,
+            window=command_window(settings),
+            reply_ttl=reply_stream_ttl(settings.heartbeat_interval),
         )
         self._run_consumer()
         host.readiness["commands"] = self._consumer_ready
@@ -125,7 +131,7 @@ class WorkerRole(Role):
             "environment": settings.environment_name,
             "instance": settings.instance_id,
         }
-        self.host.spawn(_publish(self.redis, keys.events, json.dumps(hint)))
+        self.host.spawn(_publish(self.redis, keys.events, self.signer.sign_json("event", "", hint)))
 
     async def _restore_when_repaired(self, worker: Worker, cache: AppCache) -> None:
         """The cache was incomplete at start: once the supervisor rebuilt it, learn (and
