@@ -215,7 +215,7 @@ async def test_forged_remove_never_drops_another_database(
     # the worker goes on: a real app is created and removed with its own database
     async with sup(cluster).admin() as c:
         await create(c, "real", environments=["env_a"])
-        own = f"{pg_env['DB_DATABASE']}_real"
+        own = f"{pg_env['DB_DATABASE']}_app_real"
         assert await database_exists(own)
         gone = await c.delete("/api/apps/real", params={"drop_database": "true"})
         assert gone.status_code == 200, gone.text
