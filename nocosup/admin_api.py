@@ -79,6 +79,18 @@ async def stop_app(request: Request) -> Response:
 
 
 @admin_only
+async def list_commands(request: Request) -> Response:
+    return JSONResponse(await _supervisor(request).list_commands(request.path_params["name"]))
+
+
+@admin_only
+@idempotent
+async def run_command(request: Request) -> Response:
+    name = request.path_params["name"]
+    return JSONResponse(await _supervisor(request).run_command(name, await _body(request)))
+
+
+@admin_only
 async def list_environments(request: Request) -> Response:
     envs = await _supervisor(request).environments.list()
     return JSONResponse({"environments": envs})
@@ -144,6 +156,11 @@ def routes() -> list[BaseRoute]:
         ),
         Route("/api/apps/{name}/start", start_app, methods=["POST"]),
         Route("/api/apps/{name}/stop", stop_app, methods=["POST"]),
+        Route(
+            "/api/apps/{name}/commands",
+            _by_method(get=list_commands, post=run_command),
+            methods=["GET", "POST"],
+        ),
         Route("/api/environments", list_environments, methods=["GET"]),
         Route(
             "/api/environments/{name}",

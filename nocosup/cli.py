@@ -584,6 +584,50 @@ def _apps_command(api: AdminClient, args: argparse.Namespace, verb: str) -> int:
     return 0
 
 
+def _apps_commands(api: AdminClient, args: argparse.Namespace) -> int:
+    data = api.list_commands(args.name)
+    if args.json:
+        print_json(data)
+        return 0
+    commands = data["commands"]
+    if not commands:
+        out(f"{args.name} offers no maintenance command")
+        return 0
+    out(table(["COMMAND", "DESCRIPTION"], [[c["name"], c["description"]] for c in commands]))
+    return 0
+
+
+def parse_args_option(items: list[str] | None) -> dict[str, Any]:
+    """``--arg KEY=JSON`` pairs as one object (the same rules as ``--option``)."""
+    found: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise UsageError(f"--arg {item!r}: expected KEY=JSON_VALUE, e.g. dry_run=true")
+        if key in found:
+            raise UsageError(f"--arg {key} is given twice")
+        try:
+            found[key] = strictjson.loads(raw)
+        except strictjson.JSONRejected as exc:
+            raise UsageError(f"--arg {key}: {exc.message.removeprefix('value: ')}") from None
+    return found
+
+
+def _apps_run(api: AdminClient, args: argparse.Namespace) -> int:
+    command_args = parse_args_option(args.arg)
+    try:
+        app = api.run_command(args.name, args.command, command_args, timeout=args.timeout)
+    except ApiError as exc:
+        print_api_error(exc, args.json)
+        return EXIT_FAILED
+    if args.json:
+        print_json(app)
+    else:
+        out(f"{app.get('name', args.name)} ran {args.command}: {statuses_text(app)}")
+    return 0
+
+
 def _apps_start(api: AdminClient, args: argparse.Namespace) -> int:
     return _apps_command(api, args, "start")
 
@@ -862,6 +906,29 @@ def build_parser() -> argparse.ArgumentParser:
             help="give up waiting after this long (default 120); the server carries on",
         )
         p.set_defaults(func=_client_command(handler))
+
+    p = apps_sub.add_parser(
+        "commands", parents=common, help="the maintenance commands an app offers"
+    )
+    p.add_argument("name")
+    p.set_defaults(func=_client_command(_apps_commands))
+
+    p = apps_sub.add_parser(
+        "run", parents=common, help="run a maintenance command on an app, everywhere"
+    )
+    p.add_argument("name")
+    p.add_argument("command", help="one of: nocosup apps commands NAME")
+    p.add_argument(
+        "--arg", action="append", metavar="KEY=JSON", help="an argument of the command"
+    )
+    p.add_argument(
+        "--timeout",
+        type=_positive,
+        default=600.0,
+        metavar="SECONDS",
+        help="give up waiting after this long (default 600); the server carries on",
+    )
+    p.set_defaults(func=_client_command(_apps_run))
 
     p = apps_sub.add_parser("rm", parents=common, help="stop and remove an app")
     p.add_argument("name")

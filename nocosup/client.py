@@ -162,6 +162,18 @@ class AdminClient:
     def update_app(self, name: str, body: dict[str, Any]) -> dict[str, Any]:
         return self._call("PATCH", _app_path(name), json=body, shape=_is_app)
 
+    def list_commands(self, name: str) -> dict[str, Any]:
+        return self._call("GET", f"{_app_path(name)}/commands", shape=_is_command_list)
+
+    def run_command(
+        self, name: str, command: str, args: dict[str, Any], timeout: float | None = None
+    ) -> dict[str, Any]:
+        """POST a maintenance command; the server answers once every environment ran it."""
+        body = {"command": command, "args": args}
+        return self._call(
+            "POST", f"{_app_path(name)}/commands", json=body, timeout=timeout, shape=_is_app
+        )
+
     def command(self, name: str, verb: str) -> dict[str, Any]:
         """POST start or stop and wait for it: the server answers once it is done."""
         if verb not in ("start", "stop"):
@@ -226,6 +238,11 @@ class AdminClient:
 
 def _is_app(data: Any) -> bool:
     return isinstance(data, dict) and isinstance(data.get("name"), str)
+
+
+def _is_command_list(data: dict[str, Any]) -> bool:
+    commands = data.get("commands")
+    return isinstance(commands, list) and all(isinstance(c, dict) for c in commands)
 
 
 def _is_app_list(data: dict[str, Any]) -> bool:

@@ -39,7 +39,7 @@ from nocosup.validation import APP_NAME
 
 log = logging.getLogger("nocosup.commands")
 
-ACTIONS = ("create", "update", "start", "stop", "remove", "ping")
+ACTIONS = ("create", "update", "start", "stop", "remove", "run", "ping")
 PROTOCOL = "1"
 STREAM_MAXLEN = 10_000
 REPLY_MAXLEN = 10_000

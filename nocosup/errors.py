@@ -261,6 +261,18 @@ class AppFailed(AppUnavailable):
         super().__init__(f"application {name!r} failed: {error or 'unknown error'}")
 
 
+class AppCommanding(AppUnavailable):
+    """A maintenance command runs on the app: requests wait until it is done."""
+
+    code = "APP_COMMANDING"
+    retry_after = 5
+
+    def __init__(self, name: str, message: str | None) -> None:
+        super().__init__(
+            f"application {name!r} is running a maintenance command: {message or 'busy'}"
+        )
+
+
 class EnvironmentUnavailable(AppUnavailable):
     code = "APP_ENVIRONMENT_UNAVAILABLE"
     retry_after = 5

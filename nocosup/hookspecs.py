@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from starlette.routing import BaseRoute
     from starlette.types import ASGIApp, Scope
 
+    from nocosup.appcommands import AppCommand
     from nocosup.appctx import AppContext
     from nocosup.config import Settings
     from nocosup.host import Host
@@ -95,6 +96,14 @@ def shutdown(host: Host) -> Any:
 def app_factory(app: AppContext) -> Any:
     """Build the ASGI app of tenant ``app`` (or an awaitable of it); first result wins.
     Not called for an app with a template (``nocosup.templates``): the template builds it."""
+
+
+@hookspec
+def register_app_commands(app: AppContext) -> list[AppCommand] | None:
+    """Maintenance commands this plugin offers for ``app`` (``environment`` is where it
+    would run, or ``None`` on a supervisor listing them), as
+    :class:`~nocosup.appcommands.AppCommand` objects. The first command of a given name
+    wins. A template's package offers its apps' commands this way."""
 
 
 @hookspec

@@ -134,6 +134,11 @@ _WAIT = _flag("wait", "false answers 202 at once and carries on in the backgroun
 _ADMIN: list[dict[str, list[str]]] = [{"bearerAuth": []}, {"sessionCookie": []}]
 
 _SCHEMAS: dict[str, Any] = {
+    "AppCommand": {
+        "type": "object",
+        "required": ["name", "description"],
+        "properties": {"name": {"type": "string"}, "description": {"type": "string"}},
+    },
     "Error": {
         "type": "object",
         "required": ["error"],
@@ -482,6 +487,40 @@ def document(served: Callable[[str], bool] = lambda path: True) -> dict[str, Any
                 },
                 parameters=[_NAME, _WAIT, _IDEMPOTENCY],
             )
+        },
+        "/api/apps/{name}/commands": {
+            "get": _op(
+                "The maintenance commands the app offers",
+                {
+                    "200": _json(
+                        {
+                            "type": "object",
+                            "required": ["commands"],
+                            "properties": {"commands": _array("AppCommand")},
+                        },
+                        "The commands",
+                    ),
+                    **_errors(401, 404, 422, 503),
+                },
+                parameters=[_NAME],
+            ),
+            "post": _op(
+                "Run a maintenance command in each of the app's environments, in order",
+                {
+                    "200": _app_answer("Ran everywhere"),
+                    **_errors(*writes, 404, 409, *commands),
+                },
+                parameters=[_NAME, _IDEMPOTENCY],
+                body={
+                    "type": "object",
+                    "required": ["command"],
+                    "additionalProperties": False,
+                    "properties": {
+                        "command": {"type": "string", "pattern": "^[a-z][a-z0-9_-]{0,39}$"},
+                        "args": {"type": "object"},
+                    },
+                },
+            ),
         },
         "/api/environments": {
             "get": _op(

@@ -36,6 +36,7 @@ from nocosup.provisioning import BUILTIN_PROVISIONERS, Provisioner
 if TYPE_CHECKING:
     from starlette.types import Scope
 
+    from nocosup.appcommands import AppCommand
     from nocosup.appctx import AppContext
     from nocosup.config import Settings
     from nocosup.host import Host
@@ -125,6 +126,15 @@ class Hooks:
         implementation pluggy calls, by plugin name (None: no plugin builds apps)."""
         impls = self._impls("app_factory")
         return impls[0].plugin_name if impls else None
+
+    def app_commands(self, app: AppContext) -> dict[str, AppCommand]:
+        """The maintenance commands plugins offer for ``app``, by name (the first plugin
+        offering a name wins)."""
+        found: dict[str, AppCommand] = {}
+        for offered in self._hook.register_app_commands(app=app):
+            for command in offered or ():
+                found.setdefault(command.name, command)
+        return found
 
     def tenant_wrappers(self, app: AppContext) -> list[Callable[[ASGIApp], ASGIApp]]:
         """The middleware wrappers for ``app``, the first plugin's first (outermost)."""

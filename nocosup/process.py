@@ -74,6 +74,12 @@ class ProcessAdapter(ABC):
         consent (a forced delete)."""
 
     @abstractmethod
+    async def run_command(
+        self, record: AppRecord, command: str, args: dict[str, Any]
+    ) -> list[EnvResult]:
+        """Run a maintenance command in each of the app's environments, in order."""
+
+    @abstractmethod
     def statuses(self, records: list[AppRecord]) -> Any:
         """``{app: {env: {"status", "error"}}}`` for ``records`` (a value or an awaitable)."""
 
@@ -108,6 +114,13 @@ class LocalProcess(ProcessAdapter):
     async def remove(self, record: AppRecord, drop_database: bool) -> list[EnvResult]:
         await self.runtime.remove(record, drop_database)
         return [EnvResult(self.environment, True, AppStatus.NOT_FOUND.value)]
+
+    async def run_command(
+        self, record: AppRecord, command: str, args: dict[str, Any]
+    ) -> list[EnvResult]:
+        self.runtime.load(record)
+        status, error, ok = await self.runtime.run_command(record.name, command, args)
+        return [EnvResult(self.environment, ok, status.value, error)]
 
     def statuses(self, records: list[AppRecord]) -> dict[str, dict[str, dict[str, Any]]]:
         return {r.name: {self.environment: self.runtime.snapshot(r.name)} for r in records}

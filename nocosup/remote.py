@@ -437,6 +437,15 @@ class RemoteProcess(ProcessAdapter):
             )
         )
 
+    async def run_command(
+        self, record: AppRecord, command: str, args: dict[str, Any]
+    ) -> list[EnvResult]:
+        """One environment after another, as a start: a migration runs once per database
+        before the next environment (sharing it) finds nothing left to do."""
+        await self._learn(record)
+        body = {"command": command, "args": args}
+        return [await self._command(env, "run", record, body) for env in record.environments]
+
     async def remove(self, record: AppRecord, drop_database: bool) -> list[EnvResult]:
         results = list(
             await asyncio.gather(

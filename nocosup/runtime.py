@@ -28,9 +28,11 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from nocosup import templates, validation
 from nocosup.admission import BootAdmission, RequestGate
+from nocosup.appcommands import CommandRun
 from nocosup.appctx import AppContext
 from nocosup.errors import (
     AppCapacity,
+    AppCommanding,
     AppFailed,
     AppInitializing,
     AppNotFound,
@@ -259,6 +261,39 @@ class LocalRuntime:
                     self.host.metrics.app_event("eviction", victim.name, self.environment)
             self.occupied[tenant.name] = tenant
 
+    async def run_command(
+        self, name: str, command: str, args: dict[str, Any]
+    ) -> tuple[AppStatus, str | None, bool]:
+        """Run maintenance ``command`` on app ``name`` here: status ``commanding`` (its
+        message the command's progress) meanwhile, the previous status after, ``error``
+        with the reason if it fails. Returns (status, error, ok)."""
+        tenant = self.get(name)
+        ctx = self.context(tenant)
+        found = self.host.hooks.app_commands(ctx).get(command)
+        if found is None:
+            offered = ", ".join(sorted(self.host.hooks.app_commands(ctx))) or "none"
+            return tenant.status, f"no command {command!r} here (offered: {offered})", False
+        async with tenant.lock:  # no boot or stop of the app meanwhile
+            before, before_error = tenant.status, tenant.error
+
+            def progress(message: str) -> None:
+                self._set_status(tenant, AppStatus.COMMANDING, message)
+
+            progress(f"{command}: started")
+            try:
+                await found.run(CommandRun(ctx, progress), args)
+            except Exception as exc:
+                log.exception("command %s of app %s failed", command, name)
+                error = f"{command} failed: {type(exc).__name__}: {exc}"
+                if tenant.app is not None:
+                    # an app in error does not run: leave its lifespan, as a failed boot does
+                    await self._shut_down(tenant, AppStatus.ERROR)
+                self._set_status(tenant, AppStatus.ERROR, error)
+                return AppStatus.ERROR, error, False
+            self._set_status(tenant, before, before_error)
+        log.info("command %s of app %s done", command, name)
+        return before, None, True
+
     async def stop(self, name: str) -> Tenant:
         """Stop the app: refuse new requests, let in-flight ones finish, leave its lifespan."""
         tenant = self.get(name)
@@ -478,6 +513,8 @@ class LocalRuntime:
                 return
             if status is AppStatus.ERROR:
                 raise AppFailed(name, tenant.error)
+            if status is AppStatus.COMMANDING:
+                raise AppCommanding(name, tenant.error)
             if tenant.record.desired_state == "stopped":
                 raise AppStopped(name)
             if status is AppStatus.STOPPING:

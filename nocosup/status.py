@@ -7,7 +7,8 @@ stopped ──start──▶ preparing ─▶ initializing ─▶ initialized �
 idle: not running but wanted (desired_state running): never booted since this process
 started, or stopped after options.idleTimeout without traffic, or evicted for
 NOCOSUP_MAX_RUNNING_APPS; the next request boots it (idle ─request─▶ preparing ...).
-commanding: in the reference's vocabulary (and ranked among replicas); nothing sets it.
+commanding: a maintenance command runs on the app (POST /api/apps/{name}/commands);
+the previous status returns after, or error if the command failed.
 not_found: an environment that does not know the app; unavailable: its environment is offline.
 """
 

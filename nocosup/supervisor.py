@@ -14,8 +14,9 @@ from collections.abc import AsyncIterator
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-from nocosup import templates
+from nocosup import appcommands, templates
 from nocosup import validation as v
+from nocosup.appcommands import AppCommand
 from nocosup.appctx import AppContext
 from nocosup.domains import check_admin_host
 from nocosup.environments import EnvironmentDirectory
@@ -399,13 +400,34 @@ class Supervisor:
                 results=_results_json(results),
             )
 
+    # --- maintenance commands --------------------------------------------------------
+
+    def app_commands(self, record: AppRecord) -> dict[str, AppCommand]:
+        """What the plugins installed here offer for the app (a worker runs its own)."""
+        ctx = AppContext(record, None, self.settings.instance_id, self.host)
+        return self.host.hooks.app_commands(ctx)
+
+    async def list_commands(self, name: str) -> dict[str, Any]:
+        record = await self.registry.get(v.app_name(name))
+        return {"commands": appcommands.describe(self.app_commands(record))}
+
+    async def run_command(self, name: str, data: dict[str, Any]) -> dict[str, Any]:
+        """Run a maintenance command in every environment of the app, in order; one admin
+        operation on the app at a time (a start or stop waits for it)."""
+        async with self._serialized(name):
+            record = await self.registry.get(v.app_name(name))
+            command, args = appcommands.check_request(data, self.app_commands(record))
+            results = await self.process.run_command(record, command, args)
+            return await self._checked(record, results, f"run {command!r}", still_wanted=False)
+
     async def _checked(
-        self, record: AppRecord, results: list[EnvResult], verb: str
+        self, record: AppRecord, results: list[EnvResult], verb: str, still_wanted: bool = True
     ) -> dict[str, Any]:
         app = await self._describe(record)
         failed = [r for r in results if not r.ok]
         if failed:
-            await self._check_still_wanted(record, verb, results)
+            if still_wanted:
+                await self._check_still_wanted(record, verb, results)
             detail = "; ".join(f"{r.environment}: {r.error or r.status}" for r in failed)
             raise failure_type(failed)(
                 f"application {record.name!r} did not {verb}: {detail}",

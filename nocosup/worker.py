@@ -97,6 +97,12 @@ class Worker:
         if command.action == "update":
             snap = self.runtime.snapshot(record.name)
             return snap["status"], snap["error"], True
+        if command.action == "run":
+            name, args = command.args.get("command"), command.args.get("args", {})
+            if not isinstance(name, str) or not isinstance(args, dict):
+                return AppStatus.ERROR.value, "run needs a command name and args object", False
+            status, error, ok = await self.runtime.run_command(record.name, name, args)
+            return status.value, error, ok
         if command.action == "start":
             tenant = await self.runtime.start(record.name)
             return tenant.status.value, tenant.error, tenant.status is AppStatus.RUNNING

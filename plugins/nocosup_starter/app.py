@@ -1,6 +1,7 @@
 """A small but real tenant app: records in the app's own database, a blob, a WebSocket echo.
 
-Routes (relative to ``/apps/{name}``): ``/admin`` (HTML), ``/api/info``, ``/api/records``
+Routes (relative to ``/apps/{name}``): ``/admin`` (HTML), ``/api/info``, ``/api/schema``
+(the schema version its ``upgrade`` command moves), ``/api/records``
 (GET, POST), ``/api/blob?size=N``, ``/api/sleep?ms=N`` (answers after N ms: a slow
 request to load an app with) and the WebSocket ``/api/echo``.
 """
@@ -11,7 +12,7 @@ import asyncio
 import contextlib
 import html
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import sqlalchemy as sa
@@ -47,6 +48,56 @@ records = sa.Table(
     sa.Column("data", sa.Text, nullable=True),
     sa.Column("created_at", sa.String(32), nullable=False),
 )
+
+
+#: The version each migration brings the schema to. The lifespan makes the base table
+#: (version 1) so a new app serves at once; the ``upgrade`` command applies the rest.
+schema_table = sa.Table(
+    "starter_schema",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("version", sa.Integer, nullable=False),
+)
+MIGRATIONS: tuple[tuple[int, str, str], ...] = (
+    (
+        2,
+        "index the records by creation time",
+        "CREATE INDEX IF NOT EXISTS starter_records_created ON starter_records (created_at)",
+    ),
+    (
+        3,
+        "index the records by title",
+        "CREATE INDEX IF NOT EXISTS starter_records_title ON starter_records (title)",
+    ),
+)
+LATEST = MIGRATIONS[-1][0]
+
+
+async def schema_version(db: Database) -> int:
+    """The version the app's schema is at (1 before any upgrade)."""
+    await db.execute(CreateTable(schema_table, if_not_exists=True))
+    found = await db.fetch_val(sa.select(schema_table.c.version).where(schema_table.c.id == 1))
+    return int(found) if found is not None else 1
+
+
+async def migrate(db: Database, progress: Callable[[str], None]) -> int:
+    """Apply the migrations the schema lacks, each in its own transaction; returns the
+    version reached."""
+    await db.execute(CreateTable(records, if_not_exists=True))
+    version = await schema_version(db)
+    pending = [m for m in MIGRATIONS if m[0] > version]
+    for i, (target, what, ddl) in enumerate(pending, start=1):
+        progress(f"migration {i} of {len(pending)}: {what}")
+        async with db.transaction():
+            await db.execute(ddl)
+            if version == 1:
+                await db.execute(schema_table.insert().values(id=1, version=target))
+            else:
+                await db.execute(
+                    schema_table.update().where(schema_table.c.id == 1).values(version=target)
+                )
+        version = target
+    return version
 
 
 class _Invalid(HTTPException):
@@ -113,6 +164,9 @@ def build_app(ctx: AppContext) -> Starlette:
 
     async def get_info(request: Request) -> Response:
         return JSONResponse(info())
+
+    async def get_schema(request: Request) -> Response:
+        return JSONResponse({"version": await schema_version(db), "latest": LATEST})
 
     async def list_records(request: Request) -> Response:
         raw = request.query_params.get("limit", "100")
@@ -231,6 +285,7 @@ td,th{{border:1px solid #ccc;padding:.3rem .6rem}}</style></head>
         routes=[
             Route("/admin", admin),
             Route("/api/info", get_info),
+            Route("/api/schema", get_schema),
             Route("/api/records", list_records, methods=["GET"]),
             Route("/api/records", create_record, methods=["POST"]),
             Route("/api/blob", blob),
