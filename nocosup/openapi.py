@@ -415,6 +415,19 @@ def document(served: Callable[[str], bool] = lambda path: True) -> dict[str, Any
                 admin=False,
             )
         },
+        "/metrics": {
+            "get": _op(
+                "Counters and gauges of this process in the Prometheus text format "
+                "(Bearer: NOCOSUP_METRICS_TOKEN or the admin token)",
+                {
+                    "200": {
+                        "description": "The metrics",
+                        "content": {"text/plain": {"schema": {"type": "string"}}},
+                    },
+                    **_errors(401),
+                },
+            )
+        },
         "/readyz": {
             "get": _op(
                 "Readiness: the host started and every probe passed",

@@ -206,9 +206,9 @@ def databases(tmp_path: Path, **env: str) -> TenantDatabases:
 def test_a_worker_derives_the_supervisors_database(tmp_path: Path) -> None:
     supervisor = databases(tmp_path, DB_DATABASE="sup")
     stored = supervisor.spec_for("crm", None, None).to_json()
-    assert stored["name"] == "sup_crm"
+    assert stored["name"] == "sup_app_crm"
     worker = databases(tmp_path, DB_DATABASE="worker_a", NOCOSUP_TENANT_DB_PREFIX="sup")
-    assert worker.derive("crm", {"dbConnType": "new_database"}, stored).name == "sup_crm"
+    assert worker.derive("crm", {"dbConnType": "new_database"}, stored).name == "sup_app_crm"
     # without the prefix, the worker's own DB_DATABASE disagrees: refused, not followed
     with pytest.raises(ForeignDatabase, match="NOCOSUP_TENANT_DB_PREFIX"):
         databases(tmp_path, DB_DATABASE="worker_a").derive("crm", {}, stored)
@@ -236,3 +236,19 @@ def test_schema_mode_is_derived_too(tmp_path: Path) -> None:
         db.derive("crm", {"dbConnType": "new_schema"}, {**stored, "schema": "other"})
     with pytest.raises(ForeignDatabase, match="dbConnType"):
         db.derive("crm", {"dbConnType": "nope"}, stored)
+
+
+def test_an_app_created_before_the_app_infix_keeps_its_database(tmp_path: Path) -> None:
+    """Records written before tenant names took "_app_" name {prefix}_{app} (schema {app}):
+    workers accept exactly that form as well."""
+    worker = databases(tmp_path, DB_DATABASE="worker_a", NOCOSUP_TENANT_DB_PREFIX="sup")
+    old = {"connType": "new_database", "name": "sup_crm", "schema": None}
+    assert worker.derive("crm", {}, old).name == "sup_crm"
+    on_pg = databases(
+        tmp_path, DB_DIALECT="postgres", DB_DATABASE="worker_a", NOCOSUP_TENANT_DB_PREFIX="sup"
+    )
+    old_schema = {"connType": "new_schema", "name": "sup", "schema": "crm"}
+    assert on_pg.derive("crm", {"dbConnType": "new_schema"}, old_schema).schema == "crm"
+    # the old form of another app is still another app's database
+    with pytest.raises(ForeignDatabase):
+        worker.derive("crm", {}, {"connType": "new_database", "name": "sup_shop", "schema": None})

@@ -141,7 +141,7 @@ async def test_an_app_is_built_by_its_template(tmp_path: Path, template_site: Pa
         r = await h.api.get("/apps/p1/context")
         assert r.status_code == 200, r.text
         info = r.json()
-        sqlite = h.storage.resolve() / "databases" / "nocosup_p1.sqlite"
+        sqlite = h.storage.resolve() / "databases" / "nocosup_app_p1.sqlite"
         assert info["prefix"] == info["root_path"] == "/apps/p1"
         assert info["sqlite_path"] == str(sqlite)
         assert info["database_url"] == f"sqlite:///{sqlite}"
@@ -180,11 +180,11 @@ async def test_database_urls_reach_the_apps_postgres_data(
         info = r.json()
         registry = pg_env["DB_DATABASE"]
         if conn_type == "new_schema":
-            assert info["schema"] == "pg1"
+            assert info["schema"] == "app_pg1"
             assert info["database_url"].endswith(f"@127.0.0.1:5432/{registry}")
         else:
             assert info["schema"] is None
-            assert info["database_url"].endswith(f"@127.0.0.1:5432/{registry}_pg1")
+            assert info["database_url"].endswith(f"@127.0.0.1:5432/{registry}_app_pg1")
         assert info["database_url"].startswith("postgresql://")
         assert info["sqlalchemy_url"] == info["database_url"].replace(
             "postgresql://", "postgresql+asyncpg://"

@@ -60,8 +60,9 @@ async def test_an_app_named_after_a_worker_database(
     supervisor = cluster.start_supervisor()
     own_a = f"{registry}_env_a"  # the Kubernetes example's worker database
     own_b = f"{registry}_app_env_b"  # a worker database inside the tenants' scheme
-    cluster.start_worker("env_a", DB_DATABASE=own_a)
-    cluster.start_worker("env_b", DB_DATABASE=own_b)
+    # as deployed: workers name tenant databases after the supervisor's DB_DATABASE
+    cluster.start_worker("env_a", DB_DATABASE=own_a, NOCOSUP_TENANT_DB_PREFIX=registry)
+    cluster.start_worker("env_b", DB_DATABASE=own_b, NOCOSUP_TENANT_DB_PREFIX=registry)
     conn = await asyncpg.connect(PG_DSN.rsplit("/", 1)[0] + "/" + own_a)
     try:
         await conn.execute("CREATE TABLE worker_own (x int)")  # the worker's own data
