@@ -477,8 +477,10 @@ class RemoteProcess(ProcessAdapter):
     ) -> EnvResult:
         command = Command(action, record.name, record.to_json(), args or {})
         wait = self.settings.command_timeout if timeout is None else timeout
+        began = time.perf_counter()
         try:
             replies = await self.sender.send(env, command, wait)
+            self.host.metrics.command(env, action, time.perf_counter() - began)
         except CommandTimeout as exc:
             return EnvResult(env, False, "timeout", exc.message, timed_out=True)
         except RedisError as exc:

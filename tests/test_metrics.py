@@ -114,6 +114,11 @@ async def test_supervisor_and_worker_count_proxied_traffic(
         age = value(got, "nocosup_environment_heartbeat_age_seconds", environment="env_a")
         assert age is not None and age >= 0
         assert value(got, "nocosup_apps", status="running") == 1
+        # the create's command round trip to env_a was timed
+        trips = value(
+            got, "nocosup_command_round_trip_seconds_count", environment="env_a", action="create"
+        )
+        assert trips == 1
 
         # the worker counted the same requests, served in its own environment
         async def counted_on_worker() -> bool:
