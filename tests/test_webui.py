@@ -447,6 +447,10 @@ async def test_browser_follows_changes_made_elsewhere(
         await expect(env_status(page, "lazy", "local")).to_have_text("idle")
         assert (await c.get("/apps/lazy/api/info")).status_code == 200
         await expect(env_status(page, "lazy", "local")).to_have_text("running")
+        # when each app last served a request (after a refresh: statuses stream, this not)
+        await page.click("#apps-panel .refresh")
+        await expect(app_row(page, "lazy").locator("td.last-seen")).to_contain_text("ago")
+        await expect(app_row(page, "remote").locator("td.last-seen")).to_have_text("never")
 
         assert (await c.delete("/api/apps/remote")).status_code == 200
         await expect(app_row(page, "remote")).to_have_count(0)

@@ -631,6 +631,7 @@
       h("td", { class: "envs", text: envs.join(", ") }),
       statusCell,
       h("td", { class: "desired", text: app.desired_state }),
+      lastSeenCell(app),
       h("td", { class: "actions" },
         h("button", {
           type: "button", text: "Start", dataset: { action: "start" },
@@ -843,8 +844,19 @@
     }
   }
 
+  /** When the app last served a request, in any of its environments (the API's
+   * last_seen_at, which workers flush with their heartbeats). */
+  function lastSeenCell(app) {
+    const seen = Object.values(app.last_seen_at || {}).filter(Boolean).sort();
+    const latest = seen.length ? seen[seen.length - 1] : "";
+    return h("td", {
+      class: "last-seen", title: latest, dataset: { at: latest },
+      text: relativeTime(latest),
+    });
+  }
+
   function tickHeartbeats() {
-    for (const cell of document.querySelectorAll("#envs-body td.heartbeat")) {
+    for (const cell of document.querySelectorAll("#envs-body td.heartbeat, #apps-body td.last-seen")) {
       cell.textContent = relativeTime(cell.dataset.at);
     }
   }
