@@ -317,27 +317,33 @@ def _fetch_apps(
     return apps, total
 
 
-def parse_options(args: argparse.Namespace) -> dict[str, Any]:
-    """``--option KEY=JSON`` pairs plus ``--start-mode``, ``--db-conn-type`` and
-    ``--db-provisioner`` as one object."""
-    options: dict[str, Any] = {}
-    for item in args.option or []:
+def json_pairs(items: list[str] | None, flag: str, example: str) -> dict[str, Any]:
+    """``FLAG KEY=JSON`` pairs as one object; a UsageError names the bad pair."""
+    found: dict[str, Any] = {}
+    for item in items or []:
         key, sep, raw = item.partition("=")
         key = key.strip()
         if not sep or not key:
-            raise UsageError(f"--option {item!r}: expected KEY=JSON_VALUE, e.g. color='\"blue\"'")
-        if key in options:
-            raise UsageError(f"--option {key} is given twice")
+            raise UsageError(f"{flag} {item!r}: expected KEY=JSON_VALUE, e.g. {example}")
+        if key in found:
+            raise UsageError(f"{flag} {key} is given twice")
         try:
-            options[key] = strictjson.loads(raw)
+            found[key] = strictjson.loads(raw)
         except strictjson.JSONRejected as exc:
             if exc.message.startswith("not valid JSON"):
                 raise UsageError(
-                    f"--option {item!r}: the value must be JSON; for a string write "
+                    f"{flag} {item!r}: the value must be JSON; for a string write "
                     f"{key}='\"{raw}\"'"
                 ) from None
             where = exc.message.removeprefix("value: ")
-            raise UsageError(f"--option {key}: {where}") from None
+            raise UsageError(f"{flag} {key}: {where}") from None
+    return found
+
+
+def parse_options(args: argparse.Namespace) -> dict[str, Any]:
+    """``--option KEY=JSON`` pairs plus ``--start-mode``, ``--db-conn-type`` and
+    ``--db-provisioner`` as one object."""
+    options = json_pairs(args.option, "--option", "color='\"blue\"'")
     for flag, key, value in (
         ("--start-mode", "startMode", args.start_mode),
         ("--db-conn-type", "dbConnType", args.db_conn_type),
@@ -597,25 +603,8 @@ def _apps_commands(api: AdminClient, args: argparse.Namespace) -> int:
     return 0
 
 
-def parse_args_option(items: list[str] | None) -> dict[str, Any]:
-    """``--arg KEY=JSON`` pairs as one object (the same rules as ``--option``)."""
-    found: dict[str, Any] = {}
-    for item in items or []:
-        key, sep, raw = item.partition("=")
-        key = key.strip()
-        if not sep or not key:
-            raise UsageError(f"--arg {item!r}: expected KEY=JSON_VALUE, e.g. dry_run=true")
-        if key in found:
-            raise UsageError(f"--arg {key} is given twice")
-        try:
-            found[key] = strictjson.loads(raw)
-        except strictjson.JSONRejected as exc:
-            raise UsageError(f"--arg {key}: {exc.message.removeprefix('value: ')}") from None
-    return found
-
-
 def _apps_run(api: AdminClient, args: argparse.Namespace) -> int:
-    command_args = parse_args_option(args.arg)
+    command_args = json_pairs(args.arg, "--arg", "dry_run=true")
     try:
         app = api.run_command(args.name, args.command, command_args, timeout=args.timeout)
     except ApiError as exc:
