@@ -211,14 +211,13 @@ class Metrics:
         )
         for (app, env, reason), count in sorted(self.boots.items()):
             boots.add_metric([app, env, reason], count)
-        cold = HistogramMetricFamily(
+        yield boots
+        yield _histograms(
             "nocosup_cold_start_seconds",
             "From a boot's start to the app running.",
-            labels=["app", "environment"],
+            ["app", "environment"],
+            self.cold_starts,
         )
-        for (app, env), histogram in sorted(self.cold_starts.items()):
-            cold.add_metric([app, env], histogram.buckets(), histogram.total)
-        yield from (boots, cold)
 
         for kind, (metric, help_text) in APP_EVENTS.items():
             family = CounterMetricFamily(metric, help_text, labels=["app", "environment"])
@@ -227,14 +226,21 @@ class Metrics:
                     family.add_metric([app, env], count)
             yield family
 
-        commands = HistogramMetricFamily(
+        yield _histograms(
             "nocosup_command_round_trip_seconds",
             "From sending a command to an environment to its last answer (supervisor).",
-            labels=["environment", "action"],
+            ["environment", "action"],
+            self.commands,
         )
-        for (env, action), histogram in sorted(self.commands.items()):
-            commands.add_metric([env, action], histogram.buckets(), histogram.total)
-        yield commands
+
+
+def _histograms(
+    name: str, help_text: str, labels: list[str], table: dict[tuple[str, str], Histogram]
+) -> HistogramMetricFamily:
+    family = HistogramMetricFamily(name, help_text, labels=labels)
+    for key, histogram in sorted(table.items()):
+        family.add_metric(list(key), histogram.buckets(), histogram.total)
+    return family
 
 
 #: Scope key a supervisor's gateway sets to the environment it proxied the request to.
