@@ -15,8 +15,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections import deque
 from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from nocosup.config import Settings
+
+log = logging.getLogger("nocosup.admission")
 
 
 class BootAdmission:
@@ -88,3 +95,21 @@ class RequestGate:
                 waiter.set_result(None)
                 return
         self.active -= 1
+
+
+def eager_cap(settings: Settings, wanted: int, running: int = 0) -> int:
+    """How many of ``wanted`` eager boots a process starts at once: all, unless that would
+    pass NOCOSUP_MAX_RUNNING_APPS (each boot past it would put the one before to idle).
+    The rest stay idle until their first request, and the log says so."""
+    limit = settings.max_running_apps
+    if not limit or running + wanted <= limit:
+        return wanted
+    room = max(0, limit - running)
+    log.warning(
+        "%d apps start with the host but NOCOSUP_MAX_RUNNING_APPS is %d: starting %d, "
+        "the others boot on their first request",
+        wanted,
+        limit,
+        room,
+    )
+    return room

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from nocosup import appcommands, templates
 from nocosup import validation as v
+from nocosup.admission import eager_cap
 from nocosup.appcommands import AppCommand
 from nocosup.appctx import AppContext
 from nocosup.domains import check_admin_host
@@ -69,6 +70,8 @@ class Supervisor:
         eager = [
             r for r in records if r.desired_state == "running" and r.start_mode == "with_supervisor"
         ]
+        if self.settings.process_adapter == "local":  # the apps run in this process
+            eager = eager[: eager_cap(self.settings, len(eager))]
         for record in eager:
             self.host.spawn(self._start_logged(record))
 

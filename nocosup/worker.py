@@ -12,6 +12,7 @@ import logging
 from redis.exceptions import ResponseError
 from starlette.types import Receive, Scope, Send
 
+from nocosup.admission import eager_cap
 from nocosup.appcache import AppCache
 from nocosup.commands import Command, RefusedCommand, Reply
 from nocosup.errors import AppNotFound, NocosupError
@@ -125,7 +126,8 @@ class Worker:
                 continue
             if record.start_mode == "with_supervisor" or await self._was_running(record.name):
                 eager.append(record.name)
-        return eager
+        running = sum(1 for t in self.runtime.tenants.values() if t.app is not None)
+        return eager[: eager_cap(self.runtime.settings, len(eager), running)]
 
     async def _was_running(self, app: str) -> bool:
         """Whether a replica of this environment last reported ``app`` running; unreadable

@@ -485,3 +485,32 @@ def test_last_seen_fields_from_redis_are_checked() -> None:
     seen = latest_by_environment(fields)
     assert seen == {"env_a": iso_time((now_ms - 1000) / 1000)}
     assert latest_by_environment(ResponseError("WRONGTYPE")) == {}
+
+
+async def test_host_start_boots_no_more_eager_apps_than_the_cap(tmp_path: Path) -> None:
+    """Four with_supervisor apps and NOCOSUP_MAX_RUNNING_APPS=2: the restarted host boots
+    two and leaves two idle, rather than evicting what it just booted."""
+    eager = {"startMode": "with_supervisor"}
+    async with running_host(inproc_settings(tmp_path)) as first:
+        for name in ("e1", "e2", "e3", "e4"):
+            r = await first.api.post("/api/apps", json={"name": name, "options": eager})
+            assert r.status_code == 201, r.text
+    settings = inproc_settings(tmp_path, NOCOSUP_MAX_RUNNING_APPS="2")
+    async with running_host(settings) as h:
+
+        async def settled() -> dict[str, str] | None:
+            apps = (await h.api.get("/api/apps")).json()["apps"]
+            statuses = {a["name"]: a["statuses"]["local"] for a in apps}
+            return statuses if "preparing" not in statuses.values() else None
+
+        statuses = await wait_for(settled)
+        await asyncio.sleep(0.3)  # an eviction would show by now
+        statuses = await settled() or {}
+        assert sorted(statuses.values()) == ["idle", "idle", "running", "running"], statuses
+        # two boots only: none refused for capacity, none put to idle to make room
+        assert sum(h.host.metrics.boots.values()) == 2, h.host.metrics.boots
+        assert h.host.metrics.app_events == {}
+        # an idle one still boots on its first request (evicting the least recent)
+        idle = next(name for name, status in statuses.items() if status == "idle")
+        async with h.client() as anon:
+            assert (await anon.get(f"/apps/{idle}/api/info")).status_code == 200
