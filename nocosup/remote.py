@@ -380,8 +380,16 @@ class RemoteProcess(ProcessAdapter):
         self.records: dict[str, AppRecord] = {}
 
     async def restore(self, records: list[AppRecord]) -> None:
+        """Learn every app; rebuild the config cache only when it differs from the
+        registry (a supervisor replica starting beside others must not overwrite a write
+        another made since it read the registry)."""
         self.records = {r.name: r for r in records}
-        await self.cache.rebuild(records)
+        problem = await self.cache.problem(full=True)
+        if problem is None:
+            problem = _cache_drift(self.records, await self.cache.all())
+        if problem is not None:
+            log.info("config cache rebuilt from the registry at start (%s)", problem)
+            await self.cache.rebuild(records)
 
     async def _learn(self, record: AppRecord) -> None:
         """Keep ``record`` for the proxy and in the Redis cache (written only if changed)."""
