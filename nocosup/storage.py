@@ -47,7 +47,15 @@ def remove_app_files(settings: Settings, name: str) -> None:
     """Delete app ``name``'s files for good, with its database: a later app of the same
     name must start empty, not inherit them. Missing files are no error."""
     path = app_files(settings, name)
-    if path.is_symlink():
-        path.unlink()
-    elif path.exists():
-        shutil.rmtree(path)
+    try:
+        if path.is_symlink():
+            path.unlink()
+        elif path.exists():
+            shutil.rmtree(path)
+    except FileNotFoundError:
+        # replicas of one environment share a storage directory: another one (or the
+        # app's own shutdown) removed some of it first, which is what we want anyway
+        if path.exists() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+            if path.exists():
+                raise
