@@ -1,8 +1,11 @@
-"""compose/: the deployment file parses, and every nocosup service's environment is a
-configuration our own Settings accept (so a typo in a variable fails here, not in prod)."""
+"""compose/: the deployment file parses, every nocosup service's environment is a
+configuration our own Settings accept (so a typo in a variable fails here, not in prod),
+the supervisor replicas agree on what they share, and HAProxy's file checks and balances
+over exactly those replicas."""
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import shutil
 import subprocess
@@ -15,7 +18,10 @@ from nocosup.config import VARIABLES, Settings
 from nocosup.upstreams import UpstreamPolicy
 
 COMPOSE = Path(__file__).resolve().parent.parent / "compose" / "docker-compose.yml"
-NOCOSUP_SERVICES = ("supervisor", "worker_a", "worker_b")
+HAPROXY_CFG = COMPOSE.parent / "haproxy.cfg"
+SUPERVISORS = ("supervisor_1", "supervisor_2")
+WORKERS = ("worker_a", "worker_b")
+NOCOSUP_SERVICES = (*SUPERVISORS, *WORKERS)
 _INTERPOLATION = re.compile(r"\$\{([A-Z_]+)[^}]*\}")
 
 
@@ -23,8 +29,8 @@ def services() -> dict[str, dict]:
     return yaml.safe_load(COMPOSE.read_text())["services"]
 
 
-def test_the_seed_topology_is_there() -> None:
-    assert set(services()) == {"redis", "postgres", *NOCOSUP_SERVICES}
+def test_the_topology_is_there() -> None:
+    assert set(services()) == {"redis", "postgres", "haproxy", *NOCOSUP_SERVICES}
 
 
 @pytest.mark.parametrize("name", NOCOSUP_SERVICES)
@@ -38,6 +44,7 @@ def test_service_environment_is_valid_configuration(name: str) -> None:
     settings = Settings.from_env(env)
     expected = "worker" if name.startswith("worker") else "supervisor"
     assert settings.mode == expected
+    assert (name in SUPERVISORS) == (expected == "supervisor")
     if expected == "worker":
         assert settings.proxy_url == f"http://{name}"
     else:
@@ -75,7 +82,7 @@ def _settings(name: str) -> Settings:
 
 
 def test_the_cluster_is_signed_and_workers_derive_the_supervisors_tenant_databases() -> None:
-    supervisor = _settings("supervisor")
+    supervisor = _settings(SUPERVISORS[0])
     policy = UpstreamPolicy(supervisor.allowed_upstreams)
     assert supervisor.cluster_secret and policy.restricted
     for name in NOCOSUP_SERVICES:
@@ -85,3 +92,100 @@ def test_the_cluster_is_signed_and_workers_derive_the_supervisors_tenant_databas
         if settings.mode == "worker":
             assert settings.proxy_url and policy.refusal(settings.proxy_url) is None
     assert "${NOCOSUP_CLUSTER_SECRET:?" in COMPOSE.read_text()
+
+
+def _address(name: str) -> str:
+    return str(services()[name]["networks"]["nocosup"]["ipv4_address"])
+
+
+def _trusts(settings: Settings, address: str) -> bool:
+    ip = ipaddress.ip_address(address)
+    return any(ip in network for network in settings.trusted_proxies or ())
+
+
+def test_supervisor_replicas_share_registry_redis_secret_and_token() -> None:
+    first, *others = (_settings(name) for name in SUPERVISORS)
+    assert others, "expected more than one supervisor"
+    for settings in others:
+        for field in (
+            "db_dialect",
+            "db_host",
+            "db_database",
+            "tenant_db_base",
+            "redis_prefix",
+            "cluster_secret",
+            "admin_token",
+            "allowed_upstreams",
+            "trusted_proxies",
+        ):
+            assert getattr(settings, field) == getattr(first, field), field
+    environments = [services()[name]["environment"] for name in SUPERVISORS]
+    for env in environments:
+        assert env["NOCOSUP_ADMIN_TOKEN"].startswith("${NOCOSUP_ADMIN_TOKEN:?")
+    assert len({_address(name) for name in SUPERVISORS}) == len(SUPERVISORS)
+    # only HAProxy publishes the supervisors' port; the replicas are reached through it
+    assert all("ports" not in services()[name] for name in SUPERVISORS)
+    assert services()["haproxy"]["ports"] == ["14000:80"]
+
+
+def test_workers_trust_every_supervisor_and_supervisors_trust_haproxy_alone() -> None:
+    for name in WORKERS:
+        settings = _settings(name)
+        assert all(_trusts(settings, _address(s)) for s in SUPERVISORS), name
+        assert not _trusts(settings, _address("haproxy")), name
+    for name in SUPERVISORS:
+        settings = _settings(name)
+        assert _trusts(settings, _address("haproxy")), name
+        assert not any(_trusts(settings, _address(s)) for s in SUPERVISORS), name
+
+
+def _haproxy_sections() -> dict[str, list[str]]:
+    """The config's sections ('backend supervisors', ...) and their directive lines."""
+    sections: dict[str, list[str]] = {}
+    current: list[str] = []
+    for raw in HAPROXY_CFG.read_text().splitlines():
+        line = raw.split("#", 1)[0].rstrip()
+        if not line.strip():
+            continue
+        if not line[0].isspace():
+            current = sections.setdefault(" ".join(line.split()), [])
+        else:
+            current.append(" ".join(line.split()))
+    return sections
+
+
+def test_haproxy_balances_over_exactly_the_supervisors_checking_readyz() -> None:
+    sections = _haproxy_sections()
+    haproxy = services()["haproxy"]
+    assert "./haproxy.cfg:/usr/local/etc/haproxy/haproxy.cfg:ro" in haproxy["volumes"]
+    (frontend,) = [v for k, v in sections.items() if k.startswith("frontend ")]
+    assert "bind :80" in frontend and "option forwardfor" in frontend
+    backend = sections["backend supervisors"]
+    assert "balance roundrobin" in backend
+    assert "option httpchk" in backend
+    (check,) = [line for line in backend if line.startswith("http-check send ")]
+    assert "uri /readyz" in check
+    servers = {line.split()[1]: line.split()[2] for line in backend if line.startswith("server ")}
+    assert servers == {name: f"{name}:80" for name in SUPERVISORS}
+    defaults = sections["defaults"]
+    assert any(line.startswith("timeout tunnel ") for line in defaults)
+    (default_server,) = [line for line in defaults if line.startswith("default-server ")]
+    assert "init-addr last,libc,none" in default_server and " check" in default_server
+    # Host reaches the supervisors as the client sent it: nothing sets or rewrites it, nor
+    # an X-Forwarded-Host they would believe instead (a client's own is deleted)
+    rewrites = re.compile(r"http-request (set|add|replace)-header (host|x-forwarded-host)\b")
+    assert not [line for line in frontend + backend if rewrites.match(line.lower())]
+    assert "http-request del-header X-Forwarded-Host" in frontend
+
+
+def test_haproxy_accepts_the_file() -> None:
+    haproxy = shutil.which("haproxy") or (
+        "/usr/sbin/haproxy" if Path("/usr/sbin/haproxy").exists() else None
+    )
+    if haproxy is None:
+        pytest.skip("haproxy is not installed (.ci/run installs Debian's)")
+    result = subprocess.run(
+        [haproxy, "-c", "-f", str(HAPROXY_CFG)], capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Configuration file is valid" in result.stdout + result.stderr
