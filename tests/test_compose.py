@@ -189,3 +189,19 @@ def test_haproxy_accepts_the_file() -> None:
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "Configuration file is valid" in result.stdout + result.stderr
+
+
+def _seconds(duration: str) -> float:
+    """A compose duration such as '30s', '1m30s' or '1m' in seconds."""
+    match = re.fullmatch(r"(?:(\d+)m)?(?:(\d+)s)?", duration)
+    assert match and duration, f"unexpected duration {duration!r}"
+    return 60 * int(match[1] or 0) + int(match[2] or 0)
+
+
+@pytest.mark.parametrize("name", NOCOSUP_SERVICES)
+def test_docker_waits_for_the_drain_before_killing(name: str) -> None:
+    settings = _settings(name)
+    # uvicorn waits stop_grace + 5 for requests in flight, then every app stops at once,
+    # each waiting up to stop_grace for its own; docker's default (10 s) would cut it short
+    needed = (settings.stop_grace + 5) + settings.stop_grace
+    assert _seconds(str(services()[name]["stop_grace_period"])) > needed
