@@ -1,7 +1,8 @@
 """compose/: the deployment file parses, every nocosup service's environment is a
 configuration our own Settings accept (so a typo in a variable fails here, not in prod),
-the supervisor replicas agree on what they share, and HAProxy's file checks and balances
-over exactly those replicas."""
+the supervisor replicas agree on what they share, and HAProxy's file checks, balances
+over exactly those replicas and, run for real in front of two supervisors, passes Host
+unchanged, drops a client's forwarding claims and keeps serving when one replica stops."""
 
 from __future__ import annotations
 
@@ -9,13 +10,19 @@ import ipaddress
 import re
 import shutil
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 import yaml
 
 from nocosup.config import VARIABLES, Settings
 from nocosup.upstreams import UpstreamPolicy
+from tests.cluster import Cluster, wait_for
+from tests.conftest import REDIS_URL
+from tests.servers import AUTH, NocosupServer, ServerFactory, free_port
+from tests.test_tenants import create
 
 COMPOSE = Path(__file__).resolve().parent.parent / "compose" / "docker-compose.yml"
 HAPROXY_CFG = COMPOSE.parent / "haproxy.cfg"
@@ -178,14 +185,18 @@ def test_haproxy_balances_over_exactly_the_supervisors_checking_readyz() -> None
     assert "http-request del-header X-Forwarded-Host" in frontend
 
 
-def test_haproxy_accepts_the_file() -> None:
-    haproxy = shutil.which("haproxy") or (
+def _haproxy() -> str:
+    found = shutil.which("haproxy") or (
         "/usr/sbin/haproxy" if Path("/usr/sbin/haproxy").exists() else None
     )
-    if haproxy is None:
+    if found is None:
         pytest.skip("haproxy is not installed (.ci/run installs Debian's)")
+    return found
+
+
+def test_haproxy_accepts_the_file() -> None:
     result = subprocess.run(
-        [haproxy, "-c", "-f", str(HAPROXY_CFG)], capture_output=True, text=True
+        [_haproxy(), "-c", "-f", str(HAPROXY_CFG)], capture_output=True, text=True
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "Configuration file is valid" in result.stdout + result.stderr
@@ -205,3 +216,118 @@ def test_docker_waits_for_the_drain_before_killing(name: str) -> None:
     # each waiting up to stop_grace for its own; docker's default (10 s) would cut it short
     needed = (settings.stop_grace + 5) + settings.stop_grace
     assert _seconds(str(services()[name]["stop_grace_period"])) > needed
+
+
+def _local_haproxy_cfg(port: int, supervisors: dict[str, int]) -> str:
+    """compose/haproxy.cfg with its listening address and its servers' addresses moved to
+    127.0.0.1; everything else (checks, headers, timeouts) as deployed."""
+    text, bound = re.subn(r"(?m)^(\s+bind) :80$", rf"\1 127.0.0.1:{port}", HAPROXY_CFG.read_text())
+    assert bound == 1
+    for name, server_port in supervisors.items():
+        text, moved = re.subn(
+            rf"(?m)^(\s+server {name}) {name}:80$", rf"\1 127.0.0.1:{server_port}", text
+        )
+        assert moved == 1, name
+    return text
+
+
+class HAProxyFront:
+    """A real HAProxy with compose's configuration in front of two supervisor ports."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.tmp_path = tmp_path
+        self.port = free_port()
+        self.servers = dict(zip(SUPERVISORS, (free_port(), free_port()), strict=True))
+        self.log = tmp_path / "haproxy.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        binary = _haproxy()
+        cfg = self.tmp_path / "haproxy.cfg"
+        cfg.write_text(_local_haproxy_cfg(self.port, self.servers))
+        with self.log.open("wb") as out:
+            self.proc = subprocess.Popen(
+                [binary, "-db", "-f", str(cfg)], stdout=out, stderr=subprocess.STDOUT
+            )
+
+    def text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)
+
+
+@pytest.fixture
+def haproxy_front(tmp_path: Path) -> Iterator[HAProxyFront]:
+    front = HAProxyFront(tmp_path)
+    try:
+        yield front
+    finally:
+        front.stop()
+
+
+async def test_haproxy_serves_through_either_supervisor_with_trusted_forwarding(
+    servers: ServerFactory, pg_env: dict[str, str], redis_prefix: str, haproxy_front: HAProxyFront
+) -> None:
+    cluster = Cluster(servers, pg_env, redis_prefix, REDIS_URL)
+    # as in compose: the supervisors believe HAProxy (here 127.0.0.1), the worker them
+    supervisor_env = {
+        **cluster.common(),
+        "APP_MODE": "supervisor",
+        "APP_PROCESS_ADAPTER": "remote",
+        "NOCOSUP_TRUSTED_PROXIES": "127.0.0.1",
+    }
+    replicas: list[NocosupServer] = [
+        servers.start(port=port, **supervisor_env) for port in haproxy_front.servers.values()
+    ]
+    cluster.start_worker("env_a")
+    for replica in replicas:
+        async with replica.admin() as c:
+            await cluster.wait_environments(c, {"env_a": 1})
+    async with replicas[0].admin() as c:
+        await create(c, "echo", options={"test": {"echo": True}}, environments=["env_a"])
+        assert (await c.post("/api/apps/echo/start")).status_code == 200
+    haproxy_front.start()
+    spoofed = {
+        "Host": "public.example:8443",
+        "X-Forwarded-For": "203.0.113.66",
+        "X-Forwarded-Host": "evil.example",
+        "X-Forwarded-Proto": "https",
+    }
+    base = f"http://127.0.0.1:{haproxy_front.port}"
+    async with httpx.AsyncClient(base_url=base, timeout=30) as c:
+
+        async def answers() -> bool:
+            try:
+                return (await c.get("/healthz")).status_code == 200
+            except httpx.TransportError:  # HAProxy is still binding its port
+                return False
+
+        await wait_for(answers)
+        for _ in range(4):
+            r = await c.get("/apps/echo/", headers=spoofed)
+            assert r.status_code == 200, r.text
+            seen = r.json()
+            # Host went through unchanged; what the client claimed about forwarding did not
+            assert dict(seen["headers"])["host"] == "public.example:8443"
+            assert seen["client"] == "127.0.0.1" and seen["scheme"] == "http"
+            assert "203.0.113.66" not in r.text and "evil.example" not in r.text
+            listed = await c.get("/api/apps", headers=AUTH)
+            assert [a["name"] for a in listed.json()["apps"]] == ["echo"]
+        # round robin: both replicas answered
+        for name in SUPERVISORS:
+            assert f"supervisors/{name} " in haproxy_front.text(), name
+        # one supervisor stops: HAProxy sends the connections it refuses to the other,
+        # and the failing /readyz check takes it out of the rotation
+        replicas[0].stop()
+        for _ in range(4):
+            r = await c.get("/apps/echo/")
+            assert r.status_code == 200, r.text
+
+        async def marked_down() -> bool:
+            return f"{SUPERVISORS[0]} is DOWN" in haproxy_front.text()
+
+        await wait_for(marked_down, timeout=30)
+        assert (await c.get("/api/apps", headers=AUTH)).status_code == 200
