@@ -318,7 +318,7 @@ def test_kubernetes_example_is_a_valid_deployment() -> None:
         assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
         assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
         if settings.mode == "supervisor":
-            assert deployment["spec"]["replicas"] == 1
+            assert deployment["spec"]["replicas"] >= 2
             continue
         # the worker's proxy URL is a Service of the manifest that selects this worker's pods
         url = urlparse(settings.proxy_url or "")
@@ -326,3 +326,97 @@ def test_kubernetes_example_is_a_valid_deployment() -> None:
         assert service["spec"]["selector"].items() <= pod["metadata"]["labels"].items()
         assert (url.port or 80) in [p["port"] for p in service["spec"]["ports"]]
     assert len(roles["supervisor"]) == 1 and len(roles["worker"]) >= 2, roles
+
+
+def test_kubernetes_supervisors_roll_without_an_outage() -> None:
+    objects = kubernetes_objects()
+    for name, deployment in _named(objects, "Deployment").items():
+        settings = Settings.from_env(_container_env(objects, deployment))
+        if settings.mode != "supervisor":
+            continue
+        assert deployment["spec"]["replicas"] >= 2, name
+        strategy = deployment["spec"]["strategy"]
+        assert strategy["type"] == "RollingUpdate", name
+        assert strategy["rollingUpdate"]["maxUnavailable"] == 0, name
+        assert strategy["rollingUpdate"]["maxSurge"] >= 1, name
+
+
+def test_kubernetes_every_deployment_has_a_disruption_budget_for_its_pods() -> None:
+    objects = kubernetes_objects()
+    budgets = _named(objects, "PodDisruptionBudget")
+    for name, deployment in _named(objects, "Deployment").items():
+        labels = deployment["spec"]["template"]["metadata"]["labels"].items()
+        selecting = [
+            budget
+            for budget in budgets.values()
+            if budget["spec"]["selector"]["matchLabels"].items() <= labels
+        ]
+        assert len(selecting) == 1, f"{name}: {len(selecting)} budgets select its pods"
+        (spec,) = (budget["spec"] for budget in selecting)
+        # maxUnavailable 1: one pod at a time, and never a blocked drain of a 1-replica env
+        assert spec.get("maxUnavailable") == 1, name
+    # no budget selects pods of more than one Deployment (or none)
+    for budget_name, budget in budgets.items():
+        wanted = budget["spec"]["selector"]["matchLabels"].items()
+        owners = [
+            d
+            for d in _named(objects, "Deployment").values()
+            if wanted <= d["spec"]["template"]["metadata"]["labels"].items()
+        ]
+        assert len(owners) == 1, budget_name
+
+
+SECRET_VARIABLES = ("NOCOSUP_ADMIN_TOKEN", "NOCOSUP_CLUSTER_SECRET", "DB_PASSWORD")
+
+
+def _image_storage_dir() -> str:
+    """NOCOSUP_STORAGE_DIR as compose/Dockerfile sets it (the manifest runs that image)."""
+    dockerfile = (ROOT / "compose" / "Dockerfile").read_text()
+    (value,) = re.findall(r"^ENV .*\bNOCOSUP_STORAGE_DIR=(\S+)", dockerfile, re.M)
+    return str(value)
+
+
+def test_kubernetes_containers_are_bounded_unprivileged_and_read_only() -> None:
+    objects = kubernetes_objects()
+    for name, deployment in _named(objects, "Deployment").items():
+        pod = deployment["spec"]["template"]["spec"]
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        for container in pod["containers"]:
+            where = f"{name}/{container['name']}"
+            resources = container["resources"]
+            for kind in ("requests", "limits"):
+                assert {"cpu", "memory"} <= set(resources[kind]), where
+            security = {**pod.get("securityContext", {}), **container["securityContext"]}
+            assert security["runAsNonRoot"] is True, where
+            assert security["runAsUser"] != 0, where
+            assert security["readOnlyRootFilesystem"] is True, where
+            assert security["allowPrivilegeEscalation"] is False, where
+            assert security["capabilities"]["drop"] == ["ALL"], where
+            assert security["seccompProfile"]["type"] == "RuntimeDefault", where
+            # what must stay writable is an emptyDir: the storage directory and /tmp
+            mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+            env = _container_env(objects, deployment)
+            storage = env.get("NOCOSUP_STORAGE_DIR", _image_storage_dir())
+            for path in (storage, "/tmp"):
+                assert path in mounts, f"{where}: nothing writable at {path}"
+                assert "emptyDir" in volumes[mounts[path]], f"{where}: {path}"
+            # tokens and the cluster secret come from Secrets, never from plain values
+            for item in container.get("env", []):
+                if item["name"] in SECRET_VARIABLES:
+                    assert "secretKeyRef" in item["valueFrom"], f"{where}: {item['name']}"
+            assert container["startupProbe"]["httpGet"]["path"] == "/healthz", where
+
+
+def test_kubernetes_termination_grace_covers_the_drain() -> None:
+    objects = kubernetes_objects()
+    for name, deployment in _named(objects, "Deployment").items():
+        settings = Settings.from_env(_container_env(objects, deployment))
+        pod = deployment["spec"]["template"]["spec"]
+        (container,) = pod["containers"]
+        pre_stop = container.get("lifecycle", {}).get("preStop", {}).get("exec", {})
+        command = pre_stop.get("command", [])
+        sleep = float(command[1]) if command[:1] == ["sleep"] else 0.0
+        # preStop, then uvicorn waits stop_grace + 5 for requests in flight, then the
+        # apps stop (all at once), each waiting up to stop_grace for its own requests
+        needed = sleep + (settings.stop_grace + 5) + settings.stop_grace
+        assert pod["terminationGracePeriodSeconds"] >= needed, name
