@@ -579,7 +579,11 @@ class ProxyGateway:
     The target is always the ``proxy_url`` an environment registered, never anything
     taken from the request. A caller may pick one of the app's environments with the
     ``X-Nocosup-Environment`` header or the ``__env`` query parameter; otherwise the
-    first online one (or a ``select_environment`` plugin's choice) serves.
+    first online one (or a ``select_environment`` plugin's choice) serves. When that
+    environment did not take the request (it refused the connection or answered 503
+    ``SHUTTING_DOWN``: a rolling restart) and the request can be replayed, the proxy
+    sends it once more to the app's next online environment; never after an explicit
+    choice.
     """
 
     def __init__(
@@ -631,10 +635,49 @@ class ProxyGateway:
                 "restarting); retry shortly"
             )
 
+        fallback: Callable[[], str | None] | None = None
+        if len(record.environments) > 1:
+
+            def fallback() -> str | None:
+                # the first environment never took the request (restarting, draining)
+                nonlocal env
+                other = self._fallback(record, env, scope)
+                if other is not None:
+                    self.inflight.move(env, other[0])
+                    env = scope[PROXIED_TO] = other[0]
+                    return other[1]
+                return None
+
         async def exchange(tracked: Send) -> None:
-            await self.proxy.forward(upstream, scope, receive, tracked, refused=refused)
+            await self.proxy.forward(
+                upstream, scope, receive, tracked, refused=refused, fallback=fallback
+            )
 
         await self.inflight.serve(env, scope, receive, send, exchange)
+
+    def _fallback(self, record: AppRecord, failed: str, scope: Scope) -> tuple[str, str] | None:
+        """The environment (and its URL) to send a request again to when ``failed`` did not
+        take it: the next online one of the app after ``failed``. None when the caller
+        chose ``failed`` explicitly, or when no other environment is online and routable."""
+        if _requested_environment(scope) is not None:
+            return None
+        envs = record.environments
+        start = envs.index(failed) + 1 if failed in envs else 0
+        for env in (*envs[start:], *envs[:start]):
+            if env == failed or not self.environments.is_online(env):
+                continue
+            if self.policy.restricted and self._refusal(env) is not None:
+                continue
+            url = self._upstream(env)
+            if url:
+                log.info(
+                    "environment %s did not take a request for %s: trying %s",
+                    failed,
+                    record.name,
+                    env,
+                )
+                return env, url
+        return None
 
     def _choose(self, record: AppRecord, scope: Scope) -> str:
         wanted = _requested_environment(scope)
