@@ -146,7 +146,8 @@ class FallbackServer(ProxyServer):
 
 @contextlib.asynccontextmanager
 async def fallback_server(first: str, second: str | None) -> AsyncIterator[FallbackServer]:
-    server = await FallbackServer(first, second).start()
+    server = FallbackServer(first, second)
+    await server.start()
     try:
         yield server
     finally:
