@@ -41,6 +41,10 @@ class _Exchange:
         await self.send(message)
 
 
+#: Where to send an aborted request again: (environment, exchange), from a gateway.
+Rescue = tuple[str, Callable[[Send], Awaitable[None]]]
+
+
 class InFlight:
     """The exchanges in flight, by environment name."""
 
@@ -57,8 +61,12 @@ class InFlight:
         receive: Receive,
         send: Send,
         exchange: Callable[[Send], Awaitable[None]],
+        rescue: Callable[[], Rescue | None] | None = None,
     ) -> None:
-        """Run ``exchange(send)`` for a request to ``env``, abortable by :meth:`abort`."""
+        """Run ``exchange(send)`` for a request to ``env``, abortable by :meth:`abort`.
+
+        When aborted before its response started, ``rescue()`` may name another
+        environment and exchange to serve the request instead (once); else 503."""
         task = asyncio.current_task()
         assert task is not None
         entry = _Exchange(env, task, send)
@@ -69,7 +77,11 @@ class InFlight:
             if not entry.aborted:
                 raise
             task.uncancel()
-            if not entry.started:
+            again = rescue() if rescue is not None and not entry.started else None
+            if again is not None:
+                self._discard(entry)
+                await self.serve(again[0], scope, receive, send, again[1])
+            elif not entry.started:
                 error = EnvironmentUnavailable(
                     f"environment {entry.env!r} went offline while serving this request"
                 )

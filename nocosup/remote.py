@@ -38,7 +38,7 @@ from nocosup.errors import (
     UpstreamNotAllowed,
 )
 from nocosup.heartbeat import live_instances, parse_status, status_context
-from nocosup.inflight import InFlight
+from nocosup.inflight import InFlight, Rescue
 from nocosup.lastseen import latest_by_environment
 from nocosup.metrics import PROXIED_TO
 from nocosup.process import EnvResult, ProcessAdapter, failure_type
@@ -636,7 +636,9 @@ class ProxyGateway:
             )
 
         fallback: Callable[[], str | None] | None = None
+        rescue: Callable[[], Rescue | None] | None = None
         if len(record.environments) > 1:
+            first = env
 
             def fallback() -> str | None:
                 # the first environment never took the request (restarting, draining)
@@ -648,12 +650,29 @@ class ProxyGateway:
                     return other[1]
                 return None
 
+            def rescue() -> Rescue | None:
+                # the first environment went offline before answering: a request without
+                # a body goes once to the next one (its worker restarted or froze)
+                nonlocal env
+                if env != first or not _bodiless(scope):
+                    return None
+                other = self._fallback(record, env, scope)
+                if other is None:
+                    return None
+                env = scope[PROXIED_TO] = other[0]
+                url = other[1]
+
+                async def again(tracked: Send) -> None:
+                    await self.proxy.forward(url, scope, receive, tracked, refused=refused)
+
+                return env, again
+
         async def exchange(tracked: Send) -> None:
             await self.proxy.forward(
                 upstream, scope, receive, tracked, refused=refused, fallback=fallback
             )
 
-        await self.inflight.serve(env, scope, receive, send, exchange)
+        await self.inflight.serve(env, scope, receive, send, exchange, rescue)
 
     def _fallback(self, record: AppRecord, failed: str, scope: Scope) -> tuple[str, str] | None:
         """The environment (and its URL) to send a request again to when ``failed`` did not
@@ -719,6 +738,11 @@ class ProxyGateway:
             if picked in online:
                 return picked
         return online[0]
+
+
+def _bodiless(scope: Scope) -> bool:
+    """Whether the request announced no body (so it can be sent again as it is)."""
+    return not any(k in (b"content-length", b"transfer-encoding") for k, _ in scope["headers"])
 
 
 def _requested_environment(scope: Scope) -> str | None:

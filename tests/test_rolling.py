@@ -291,3 +291,41 @@ async def test_the_supervisor_falls_back_unless_the_environment_was_chosen(
         alone = await c.get("/apps/fallone/api/info")
         assert_error(alone, 503, "APP_ENVIRONMENT_UNAVAILABLE")
         assert alone.headers["retry-after"]
+
+
+async def test_a_request_to_an_environment_that_goes_offline_goes_to_the_next(
+    servers: ServerFactory, pg_env: dict[str, str], redis_prefix: str
+) -> None:
+    cluster = Cluster(servers, pg_env, redis_prefix, REDIS_URL, interval=30)
+    supervisor = cluster.start_supervisor()
+    env_a = cluster.start_worker("env_a")
+    cluster.start_worker("env_b")
+    async with supervisor.admin() as c:
+        await cluster.wait_environments(c, {"env_a": 1, "env_b": 1})
+        await create(c, "rescued", environments=["env_a", "env_b"])
+        assert (await c.post("/api/apps/rescued/start")).status_code == 200
+    redis = aioredis.from_url(REDIS_URL, decode_responses=True)
+    env_a.signal(signal.SIGSTOP)  # frozen: the request waits on it
+    try:
+        async with supervisor.client() as c, supervisor.admin() as admin:
+            held = asyncio.create_task(c.get("/apps/rescued/api/info"))
+
+            async def in_flight() -> bool:
+                text = (await admin.get("/metrics")).text
+                return any(
+                    line.startswith("nocosup_requests_in_flight")
+                    and 'app="rescued"' in line
+                    and line.endswith(" 1.0")
+                    for line in text.splitlines()
+                )
+
+            await wait_for(in_flight)
+            # its heartbeat expires (deleted here: the TTL is long): the supervisor aborts
+            pattern = f"{cluster.prefix}:env:env_a:inst:*"
+            await redis.delete(*[k async for k in redis.scan_iter(match=pattern)])
+            got = await held
+            assert got.status_code == 200, got.text
+            assert got.json()["environment"] == "env_b"
+    finally:
+        env_a.signal(signal.SIGCONT)
+        await redis.aclose()
