@@ -7,6 +7,7 @@ environment directory when an environment goes offline) cancels every exchange s
 waiting on that environment. One whose response had not started gets 503
 ``APP_ENVIRONMENT_UNAVAILABLE`` with Retry-After; one whose response had started is cut
 short (the client sees an incomplete response, as from a worker that died).
+:meth:`InFlight.move` follows a request the proxy sends again to another environment.
 """
 
 from __future__ import annotations
@@ -26,9 +27,10 @@ log = logging.getLogger("nocosup.proxy")
 class _Exchange:
     """One request in flight: its task, whether its response began, whether aborted."""
 
-    __slots__ = ("aborted", "send", "started", "task")
+    __slots__ = ("aborted", "env", "send", "started", "task")
 
-    def __init__(self, task: asyncio.Task[object], send: Send) -> None:
+    def __init__(self, env: str, task: asyncio.Task[object], send: Send) -> None:
+        self.env = env
         self.task = task
         self.send = send
         self.started = False
@@ -37,6 +39,10 @@ class _Exchange:
     async def tracked_send(self, message: Message) -> None:
         self.started = True
         await self.send(message)
+
+
+#: Where to send an aborted request again: (environment, exchange), from a gateway.
+Rescue = tuple[str, Callable[[Send], Awaitable[None]]]
 
 
 class InFlight:
@@ -55,31 +61,54 @@ class InFlight:
         receive: Receive,
         send: Send,
         exchange: Callable[[Send], Awaitable[None]],
+        rescue: Callable[[], Rescue | None] | None = None,
     ) -> None:
-        """Run ``exchange(send)`` for a request to ``env``, abortable by :meth:`abort`."""
+        """Run ``exchange(send)`` for a request to ``env``, abortable by :meth:`abort`.
+
+        When aborted before its response started, ``rescue()`` may name another
+        environment and exchange to serve the request instead (once); else 503."""
         task = asyncio.current_task()
         assert task is not None
-        entry = _Exchange(task, send)
-        group = self._by_env.setdefault(env, set())
-        group.add(entry)
+        entry = _Exchange(env, task, send)
+        self._by_env.setdefault(env, set()).add(entry)
         try:
             await exchange(entry.tracked_send)
         except asyncio.CancelledError:
             if not entry.aborted:
                 raise
             task.uncancel()
-            if not entry.started:
+            again = rescue() if rescue is not None and not entry.started else None
+            if again is not None:
+                self._discard(entry)
+                await self.serve(again[0], scope, receive, send, again[1])
+            elif not entry.started:
                 error = EnvironmentUnavailable(
-                    f"environment {env!r} went offline while serving this request"
+                    f"environment {entry.env!r} went offline while serving this request"
                 )
                 try:
                     await send_error(scope, receive, send, error)
                 except OSError:
                     pass  # the client left too
         finally:
+            self._discard(entry)
+
+    def _discard(self, entry: _Exchange) -> None:
+        group = self._by_env.get(entry.env)
+        if group is not None:
             group.discard(entry)
             if not group:
-                self._by_env.pop(env, None)
+                del self._by_env[entry.env]
+
+    def move(self, env: str, to: str) -> None:
+        """The current task's exchange with ``env`` now waits on ``to`` (the proxy sends
+        the request again there): only ``to`` going offline aborts it from now on."""
+        task = asyncio.current_task()
+        for entry in self._by_env.get(env, ()):
+            if entry.task is task:
+                self._discard(entry)
+                entry.env = to
+                self._by_env.setdefault(to, set()).add(entry)
+                return
 
     def abort(self, env: str) -> int:
         """Cancel every exchange waiting on ``env``; how many there were."""

@@ -23,6 +23,7 @@ goes away is not an error: the upstream exchange is dropped quietly.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import AsyncGenerator, Callable
 from types import TracebackType
@@ -167,6 +168,7 @@ class Proxy:
         receive: Receive,
         send: Send,
         refused: Callable[[], NocosupError] | None = None,
+        fallback: Callable[[], str | None] | None = None,
     ) -> None:
         """Answer ``scope`` with what ``upstream`` + ``scope["path"]`` (+ query) answers.
 
@@ -175,12 +177,18 @@ class Proxy:
         the answer when the upstream refused the connection or dropped it unread (502
         ``UPSTREAM_CONNECT_ERROR`` without it): a gateway that knows the upstream is one
         of its environments answers 503 with Retry-After, as for one shutting down.
+
+        ``fallback`` gives another base URL to try once when the upstream never took
+        the request (it refused the connection, dropped it unread, or answered 503
+        ``SHUTTING_DOWN`` from its drain) and the request can be replayed: it has no body
+        or its body was read whole before sending, and nothing was sent to the client
+        yet. It returns None when there is no other upstream. WebSockets never fall back.
         """
         target = self._upstream(upstream)
         if scope["type"] == "websocket":
             await self._websocket(target, scope, receive, send, refused)
         else:
-            await self._http(target, scope, receive, send, refused)
+            await self._http(target, scope, receive, send, refused, fallback)
 
     def _upstream(self, url: str) -> Upstream:
         upstream = self._upstreams.get(url)
@@ -199,6 +207,7 @@ class Proxy:
         receive: Receive,
         send: Send,
         refused: Callable[[], NocosupError] | None = None,
+        fallback: Callable[[], str | None] | None = None,
     ) -> None:
         headers, mode = request_headers(scope, upstream)
         body: Body = None
@@ -217,33 +226,51 @@ class Proxy:
             else:
                 body = chunk
                 headers.append((b"content-length", str(len(chunk)).encode()))
+        while True:
+            try:
+                response = await self.client.request(
+                    scope["method"], upstream, path_target(scope), headers, body
+                )
+            except _ClientGone:
+                return
+            except UpstreamError as exc:
+                if not never_answered(exc):
+                    await _answer_error(scope, receive, send, _error(upstream, exc))
+                    return
+                if fallback is not None and stream is None:
+                    retry, fallback = fallback(), None  # once only
+                    if retry is not None:
+                        upstream = self._upstream(retry)
+                        headers = _replay_headers(scope, upstream, body)
+                        continue
+                error = refused() if refused is not None else None
+                await _answer_error(scope, receive, send, error or _error(upstream, exc))
+                return
+            finally:
+                if stream is not None:
+                    await stream.aclose()
+            first = response.take()
+            if response.status == 503 and fallback is not None and stream is None:
+                retry, fallback = _after_drain(response, first, fallback), None
+                if retry is not None:
+                    await response.aclose()
+                    upstream = self._upstream(retry)
+                    headers = _replay_headers(scope, upstream, body)
+                    continue
+            break
         try:
-            response = await self.client.request(
-                scope["method"], upstream, path_target(scope), headers, body
-            )
-        except _ClientGone:
-            return
-        except UpstreamError as exc:
-            error = refused() if refused is not None and never_answered(exc) else None
-            await _answer_error(scope, receive, send, error or _error(upstream, exc))
-            return
-        finally:
-            if stream is not None:
-                await stream.aclose()
-        try:
-            await self._respond(response, scope, receive, send)
+            await self._respond(response, first, scope, receive, send)
         finally:
             await response.aclose()
 
     async def _respond(
-        self, response: UpstreamResponse, scope: Scope, receive: Receive, send: Send
+        self, response: UpstreamResponse, first: bytes, scope: Scope, receive: Receive, send: Send
     ) -> None:
         start = {
             "type": "http.response.start",
             "status": response.status,
             "headers": response_headers(response.headers),
         }
-        first = response.take()
         if response.at_eof:  # the usual small answer: complete already
             try:
                 await send(start)
@@ -442,6 +469,29 @@ def path_target(scope: Scope) -> bytes:
         target = quote(path, safe=_PATH_SAFE).encode("ascii")
     query: bytes = scope.get("query_string", b"")
     return target + b"?" + query if query else target
+
+
+def _replay_headers(scope: Scope, upstream: Upstream, body: Body) -> Headers:
+    """The headers for sending the request again to another upstream (its body, if any,
+    is the bytes read whole)."""
+    headers, _ = request_headers(scope, upstream)
+    if isinstance(body, bytes):
+        headers.append((b"content-length", str(len(body)).encode()))
+    return headers
+
+
+def _after_drain(
+    response: UpstreamResponse, first: bytes, fallback: Callable[[], str | None]
+) -> str | None:
+    """Where to send the request again when ``response`` (a 503) is a nocosup host's
+    ``SHUTTING_DOWN``: the upstream is draining and never ran the request."""
+    if not response.at_eof or b'"SHUTTING_DOWN"' not in first:
+        return None
+    try:
+        code = json.loads(first)["error"]["code"]
+    except (ValueError, TypeError, KeyError):
+        return None
+    return fallback() if code == "SHUTTING_DOWN" else None
 
 
 def _content_length(scope: Scope) -> bytes:

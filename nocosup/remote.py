@@ -38,7 +38,7 @@ from nocosup.errors import (
     UpstreamNotAllowed,
 )
 from nocosup.heartbeat import live_instances, parse_status, status_context
-from nocosup.inflight import InFlight
+from nocosup.inflight import InFlight, Rescue
 from nocosup.lastseen import latest_by_environment
 from nocosup.metrics import PROXIED_TO
 from nocosup.process import EnvResult, ProcessAdapter, failure_type
@@ -589,7 +589,11 @@ class ProxyGateway:
     The target is always the ``proxy_url`` an environment registered, never anything
     taken from the request. A caller may pick one of the app's environments with the
     ``X-Nocosup-Environment`` header or the ``__env`` query parameter; otherwise the
-    first online one (or a ``select_environment`` plugin's choice) serves.
+    first online one (or a ``select_environment`` plugin's choice) serves. When that
+    environment did not take the request (it refused the connection or answered 503
+    ``SHUTTING_DOWN``: a rolling restart) and the request can be replayed, the proxy
+    sends it once more to the app's next online environment; never after an explicit
+    choice.
     """
 
     def __init__(
@@ -641,10 +645,68 @@ class ProxyGateway:
                 "restarting); retry shortly"
             )
 
-        async def exchange(tracked: Send) -> None:
-            await self.proxy.forward(upstream, scope, receive, tracked, refused=refused)
+        fallback: Callable[[], str | None] | None = None
+        rescue: Callable[[], Rescue | None] | None = None
+        if len(record.environments) > 1:
+            first = env
 
-        await self.inflight.serve(env, scope, receive, send, exchange)
+            def fallback() -> str | None:
+                # the first environment never took the request (restarting, draining)
+                nonlocal env
+                other = self._fallback(record, env, scope)
+                if other is not None:
+                    self.inflight.move(env, other[0])
+                    env = scope[PROXIED_TO] = other[0]
+                    return other[1]
+                return None
+
+            def rescue() -> Rescue | None:
+                # the first environment went offline before answering: a request without
+                # a body goes once to the next one (its worker restarted or froze)
+                nonlocal env
+                if env != first or not _bodiless(scope):
+                    return None
+                other = self._fallback(record, env, scope)
+                if other is None:
+                    return None
+                env = scope[PROXIED_TO] = other[0]
+                url = other[1]
+
+                async def again(tracked: Send) -> None:
+                    await self.proxy.forward(url, scope, receive, tracked, refused=refused)
+
+                return env, again
+
+        async def exchange(tracked: Send) -> None:
+            await self.proxy.forward(
+                upstream, scope, receive, tracked, refused=refused, fallback=fallback
+            )
+
+        await self.inflight.serve(env, scope, receive, send, exchange, rescue)
+
+    def _fallback(self, record: AppRecord, failed: str, scope: Scope) -> tuple[str, str] | None:
+        """The environment (and its URL) to send a request again to when ``failed`` did not
+        take it: the next online one of the app after ``failed``. None when the caller
+        chose ``failed`` explicitly, or when no other environment is online and routable."""
+        if _requested_environment(scope) is not None:
+            return None
+        envs = record.environments
+        start = envs.index(failed) + 1 if failed in envs else 0
+        for env in (*envs[start:], *envs[:start]):
+            if env == failed or not self.environments.is_online(env):
+                continue
+            if self.policy.restricted and self._refusal(env) is not None:
+                continue
+            url = self._upstream(env)
+            if url:
+                log.info(
+                    "environment %s did not take a request for %s: trying %s",
+                    failed,
+                    record.name,
+                    env,
+                )
+                return env, url
+        return None
 
     def _choose(self, record: AppRecord, scope: Scope) -> str:
         wanted = _requested_environment(scope)
@@ -686,6 +748,11 @@ class ProxyGateway:
             if picked in online:
                 return picked
         return online[0]
+
+
+def _bodiless(scope: Scope) -> bool:
+    """Whether the request announced no body (so it can be sent again as it is)."""
+    return not any(k in (b"content-length", b"transfer-encoding") for k, _ in scope["headers"])
 
 
 def _requested_environment(scope: Scope) -> str | None:
