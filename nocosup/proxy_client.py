@@ -472,6 +472,14 @@ class _Pool:
                 self._free_slot()
         return None
 
+    def close_idle(self) -> None:
+        """Close every pooled connection (they are all suspect once one went stale)."""
+        while self.idle:
+            conn = self.idle.pop()
+            conn.in_pool = False
+            conn.close()
+            self._free_slot()
+
     async def acquire(self) -> _Conn:
         """A connection: pooled, new, or the next one released (``pool_timeout``)."""
         conn = self.take_idle()
@@ -755,12 +763,19 @@ class LeanClient(ProxyClient):
                     await conn._wait(self.read_timeout, "read")
             except _Stale:
                 pool.release(conn)
+                # the upstream dropped one idle connection: it has likely dropped them all
+                # (a server shutting down), so the retry opens a new one
+                pool.close_idle()
                 if replayable:
                     replayable = False
                     continue
-                raise UpstreamProtocolError(
-                    "upstream closed a kept-alive connection before answering"
-                ) from None
+                message = "upstream closed a kept-alive connection before answering"
+                if method in _IDEMPOTENT and not _is_stream(body):
+                    # twice: the upstream is going away. Still "never answered", so the
+                    # caller may send it elsewhere (or answer 503)
+                    raise _Stale(message) from None
+                # a write may have been processed before the close: never replayed
+                raise UpstreamProtocolError(message) from None
             except BaseException:
                 conn.close()
                 pool.release(conn)
