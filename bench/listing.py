@@ -43,9 +43,11 @@ def app_name(i: int) -> str:
 
 
 async def seed(storage: Path, n: int) -> None:
-    """Write ``n`` app rows, as the supervisor would on create, in one transaction."""
+    """Write ``n`` app rows, as the supervisor would on create, in one transaction (each
+    app's SQLite file is made by its first boot, in the directory made here)."""
     settings = Settings(storage_dir=storage)
     sqlite = SqliteProvisioner(settings)
+    sqlite.files.mkdir(mode=0o700, parents=True, exist_ok=True)
     db = await connect_registry(settings)
     try:
         registry = Registry(db)

@@ -19,17 +19,12 @@ import asyncio
 import random
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import httpx
 from common import Admin, Workspace, fmt, nocosup_server, percentile, start_run, table
+from listing import app_name, seed
 from prometheus_client.parser import text_string_to_metric_families
-
-from nocosup.config import Settings
-from nocosup.db import connect_registry
-from nocosup.provisioning import SqliteProvisioner
-from nocosup.registry import AppRecord, Registry
 
 
 def parse_args() -> argparse.Namespace:
@@ -43,30 +38,6 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--no-pin", action="store_true", help="do not pin clients and servers")
     p.add_argument("--keep", action="store_true", help="keep the temp dir (logs, storage)")
     return p.parse_args()
-
-
-def app_name(i: int) -> str:
-    return f"app{i:05d}"
-
-
-async def seed(storage: Path, n: int) -> None:
-    settings = Settings(storage_dir=storage)
-    sqlite = SqliteProvisioner(settings)
-    sqlite.files.mkdir(mode=0o700, parents=True, exist_ok=True)  # files come at first boot
-    db = await connect_registry(settings)
-    try:
-        registry = Registry(db)
-        await registry.migrate()
-        async with db.transaction():
-            for i in range(n):
-                name = app_name(i)
-                spec = replace(sqlite.spec(name, "new_database"), provisioner=None)
-                record = AppRecord(
-                    name, name, ["local"], {"startMode": "on_first_request"}, spec.to_json()
-                )
-                await registry.insert(record)
-    finally:
-        await db.disconnect()
 
 
 def counters(text: str) -> dict[str, float]:

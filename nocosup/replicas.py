@@ -31,6 +31,7 @@ from nocosup.errors import AppBusy, AppNotFound, BackendUnavailable
 from nocosup.rediskeys import Keys
 from nocosup.redislock import LockLost, LockTimeout, compare_and_delete, redis_lock
 from nocosup.registry import AppRecord, Registry
+from nocosup.validation import APP_NAME
 
 if TYPE_CHECKING:
     from nocosup.host import Host
@@ -51,16 +52,15 @@ class Replicas:
     def __init__(
         self,
         host: Host,
-        redis: Redis,
-        keys: Keys,
         registry: Registry,
         process: RemoteProcess,
         round_seconds: float,
     ) -> None:
         self.host = host
         self.settings = host.settings
-        self.redis = redis
-        self.keys = keys
+        # the same Redis and key names as the process adapter whose app table this keeps
+        self.redis: Redis = process.redis
+        self.keys: Keys = process.keys
         self.registry = registry
         self.process = process
         self.instance = host.settings.instance_id
@@ -111,8 +111,8 @@ class Replicas:
     async def on_hint(self, event: dict[str, Any]) -> None:
         """Another replica changed ``event["app"]``: reload it from the registry."""
         name, origin = event.get("app"), event.get("origin")
-        if origin == self.instance or not isinstance(name, str):
-            return
+        if origin == self.instance or not isinstance(name, str) or not APP_NAME.fullmatch(name):
+            return  # ours, or not an app name: nothing to look up
         try:
             record: AppRecord | None = await self.registry.get(name)
         except AppNotFound:
@@ -122,7 +122,9 @@ class Replicas:
     async def check(self) -> None:
         """Reload the whole table when the stamp moved without this replica knowing."""
         raw = await self.redis.get(self.keys.registry_stamp)
-        stamp = int(raw) if isinstance(raw, str) and raw.isdigit() else 0
+        # an INCR counter (absent: 0); anything else, a foreign write, reads as -1
+        valid = isinstance(raw, str) and raw.isascii() and raw.isdigit() and len(raw) <= 19
+        stamp = 0 if raw is None else int(raw) if valid else -1
         if stamp == self.stamp:
             return
         records = {r.name: r for r in await self.registry.list()}

@@ -130,7 +130,7 @@ class SupervisorRole(Role):
         self.gateway = ProxyGateway(host, process, environments, self.proxy)
         self.watcher = Watcher(host, redis, keys, registry, environments, process)
         self.replicas = self.watcher.replicas = Replicas(
-            host, redis, keys, registry, process, self.watcher.period
+            host, registry, process, self.watcher.period
         )
         return process, environments
 
