@@ -21,6 +21,9 @@ from nocosup.templates import NAME as TEMPLATE_NAME
 from nocosup.validation import APP_NAME, DOMAIN, MAX_DOMAINS
 
 metadata = sa.MetaData()
+#: ``pg_advisory_xact_lock`` key that serialises :meth:`Registry.migrate` across processes
+#: (an arbitrary constant: "nocosup" in ASCII).
+MIGRATION_LOCK = 0x6E6F636F737570
 apps_table = sa.Table(
     "nocosup_apps",
     metadata,
@@ -281,30 +284,25 @@ class Registry:
         """Create the tables of :data:`metadata` that do not exist yet; safe to repeat.
 
         The DDL is compiled from the ``sa.Table`` definitions for the connected dialect.
+        On PostgreSQL it runs in one transaction under an advisory lock: two supervisors
+        starting together on a fresh registry would otherwise race, and one of two
+        concurrent ``CREATE TABLE IF NOT EXISTS`` can fail on the catalog's unique index.
         """
+        if self.db.url.dialect != "postgresql":
+            await self._migrate()
+            return
+        async with self.db.transaction():
+            await self.db.execute(f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK})")
+            await self._migrate()
+
+    async def _migrate(self) -> None:
         for table in metadata.sorted_tables:
             await self.db.execute(CreateTable(table, if_not_exists=True))
             for index in table.indexes:
                 await self.db.execute(CreateIndex(index, if_not_exists=True))
-        await self._add_domains_column()
+        # added after the first release: registries made before lack them
+        await self._add_column("domains", "TEXT NOT NULL DEFAULT '[]'")
         await self._add_column("template", "VARCHAR(64)")
-
-    async def _add_domains_column(self) -> None:
-        """Registries made before custom domains lack ``nocosup_apps.domains``: add it
-        (every existing app gets ``[]``). Two supervisors may race here: the loser's
-        ALTER fails, and the column is there all the same."""
-        probe = sa.select(apps_table.c.domains).limit(0)
-        try:
-            await self.db.fetch_all(probe)
-            return
-        except Exception:  # the driver's "no such column" (sqlite3, asyncpg differ)
-            pass
-        try:
-            await self.db.execute(
-                "ALTER TABLE nocosup_apps ADD COLUMN domains TEXT NOT NULL DEFAULT '[]'"
-            )
-        except Exception:
-            await self.db.fetch_all(probe)  # raises if the column is still missing
 
     async def domain_owners(self) -> dict[str, str]:
         """Every claimed domain and the app that has it."""
@@ -326,15 +324,26 @@ class Registry:
         return int(await self.db.fetch_val(stmt) or 0)
 
     async def _add_column(self, column: str, sql_type: str) -> None:
-        """Add ``column`` to a ``nocosup_apps`` made before it existed (idempotent)."""
+        """Add ``column`` to a ``nocosup_apps`` made before it existed (idempotent).
+
+        On SQLite two processes may race here (there is no advisory lock): the loser's
+        ALTER fails, and the column is there all the same."""
         if self.db.url.dialect == "postgresql":
             await self.db.execute(
                 f"ALTER TABLE nocosup_apps ADD COLUMN IF NOT EXISTS {column} {sql_type}"
             )
             return
-        rows = await self.db.fetch_all("PRAGMA table_info(nocosup_apps)")
-        if not any(row._mapping["name"] == column for row in rows):
+        if await self._has_column(column):
+            return
+        try:
             await self.db.execute(f"ALTER TABLE nocosup_apps ADD COLUMN {column} {sql_type}")
+        except Exception:
+            if not await self._has_column(column):
+                raise
+
+    async def _has_column(self, column: str) -> bool:
+        rows = await self.db.fetch_all("PRAGMA table_info(nocosup_apps)")
+        return any(row._mapping["name"] == column for row in rows)
 
     async def list(self) -> list[AppRecord]:
         rows = await self.db.fetch_all(

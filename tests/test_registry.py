@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 from pathlib import Path
 
@@ -230,3 +231,24 @@ async def test_migrate_adds_the_template_column_on_postgres(
         await _old_registry_gains_template(db)
     finally:
         await db.disconnect()
+
+
+async def test_supervisors_starting_together_migrate_one_fresh_postgres_registry(
+    tmp_path: Path, pg_database: str
+) -> None:
+    """Four registries (four supervisors' connections) migrate one empty database at the
+    same moment: the advisory lock lets one create the tables while the others wait,
+    then find them there. Without it, concurrent ``CREATE TABLE IF NOT EXISTS`` can fail
+    on PostgreSQL's catalog index."""
+    settings = Settings(
+        storage_dir=tmp_path, db_dialect="postgres", db_database=f"{pg_database}_race"
+    )
+    dbs = [await connect_registry(settings) for _ in range(4)]
+    try:
+        await asyncio.gather(*(Registry(db).migrate() for db in dbs))
+        registry = Registry(dbs[0])
+        await registry.insert(AppRecord("app1", "App 1", ["e"], {}, {}))
+        assert [r.name for r in await Registry(dbs[3]).list()] == ["app1"]
+    finally:
+        for db in dbs:
+            await db.disconnect()
