@@ -207,7 +207,8 @@ class Host(Starlette):
 
     def begin_draining(self) -> None:
         """The server is shutting down gracefully (uvicorn calls this through the
-        protocols of ``nocosup.server``): answer new tenant requests 503 from now on."""
+        protocols of ``nocosup.server``): ``/readyz`` fails from now on, and unless the
+        role serves while draining, new tenant requests get 503."""
         if not self.draining:
             self.draining = True
             log.info("draining: new requests get 503 SHUTTING_DOWN until shutdown")
@@ -308,7 +309,7 @@ class Host(Starlette):
                 if gateway is None:
                     await send_error(scope, receive, send, AppNotFound(name))
                     return
-                if self.draining:
+                if self.draining and not self.role.serves_while_draining:
                     await send_error(scope, receive, send, _SHUTTING_DOWN)
                     return
                 if TENANT_SCOPE_KEYS.issuperset(scope):  # served directly: ~130 ns
@@ -560,6 +561,8 @@ async def _readyz(request: Request) -> Response:
     host: Host = request.app
     checks: dict[str, Any] = {"started": host.started}
     ok = host.started
+    if host.draining:  # shutting down: a load balancer should send nothing new here
+        return JSONResponse({"status": "draining", "checks": checks}, status_code=503)
     degraded: list[str] = []
     names = list(host.readiness)
     results = await asyncio.gather(*(_probe(host.readiness[n]) for n in names))

@@ -42,6 +42,13 @@ class Role(ABC):
         self.settings = host.settings
         #: Set by :meth:`start`; ``None`` while the role serves no tenant traffic.
         self.gateway: Gateway | None = None
+        #: Whether tenant requests are still served while the process drains after
+        #: ``SIGTERM``. False where the tenants run here and are about to stop (a worker,
+        #: shared-memory mode): a late request gets ``503 SHUTTING_DOWN``, which a
+        #: supervisor sends to another environment. True for a role that only proxies (a
+        #: multi-environment supervisor): its upstreams are unaffected, so it serves what
+        #: reaches it until its connections close, rather than fail a request nobody retries.
+        self.serves_while_draining = False
 
     def routes(self) -> list[BaseRoute]:
         """Routes the role adds to the host (called once, when the host is built)."""

@@ -16,7 +16,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from tests.cluster import Cluster, wait_for
 from tests.conftest import REDIS_URL
-from tests.inproc import InProc
+from tests.inproc import InProc, inproc_settings, running_host
 from tests.servers import NocosupServer, ServerFactory
 from tests.test_admin_api import assert_error
 from tests.test_tenants import create
@@ -131,8 +131,41 @@ async def test_a_draining_host_answers_new_tenant_requests_503(inproc: InProc) -
     resp = await inproc.api.get("/apps/drain3/api/info")
     assert_error(resp, 503, "SHUTTING_DOWN")
     assert resp.headers["retry-after"]
+    ready = await inproc.api.get("/readyz")  # a load balancer should send nothing new
+    assert ready.status_code == 503 and ready.json()["status"] == "draining"
     # the host's own routes still answer (probes, the admin API) until it stops
     assert (await inproc.api.get("/healthz")).status_code == 200
+
+
+async def test_a_draining_supervisor_still_proxies_and_is_not_ready(
+    servers: ServerFactory, pg_env: dict[str, str], redis_prefix: str, tmp_path: Path
+) -> None:
+    """A multi-environment supervisor only proxies: while it drains after SIGTERM, a
+    request that still reaches it is served (its worker is fine), not failed with 503
+    that no load balancer retries; its readiness fails so that nothing new is sent."""
+    cluster = Cluster(servers, pg_env, redis_prefix, REDIS_URL)
+    supervisor = cluster.start_supervisor()
+    cluster.start_worker("env_a")
+    async with supervisor.admin() as c:
+        await cluster.wait_environments(c, {"env_a": 1})
+        await create(c, "sdrain", environments=["env_a"])
+        assert (await c.post("/api/apps/sdrain/start")).status_code == 200
+    # a second supervisor replica, in process, on the same registry and Redis
+    settings = inproc_settings(
+        tmp_path, **cluster.common(), APP_MODE="supervisor", APP_PROCESS_ADAPTER="remote"
+    )
+    async with running_host(settings) as replica:
+
+        async def served() -> bool:
+            return (await replica.api.get("/apps/sdrain/api/info")).status_code == 200
+
+        await wait_for(served)
+        assert (await replica.api.get("/readyz")).status_code == 200
+        replica.host.begin_draining()
+        resp = await replica.api.get("/apps/sdrain/api/info")
+        assert resp.status_code == 200, resp.text
+        ready = await replica.api.get("/readyz")
+        assert ready.status_code == 503 and ready.json()["status"] == "draining"
 
 
 async def _exists(path: Path) -> bool:

@@ -128,6 +128,7 @@ class SupervisorRole(Role):
         process = RemoteProcess(host, redis, keys, cache, self.sender, environments)
         self.proxy = Proxy(read_timeout=settings.proxy_timeout, ws_max_size=settings.max_ws_message)
         self.gateway = ProxyGateway(host, process, environments, self.proxy)
+        self.serves_while_draining = True  # it only proxies: see Role
         self.watcher = Watcher(host, redis, keys, registry, environments, process)
         self.replicas = self.watcher.replicas = Replicas(
             host, registry, process, self.watcher.period
