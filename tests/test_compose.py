@@ -172,6 +172,12 @@ def test_haproxy_balances_over_exactly_the_supervisors_checking_readyz() -> None
     assert "option httpchk" in backend
     (check,) = [line for line in backend if line.startswith("http-check send ")]
     assert "uri /readyz" in check
+    # a supervisor killed mid-request: a request it never answered goes to the other one,
+    # but only when it is safe to send twice
+    assert "option redispatch" in backend
+    (retry_on,) = [line for line in backend if line.startswith("retry-on ")]
+    assert set(retry_on.split()[1:]) == {"conn-failure", "empty-response"}
+    assert "http-request disable-l7-retry if !METH_GET !METH_OPTIONS" in backend
     servers = {line.split()[1]: line.split()[2] for line in backend if line.startswith("server ")}
     assert servers == {name: f"{name}:80" for name in SUPERVISORS}
     defaults = sections["defaults"]
