@@ -13,6 +13,7 @@ one of them is under load at a time, as the scripts arrange.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import importlib.util
 import json
@@ -373,6 +374,44 @@ def purge_redis(url: str, prefix: str) -> int:
     finally:
         client.close()
     return removed
+
+
+DEFAULT_PG_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
+
+
+@contextlib.contextmanager
+def pg_registry(name: str, dsn: str = DEFAULT_PG_DSN) -> Iterator[dict[str, str]]:
+    """DB_* variables of a PostgreSQL registry no other run shares (the supervisor creates
+    the database on start); on exit it is dropped with every tenant database named after
+    it. For what needs one shared registry: supervisor replicas."""
+    from urllib.parse import urlsplit
+
+    import asyncpg
+
+    database = f"nb_{name[:8]}_{secrets.token_hex(4)}"  # short: tenant names grow from it
+    url = urlsplit(dsn)
+
+    async def drop() -> None:
+        conn = await asyncpg.connect(dsn)
+        try:
+            rows = await conn.fetch(
+                "SELECT datname FROM pg_database WHERE datname LIKE $1", f"{database}%"
+            )
+            for row in rows:
+                await conn.execute(f'DROP DATABASE IF EXISTS "{row["datname"]}" WITH (FORCE)')
+        finally:
+            await conn.close()
+
+    try:
+        yield {
+            "DB_DIALECT": "postgres",
+            "DB_HOST": url.hostname or "127.0.0.1",
+            "DB_PORT": str(url.port or 5432),
+            "DB_USER": url.username or "postgres",
+            "DB_DATABASE": database,
+        }
+    finally:
+        asyncio.run(drop())
 
 
 def cluster_env(redis_url: str, prefix: str, interval: float | None = None) -> dict[str, str]:
