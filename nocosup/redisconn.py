@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 import redis.asyncio as aioredis
@@ -23,15 +25,28 @@ if TYPE_CHECKING:
     from nocosup.host import Host
 
 
-#: Options of every client nocosup opens. ``socket_timeout`` is None (redis-py 8 defaults
-#: to 5 s, which wraps every call in a timeout task): command streams block in XREAD for
-#: seconds, and health checks catch dead connections instead.
+#: Seconds a Redis call may wait for its answer. A master that froze or sits behind a
+#: partition keeps its sockets open and silent, and TCP alone would wait for many
+#: minutes: with a deadline the call fails, the connection is dropped, and the next one
+#: (through Sentinel: to the master it promoted meanwhile) is fresh. It must exceed the
+#: longest blocking read (``XREAD``/``XREADGROUP`` block for ``commands.BLOCK_MS``, 2 s)
+#: and stay well under a heartbeat TTL, so a worker renews its key on the new master in
+#: time. The event subscription has its own deadline (``remote.Watcher``).
+SOCKET_TIMEOUT = 5.0
+
+#: A subscription silent this long is asked for a PING; no answer within
+#: :data:`SOCKET_TIMEOUT` after that, and it is given up (see :func:`subscribed`).
+SUBSCRIPTION_IDLE = 5.0
+
+#: Options of every client nocosup opens.
 _CLIENT_OPTIONS: dict[str, Any] = {
     "decode_responses": True,
     "health_check_interval": 15,
     "socket_connect_timeout": 5,
-    "socket_timeout": None,
-    "retry_on_timeout": True,
+    "socket_timeout": SOCKET_TIMEOUT,
+    # a call that timed out may have run (an XADD, an INCR): the caller decides whether
+    # to send it again, never the client behind its back
+    "retry_on_timeout": False,
 }
 
 
@@ -151,3 +166,45 @@ def raise_if_cancelled() -> None:
     task = asyncio.current_task()
     if task is not None and task.cancelling():
         raise asyncio.CancelledError
+
+
+async def subscribed(redis: aioredis.Redis, channel: str) -> AsyncIterator[Any]:
+    """The data of each message published on ``channel``, as long as the connection lives.
+
+    A subscription waits without a deadline (its reads block until something is
+    published), so a master that froze would hold it forever. When nothing arrived for
+    :data:`SUBSCRIPTION_IDLE` seconds it sends a PING, and raises ``TimeoutError`` when
+    the answer does not come within :data:`SOCKET_TIMEOUT`: the caller subscribes again,
+    on a new connection (through Sentinel, to the current master).
+    """
+    pubsub = redis.pubsub(ignore_subscribe_messages=True)
+    loop = asyncio.get_running_loop()
+    try:
+        await pubsub.subscribe(channel)
+        heard = loop.time()
+        pinged: float | None = None
+        while True:
+            # get_message() in two steps: its parsing turns the "PONG" a RESP3
+            # subscription answers into nothing, and any answer at all is a sign of life
+            response = await pubsub.parse_response(block=False, timeout=1.0)
+            now = loop.time()
+            if response is not None:
+                heard, pinged = now, None
+                message = await pubsub.handle_message(  # type: ignore[no-untyped-call]
+                    response, ignore_subscribe_messages=True
+                )
+                if message is not None and message.get("type") == "message":
+                    yield message.get("data")
+            elif pinged is not None:
+                if now - pinged > SOCKET_TIMEOUT:
+                    # the idle connections of the pool may all lead to that master: the
+                    # next subscription (and every call) must start on a fresh one
+                    await redis.connection_pool.disconnect(inuse_connections=False)
+                    raise TimeoutError(f"no answer to a PING on {channel} in {SOCKET_TIMEOUT:g} s")
+            elif now - heard > SUBSCRIPTION_IDLE:
+                await pubsub.ping()
+                pinged = now
+    finally:
+        with contextlib.suppress(Exception):
+            # redis-py leaves PubSub.aclose unannotated
+            await pubsub.aclose()  # type: ignore[no-untyped-call]

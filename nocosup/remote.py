@@ -42,7 +42,7 @@ from nocosup.inflight import InFlight, Rescue
 from nocosup.lastseen import latest_by_environment
 from nocosup.metrics import PROXIED_TO
 from nocosup.process import EnvResult, ProcessAdapter, failure_type
-from nocosup.redisconn import raise_if_cancelled
+from nocosup.redisconn import raise_if_cancelled, subscribed
 from nocosup.rediskeys import NAME, Keys, split_member, valid_member
 from nocosup.redisurl import mask_url
 from nocosup.registry import AppRecord, EnvironmentStore, Registry, iso_time
@@ -862,22 +862,16 @@ class Watcher:
     async def _listen(self) -> None:
         """Relay workers' hints: status reports to hooks and SSE, environment changes."""
         while True:
-            pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
             try:
-                await pubsub.subscribe(self.keys.events)
-                async for message in pubsub.listen():
+                async for data in subscribed(self.redis, self.keys.events):
                     raise_if_cancelled()
-                    self._relay(message.get("data"))
+                    self._relay(data)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 raise_if_cancelled()
                 log.warning("event subscription dropped, re-subscribing: %r", exc)
                 await asyncio.sleep(0.5)
-            finally:
-                with contextlib.suppress(Exception):
-                    # redis-py leaves PubSub.aclose unannotated
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]
 
     def _relay(self, data: Any) -> None:
         try:

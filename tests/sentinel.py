@@ -33,6 +33,8 @@ class SentinelSet:
         self.ports = {"a": free_port(), "b": free_port()}
         self.sentinel_port = free_port()
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        #: The master :meth:`freeze_master` stopped (thawed by :meth:`stop`).
+        self.frozen: str | None = None
 
     @property
     def url(self) -> str:
@@ -121,6 +123,14 @@ class SentinelSet:
         self.procs[name].wait(10)
         return name
 
+    def freeze_master(self) -> str:
+        """SIGSTOP the master: its sockets stay open and silent, as with a paused VM or a
+        network partition, so only a client with a deadline notices; returns its name."""
+        name = self.master_name()
+        self.procs[name].send_signal(signal.SIGSTOP)
+        self.frozen = name
+        return name
+
     def wait_failover(self, old: str, timeout: float = 30) -> str:
         """Until the sentinel names another master; returns its name."""
         deadline = time.monotonic() + timeout
@@ -136,6 +146,8 @@ class SentinelSet:
             time.sleep(0.1)
 
     def stop(self) -> None:
+        if self.frozen is not None and self.procs[self.frozen].poll() is None:
+            self.procs[self.frozen].kill()  # a stopped process would hold SIGTERM
         for proc in self.procs.values():
             if proc.poll() is None:
                 proc.terminate()

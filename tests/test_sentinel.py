@@ -9,6 +9,7 @@ import time
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -23,6 +24,7 @@ from tests.cluster import Cluster, wait_for
 from tests.sentinel import SERVICE, SentinelSet
 from tests.servers import NocosupServer, ServerFactory
 from tests.test_tenants import create
+from tests.test_webui import sse_events
 
 # --- addresses -----------------------------------------------------------------------
 
@@ -221,3 +223,81 @@ async def test_cluster_recovers_from_a_failover_under_load(
         r = await c.get("/api/apps")
         statuses = {a["name"]: a["statuses"] for a in r.json()["apps"]}
         assert statuses == {"blog": {"env_a": "running"}, "shop": {"env_a": "running"}}
+
+
+async def test_cluster_recovers_when_the_master_freezes(
+    cluster: Cluster, sentinels: SentinelSet
+) -> None:
+    """A master that stops answering without closing its sockets (a paused VM, a network
+    partition): the sentinel promotes the replica, and every client blocked on the frozen
+    master must give up on it and reconnect, or the control plane hangs for as long as
+    the master stays frozen (TCP alone would wait for many minutes)."""
+    async with sup(cluster).admin() as c:
+        await create(c, "shop")
+        await create(c, "blog")
+        assert (await c.post("/api/apps/shop/start")).status_code == 200
+        sentinels.wait_replicated("a")
+        async with c.stream("GET", "/api/events", timeout=120) as stream:
+            statuses: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+
+            async def read() -> None:
+                async for kind, data in sse_events(stream):
+                    if kind == "app_status" and data.get("app") == "blog":
+                        statuses.put_nowait(data)
+
+            reader = asyncio.create_task(read())
+            began = time.monotonic()
+            old = sentinels.freeze_master()
+            sentinels.wait_failover(old)
+
+            # commands flow again: the consumers gave up on the frozen master
+            async def started() -> bool:
+                r = await c.post("/api/apps/blog/start", timeout=30)
+                return r.status_code == 200
+
+            await wait_for(started, timeout=60, interval=0.5)
+            recovered = time.monotonic() - began
+
+            # the workers' status reports reach the page's stream again: the event
+            # subscription was given up and made on the new master (a report published
+            # while it was still on the frozen one is lost, as pub/sub messages are)
+            async def reported() -> bool:
+                while not statuses.empty():
+                    statuses.get_nowait()
+                action = "stop" if await _status(c, "blog") == "running" else "start"
+                assert (await c.post(f"/api/apps/blog/{action}", timeout=30)).status_code == 200
+                try:
+                    async with asyncio.timeout(3):
+                        await statuses.get()
+                except TimeoutError:
+                    return False
+                return True
+
+            try:
+                await wait_for(reported, timeout=60)
+            finally:
+                reader.cancel()
+            assert (await c.post("/api/apps/blog/start", timeout=30)).status_code == 200
+
+        async def env_online_and_running() -> bool:
+            envs = await c.get("/api/environments")
+            apps = await c.get("/api/apps")
+            return (
+                any(
+                    e["name"] == "env_a" and e["status"] == "online"
+                    for e in envs.json()["environments"]
+                )
+                and {a["name"]: a["statuses"] for a in apps.json()["apps"]}
+                == {"blog": {"env_a": "running"}, "shop": {"env_a": "running"}}
+            )
+
+        await wait_for(env_online_and_running, timeout=60)
+        async with sup(cluster).client() as anon:
+            assert (await anon.get("/apps/shop/api/info")).status_code == 200
+        print(f"master frozen: commands went through again after {recovered:.1f} s")
+
+
+async def _status(c: httpx.AsyncClient, app: str) -> str | None:
+    r = await c.get(f"/api/apps/{app}")
+    status: str | None = r.json()["statuses"].get("env_a")
+    return status
