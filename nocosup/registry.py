@@ -56,6 +56,8 @@ environments_table = sa.Table(
     sa.Column("version", sa.String(32), nullable=False),
     sa.Column("registered_at", sa.String(32), nullable=False),
     sa.Column("last_seen_at", sa.String(32), nullable=False),
+    # added with moves: where the environment keeps app data (TenantDatabases.describe)
+    sa.Column("databases", sa.Text, nullable=True),
 )
 
 #: Answers of admin calls made with an Idempotency-Key (nocosup.idempotency), shared by
@@ -288,6 +290,7 @@ class Registry:
                 await self.db.execute(CreateIndex(index, if_not_exists=True))
         await self._add_domains_column()
         await self._add_column("template", "VARCHAR(64)")
+        await self._add_column("databases", "TEXT", table="nocosup_environments")
 
     async def _add_domains_column(self) -> None:
         """Registries made before custom domains lack ``nocosup_apps.domains``: add it
@@ -325,16 +328,16 @@ class Registry:
         stmt = _filtered(sa.select(sa.func.count()).select_from(apps_table), query)
         return int(await self.db.fetch_val(stmt) or 0)
 
-    async def _add_column(self, column: str, sql_type: str) -> None:
-        """Add ``column`` to a ``nocosup_apps`` made before it existed (idempotent)."""
+    async def _add_column(self, column: str, sql_type: str, table: str = "nocosup_apps") -> None:
+        """Add ``column`` to a ``table`` made before it existed (idempotent)."""
         if self.db.url.dialect == "postgresql":
             await self.db.execute(
-                f"ALTER TABLE nocosup_apps ADD COLUMN IF NOT EXISTS {column} {sql_type}"
+                f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {column} {sql_type}"
             )
             return
-        rows = await self.db.fetch_all("PRAGMA table_info(nocosup_apps)")
+        rows = await self.db.fetch_all(f"PRAGMA table_info({table})")
         if not any(row._mapping["name"] == column for row in rows):
-            await self.db.execute(f"ALTER TABLE nocosup_apps ADD COLUMN {column} {sql_type}")
+            await self.db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {sql_type}")
 
     async def list(self) -> list[AppRecord]:
         rows = await self.db.fetch_all(
@@ -434,6 +437,7 @@ class EnvironmentStore:
             "proxy_url": env.get("proxy_url") or "",
             "version": env.get("version") or "",
             "last_seen_at": now_iso(),
+            "databases": json.dumps(env["databases"]) if env.get("databases") else None,
         }
         async with self.db.transaction():
             updated = await self.db.fetch_one(
