@@ -491,10 +491,15 @@ class Supervisor:
         moved = await self.registry.update(record.changed(environments=[target]))
         log.info("moving %s from %s to %s (%s)", name, ", ".join(sources), target, reason)
         ends = {"from": sources, "to": target, "reason": reason}
+        # the config cache and this replica's routes first, then the other replicas: a
+        # worker of the target finds the new record when the first request comes
+        await self.process.update(moved)
         running = moved.desired_state == "running"
         results: list[EnvResult] = []
         if running:
-            await self._changed(moved, "updated", {"move": {**ends, "state": "starting"}})
+            await self._changed(
+                moved, "updated", {"move": {**ends, "state": "starting"}}, changed=["environments"]
+            )
             results = await self.process.start(moved)
             failed = [r for r in results if not r.ok]
             if failed:
@@ -506,13 +511,13 @@ class Supervisor:
                     app=await self._describe(await self.registry.get(name)),
                     results=_results_json(results),
                 )
-        else:
-            await self.process.update(moved)  # the target learns it; nothing boots
         left = await self.process.leave(moved, sources)
         for r in left:
             if not r.ok:  # the sweep of strays removes it once the environment answers
                 log.warning("moved %s, but %s did not let it go: %s", name, r.environment, r.error)
-        await self._changed(moved, "updated", {"move": {**ends, "state": "done"}})
+        await self._changed(
+            moved, "updated", {"move": {**ends, "state": "done"}}, changed=["environments"]
+        )
         self.host.metrics.app_event("failover" if reason == "failover" else "move", name, target)
         app = await self._describe(moved)
         app["results"] = _results_json([*results, *left])
@@ -526,7 +531,9 @@ class Supervisor:
         again, and the target forgets the app."""
         back = await self.registry.update(moved.changed(environments=environments))
         await self.process.update(back)
-        await self._changed(back, "updated", {"move": {**ends, "state": "failed"}})
+        await self._changed(
+            back, "updated", {"move": {**ends, "state": "failed"}}, changed=["environments"]
+        )
         for r in await self.process.leave(back, [target]):
             if not r.ok:
                 log.warning("%s keeps a failed copy of %s: %s", target, back.name, r.error)

@@ -16,11 +16,12 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+import asyncpg
 import httpx
 import pytest
 
 from tests.cluster import Cluster, wait_for
-from tests.conftest import REDIS_URL
+from tests.conftest import PG_DSN, REDIS_URL
 from tests.inproc import InProc
 from tests.servers import NocosupServer, ServerFactory
 from tests.test_admin_api import assert_error
@@ -203,6 +204,41 @@ async def test_cli_moves_and_reports_failures(cluster: Cluster) -> None:
     )
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["environments"] == ["env_b"]
+
+
+async def test_a_supervisor_crash_mid_move_converges(cluster: Cluster, pg_database: str) -> None:
+    """The registry switched to env_b, then the supervisor died before env_a let the app
+    go: once restarted, the upkeep's sweep removes the copy env_a still runs."""
+    async with sup(cluster).admin() as c:
+        await create(c, "crashy", environments=["env_a"])
+        assert (await c.post("/api/apps/crashy/start")).status_code == 200
+        r = await c.post("/apps/crashy/api/records", json={"title": "kept"})
+        assert r.status_code == 201, r.text
+    conn = await asyncpg.connect(PG_DSN.rsplit("/", 1)[0] + f"/{pg_database}_mv")
+    try:
+        await asyncio.to_thread(sup(cluster).stop, signal.SIGKILL)
+        await conn.execute(
+            "UPDATE nocosup_apps SET environments = $1, version = version + 1 WHERE name = $2",
+            json.dumps(["env_b"]),
+            "crashy",
+        )
+    finally:
+        await conn.close()
+    async with httpx.AsyncClient(base_url=cluster.workers["env_a"].url) as env_a:
+        assert (await env_a.get("/apps/crashy/api/info")).status_code == 200  # the stray
+        await asyncio.to_thread(sup(cluster).start)
+
+        async def let_go() -> bool:
+            return (await env_a.get("/apps/crashy/api/info")).status_code == 503
+
+        await wait_for(let_go, timeout=30)
+    async with sup(cluster).admin() as c:
+        info = (await c.get("/apps/crashy/api/info")).json()
+        assert info["environment"] == "env_b"
+        records = (await c.get("/apps/crashy/api/records")).json()["records"]
+        assert [x["title"] for x in records] == ["kept"]
+        app = (await c.get("/api/apps/crashy")).json()
+        assert app["environments"] == ["env_b"] and app["statuses"] == {"env_b": "running"}
 
 
 async def test_failover_after_the_only_environment_dies(cluster: Cluster) -> None:
