@@ -133,6 +133,8 @@ async def test_move_under_load_keeps_data_and_answers_only_503(cluster: Cluster)
         async with httpx.AsyncClient(base_url=cluster.workers["env_a"].url) as worker:
             direct = await worker.get("/apps/mover/api/info")
         assert_error(direct, 503, "APP_ENVIRONMENT_UNAVAILABLE")
+        metrics = (await c.get("/metrics")).text
+        assert 'nocosup_moves_total{app="mover",environment="env_b"} 1.0' in metrics
     moves = [e["move"] for e in seen if e["app"] == "mover" and "move" in e]
     assert [m["state"] for m in moves] == ["starting", "done"], seen
     assert moves[-1] == {"from": ["env_a"], "to": "env_b", "reason": "admin", "state": "done"}
@@ -163,6 +165,21 @@ async def test_sqlite_app_and_bad_input_are_refused(cluster: Cluster) -> None:
         assert_error(await c.post(url, json=["env_b"]), 422, "INVALID_JSON")
         assert (await c.get(url)).status_code == 405
         assert (await c.get("/api/apps/stay")).json()["environments"] == ["env_a"]
+
+
+async def test_a_move_whose_target_cannot_start_the_app_is_undone(cluster: Cluster) -> None:
+    async with sup(cluster).admin() as c:
+        options = {"test": {"crash": "lifespan"}}
+        await create(c, "fragile", environments=["env_a"], options=options)
+        r = await move(c, "fragile", "env_b")
+        assert_error(r, 502, "COMMAND_FAILED")
+        error = r.json()["error"]
+        assert "stays on env_a" in error["message"]
+        assert error["results"]["env_b"]["status"] == "error"
+        assert error["app"]["environments"] == ["env_a"]
+        app = (await c.get("/api/apps/fragile")).json()
+        assert app["environments"] == ["env_a"]
+        assert app["version"] == 3  # moved, and moved back
 
 
 async def test_idempotent_retry_and_a_stopped_app(cluster: Cluster) -> None:
@@ -272,6 +289,9 @@ async def test_failover_after_the_only_environment_dies(cluster: Cluster) -> Non
         assert app["environments"] == [info["environment"]]
         records = (await c.get("/apps/phoenix/api/records")).json()["records"]
         assert [x["title"] for x in records] == ["survives"]
+        metrics = (await c.get("/metrics")).text
+        where = info["environment"]
+        assert f'nocosup_failovers_total{{app="phoenix",environment="{where}"}} 1.0' in metrics
         # no option, no failover; and an offline environment takes no move
         assert (await c.get("/api/apps/grounded")).json()["environments"] == ["env_c"]
         assert_error(await move(c, "grounded", "env_c"), 422, "VALIDATION_ERROR", "to")
