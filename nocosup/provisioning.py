@@ -404,7 +404,7 @@ def local_kind(database: dict[str, Any], described: dict[str, Any] | None) -> st
     if provisioner == SqliteProvisioner.name:
         return "a SQLite file on the worker"
     if not described:
-        return "in a place the environment has not registered (a worker older than moves?)"
+        return "a place the environment has not registered (a worker older than moves?)"
     return f"a {provisioner} database local to the worker"
 
 
