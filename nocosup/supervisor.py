@@ -609,11 +609,14 @@ class Supervisor:
                 name,
                 ", ".join(stray),
             )
-            async with self._serialized(name):
-                fresh = await self.registry.get(name)
-                gone = [e for e in stray if e not in fresh.environments]
-                if gone:
-                    await self.process.leave(fresh, gone)
+            try:
+                async with self._serialized(name):
+                    fresh = await self.registry.get(name)
+                    gone = [e for e in stray if e not in fresh.environments]
+                    if gone:
+                        await self.process.leave(fresh, gone)
+            except NocosupError as exc:  # removed meanwhile, busy, Redis: the next sweep
+                log.warning("could not remove %s from %s: %s", name, ", ".join(stray), exc)
 
     async def _check_still_wanted(
         self, record: AppRecord, verb: str, results: list[EnvResult]
