@@ -79,6 +79,13 @@ async def stop_app(request: Request) -> Response:
 
 
 @admin_only
+@idempotent
+async def move_app(request: Request) -> Response:
+    name = request.path_params["name"]
+    return JSONResponse(await _supervisor(request).move_app(name, await _body(request)))
+
+
+@admin_only
 async def list_commands(request: Request) -> Response:
     return JSONResponse(await _supervisor(request).list_commands(request.path_params["name"]))
 
@@ -156,6 +163,7 @@ def routes() -> list[BaseRoute]:
         ),
         Route("/api/apps/{name}/start", start_app, methods=["POST"]),
         Route("/api/apps/{name}/stop", stop_app, methods=["POST"]),
+        Route("/api/apps/{name}/move", move_app, methods=["POST"]),
         Route(
             "/api/apps/{name}/commands",
             _by_method(get=list_commands, post=run_command),

@@ -458,10 +458,11 @@ class Progress:
     a plain line per status change, so the log reads as the sequence of transitions.
     """
 
-    def __init__(self, stream: TextIO, verb: str, name: str) -> None:
+    def __init__(self, stream: TextIO, verb: str, name: str, to: str | None = None) -> None:
         self.stream = stream
         self.tty = stream.isatty()
-        self.label = f"{'starting' if verb == 'start' else 'stopping'} {name}"
+        doing = {"start": "starting", "stop": "stopping", "move": "moving"}[verb]
+        self.label = f"{doing} {name}" + (f" to {to}" if to else "")
         self.seen: dict[str, str] = {}
         self.started = time.monotonic()
         self.frame = 0
@@ -506,8 +507,10 @@ def run_command(
     verb: str,
     timeout: float,
     progress: Progress | None,
+    body: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """POST start/stop and wait for its answer while polling the app's statuses.
+    """POST start/stop/move (``body``: the move's) and wait for its answer while polling
+    the app's statuses.
 
     The waiting endpoint, not the polls, decides the outcome: right after a start the
     statuses may still show the previous run (``stopped``, or an old ``error``), so a poll
@@ -521,7 +524,7 @@ def run_command(
         try:
             # A little longer than ours, so that our deadline, not httpx's, reports it.
             with make_client(timeout + 5) as api:
-                outcome["app"] = api.command(name, verb)
+                outcome["app"] = api.command(name, verb, body)
         except BaseException as exc:  # handed to the main thread
             outcome["error"] = exc
         finally:
@@ -556,7 +559,8 @@ def _poll(api: AdminClient, name: str, timeout: float) -> dict[str, Any] | None:
 
 
 def _apps_command(api: AdminClient, args: argparse.Namespace, verb: str) -> int:
-    progress = None if args.json else Progress(sys.stderr, verb, args.name)
+    to = getattr(args, "to", None)
+    progress = None if args.json else Progress(sys.stderr, verb, args.name, to)
     try:
         app = run_command(
             lambda timeout: AdminClient(api.config, timeout=timeout),
@@ -564,6 +568,7 @@ def _apps_command(api: AdminClient, args: argparse.Namespace, verb: str) -> int:
             verb,
             args.timeout,
             progress,
+            {"to": to} if verb == "move" else None,
         )
     except ApiError as exc:
         if progress is not None:
@@ -585,7 +590,7 @@ def _apps_command(api: AdminClient, args: argparse.Namespace, verb: str) -> int:
     if args.json:
         print_json(app)
     else:
-        done = "started" if verb == "start" else "stopped"
+        done = {"start": "started", "stop": "stopped", "move": f"moved to {to}"}[verb]
         out(f"{app.get('name', args.name)} {done}: {statuses_text(app)}")
     return 0
 
@@ -623,6 +628,10 @@ def _apps_start(api: AdminClient, args: argparse.Namespace) -> int:
 
 def _apps_stop(api: AdminClient, args: argparse.Namespace) -> int:
     return _apps_command(api, args, "stop")
+
+
+def _apps_move(api: AdminClient, args: argparse.Namespace) -> int:
+    return _apps_command(api, args, "move")
 
 
 def confirm_removal(api: AdminClient, name: str, drop_database: bool) -> bool:
@@ -821,7 +830,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.set_defaults(func=_serve)
 
     common = [_client_options()]
-    apps = sub.add_parser("apps", help="list, create, show, start, stop and remove apps")
+    apps = sub.add_parser("apps", help="list, create, show, start, stop, move and remove apps")
     apps_sub = apps.add_subparsers(dest="action", required=True, metavar="action")
 
     p = apps_sub.add_parser("list", parents=common, help="table of apps and their statuses")
@@ -884,9 +893,14 @@ def build_parser() -> argparse.ArgumentParser:
     for verb, handler, what in (
         ("start", _apps_start, "start an app and wait until it runs everywhere"),
         ("stop", _apps_stop, "stop an app and wait until it is stopped everywhere"),
+        ("move", _apps_move, "move an app to another environment (shared PostgreSQL data)"),
     ):
         p = apps_sub.add_parser(verb, parents=common, help=what)
         p.add_argument("name")
+        if verb == "move":
+            p.add_argument(
+                "--to", required=True, metavar="ENV", help="the environment the app ends on"
+            )
         p.add_argument(
             "--timeout",
             type=_positive,
@@ -907,9 +921,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("name")
     p.add_argument("command", help="one of: nocosup apps commands NAME")
-    p.add_argument(
-        "--arg", action="append", metavar="KEY=JSON", help="an argument of the command"
-    )
+    p.add_argument("--arg", action="append", metavar="KEY=JSON", help="an argument of the command")
     p.add_argument(
         "--timeout",
         type=_positive,

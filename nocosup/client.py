@@ -174,12 +174,14 @@ class AdminClient:
             "POST", f"{_app_path(name)}/commands", json=body, timeout=timeout, shape=_is_app
         )
 
-    def command(self, name: str, verb: str) -> dict[str, Any]:
-        """POST start or stop and wait for it: the server answers once it is done."""
-        if verb not in ("start", "stop"):
+    def command(self, name: str, verb: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+        """POST start, stop or move (``body``: ``{"to": env}``) and wait for it: the
+        server answers once it is done."""
+        if verb not in ("start", "stop", "move"):
             raise ValueError(verb)
+        params = {} if verb == "move" else {"wait": "true"}
         return self._call(
-            "POST", f"{_app_path(name)}/{verb}", params={"wait": "true"}, shape=_is_app
+            "POST", f"{_app_path(name)}/{verb}", params=params, json=body, shape=_is_app
         )
 
     def delete_app(self, name: str, drop_database: bool, force: bool = False) -> dict[str, Any]:

@@ -248,6 +248,12 @@ VARIABLES: tuple[Variable, ...] = (
         "request) unless its options.idleTimeout says otherwise; 0 never.",
     ),
     Variable(
+        "NOCOSUP_FAILOVER_AFTER",
+        "60",
+        "Seconds every environment of an app with options.failover must have been offline "
+        "(since its last heartbeat) before the app is moved to an online one.",
+    ),
+    Variable(
         "NOCOSUP_MAX_RUNNING_APPS",
         "0",
         "Apps one process runs at once; a boot past it puts the least recently used idle "
@@ -443,6 +449,7 @@ def _parse(env: Mapping[str, str]) -> dict[str, Any]:
         "header_timeout": _number(env, "NOCOSUP_HEADER_TIMEOUT", float, 0.1, 3600),
         "idle_timeout": _number(env, "NOCOSUP_IDLE_TIMEOUT", float, 0, 30 * 86400),
         "max_running_apps": _number(env, "NOCOSUP_MAX_RUNNING_APPS", int, 0, 1_000_000),
+        "failover_after": _number(env, "NOCOSUP_FAILOVER_AFTER", float, 0.1, 30 * 86400),
         "boot_concurrency": _number(env, "NOCOSUP_BOOT_CONCURRENCY", int, 1, 10_000),
         "metrics_token": _metrics_token(env),
         "db_connect_timeout": _number(env, "NOCOSUP_DB_CONNECT_TIMEOUT", float, 0.1, 600),
@@ -661,6 +668,7 @@ class Settings:
     header_timeout: float = _DEFAULTS["header_timeout"]
     idle_timeout: float = _DEFAULTS["idle_timeout"]
     max_running_apps: int = _DEFAULTS["max_running_apps"]
+    failover_after: float = _DEFAULTS["failover_after"]
     boot_concurrency: int = _DEFAULTS["boot_concurrency"]
     db_connect_timeout: float = _DEFAULTS["db_connect_timeout"]
     db_statement_timeout: float = _DEFAULTS["db_statement_timeout"]

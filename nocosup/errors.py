@@ -14,6 +14,7 @@
     ├── DomainTaken                 409 DOMAIN_TAKEN (a custom domain another app or the admin has)
     ├── DatabaseNameReserved        409 DATABASE_NAME_RESERVED (a tenant name nocosup uses itself)
     ├── EnvironmentInUse            409 ENVIRONMENT_IN_USE (removing one online or hosting apps)
+    ├── AppNotMovable               409 APP_NOT_MOVABLE (its data cannot follow it, or no target)
     ├── PayloadTooLarge             413 PAYLOAD_TOO_LARGE (a body over its limit)
     ├── HeadersTooLarge             431 HEADERS_TOO_LARGE (a header block over its limit)
     ├── AppUnavailable              503 (base of the gateway's "cannot serve now" answers)
@@ -202,6 +203,15 @@ class EnvironmentInUse(NocosupError):
 
     status = 409
     code = "ENVIRONMENT_IN_USE"
+
+
+class AppNotMovable(NocosupError):
+    """A move that cannot be made: the app's data would not be reachable from the target
+    (a SQLite file on a worker, another database server), the target is offline, or the
+    supervisor runs its apps itself (shared-memory mode)."""
+
+    status = 409
+    code = "APP_NOT_MOVABLE"
 
 
 class PayloadTooLarge(NocosupError):

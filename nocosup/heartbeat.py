@@ -157,8 +157,12 @@ class Heartbeat:
         settings: Settings,
         on_reset: Callable[[], Awaitable[None]],
         signer: Signer | None = None,
+        databases: dict[str, Any] | None = None,
     ) -> None:
         self.signer = signer or Signer(None, settings.instance_id)
+        #: Where this environment keeps app data (TenantDatabases.describe): registered so
+        #: the supervisor knows which apps may move here.
+        self.databases = databases
         self.redis = redis
         self.keys = keys
         self.settings = settings
@@ -178,6 +182,7 @@ class Heartbeat:
             "url": s.environment_url or "",
             "proxy_url": s.proxy_url or "",
             "version": __version__,
+            **({"databases": json.dumps(self.databases)} if self.databases else {}),
         }
 
     def instance_info(self) -> dict[str, Any]:

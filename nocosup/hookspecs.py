@@ -169,7 +169,8 @@ def app_registered(app: AppContext) -> Any:
 @hookspec
 def app_updated(app: AppContext, changed: list[str]) -> Any:
     """Fires on the supervisor after a registry change of ``app``: ``changed`` names the
-    fields (``title``, ``options``, ``desired_state``) (notification)."""
+    fields (``title``, ``options``, ``desired_state``, ``environments`` for a move)
+    (notification)."""
 
 
 @hookspec

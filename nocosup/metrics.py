@@ -51,6 +51,8 @@ APP_EVENTS = {
     "idle_stop": ("nocosup_idle_stops", "Apps stopped after their idle timeout."),
     "eviction": ("nocosup_evictions", "Apps put to idle to make room (capacity)."),
     "overload": ("nocosup_overload_rejections", "Requests refused with APP_OVERLOADED."),
+    "move": ("nocosup_moves", "Apps moved to the environment by an operator (supervisor)."),
+    "failover": ("nocosup_failovers", "Apps moved to the environment by failover (supervisor)."),
 }
 _CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx")
 

@@ -38,7 +38,8 @@ def _errors(*statuses: int) -> dict[str, Any]:
         409: (
             "The name is taken (APP_EXISTS), a domain is another's (DOMAIN_TAKEN), the "
             "database name is nocosup's own (DATABASE_NAME_RESERVED), a later stop/start took "
-            "over (APP_STATE_CONFLICT), or an environment is in use (ENVIRONMENT_IN_USE)"
+            "over (APP_STATE_CONFLICT), an environment is in use (ENVIRONMENT_IN_USE), an "
+            "app cannot move (APP_NOT_MOVABLE), or another admin call holds it (APP_BUSY)"
         ),
         413: "The body is over its limit (PAYLOAD_TOO_LARGE)",
         422: "Invalid input (VALIDATION_ERROR naming the field, or INVALID_JSON)",
@@ -169,6 +170,11 @@ _SCHEMAS: dict[str, Any] = {
             },
             "maxConcurrency": {"type": "integer", "minimum": 1},
             "maxQueue": {"type": "integer", "minimum": 0},
+            "failover": {
+                "type": "boolean",
+                "description": "move the app to an online environment once every one of its "
+                "environments has been offline for NOCOSUP_FAILOVER_AFTER seconds",
+            },
         },
     },
     "Database": {
@@ -229,6 +235,14 @@ _SCHEMAS: dict[str, Any] = {
                 "additionalProperties": {"type": ["string", "null"]},
             },
             "results": {"type": "object", "additionalProperties": _ref("EnvResult")},
+            "moved": {
+                "type": "object",
+                "description": "after a move: the environments it left and the one it is on",
+                "properties": {
+                    "from": {"type": "array", "items": {"type": "string"}},
+                    "to": {"type": "string"},
+                },
+            },
             "template": {
                 "type": ["string", "null"],
                 "description": "The template that builds the app; null: the default factory.",
@@ -304,6 +318,16 @@ _SCHEMAS: dict[str, Any] = {
             "instances": {"type": "array", "items": {"type": "string"}},
             "last_heartbeat_at": {"type": ["string", "null"]},
             "registered_at": {"type": ["string", "null"]},
+            "databases": {
+                "type": ["object", "null"],
+                "description": "Where its workers keep app data: the provisioner apps use by "
+                "default (dialect) and the location of each one other environments can reach "
+                "(shared); an app moves only between environments with the same location.",
+                "properties": {
+                    "dialect": {"type": "string"},
+                    "shared": {"type": "object", "additionalProperties": {"type": "string"}},
+                },
+            },
         },
     },
     "EnvironmentDetail": {
@@ -499,6 +523,27 @@ def document(served: Callable[[str], bool] = lambda path: True) -> dict[str, Any
                     **_errors(401, 403, 404, 409, 422, *commands),
                 },
                 parameters=[_NAME, _WAIT, _IDEMPOTENCY],
+            )
+        },
+        "/api/apps/{name}/move": {
+            "post": _op(
+                "Move the app to another environment (its database must be reachable there)",
+                {
+                    "200": _app_answer("Moved: on the target only"),
+                    **_errors(*writes, 404, 409, *commands),
+                },
+                parameters=[_NAME, _IDEMPOTENCY],
+                body={
+                    "type": "object",
+                    "required": ["to"],
+                    "additionalProperties": False,
+                    "properties": {
+                        "to": {
+                            "type": "string",
+                            "description": "The environment the app ends on.",
+                        }
+                    },
+                },
             )
         },
         "/api/apps/{name}/commands": {

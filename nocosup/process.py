@@ -45,6 +45,9 @@ def failure_type(failed: list[EnvResult]) -> type[NocosupError]:
 class ProcessAdapter(ABC):
     """The supervisor's handle on wherever apps run."""
 
+    #: Whether apps can move between environments (multi-environment mode only).
+    can_move = False
+
     @abstractmethod
     async def restore(self, records: list[AppRecord]) -> None:
         """Learn every registered app at start-up (no boot)."""
@@ -68,6 +71,11 @@ class ProcessAdapter(ABC):
     @abstractmethod
     async def remove(self, record: AppRecord, drop_database: bool) -> list[EnvResult]:
         """Stop and forget the app everywhere; drop its database only if asked."""
+
+    async def leave(self, record: AppRecord, environments: list[str]) -> list[EnvResult]:
+        """Stop and forget the app on ``environments``, which no longer run it (a move),
+        keeping its database: the app lives on elsewhere."""
+        raise NotImplementedError
 
     async def forget(self, record: AppRecord) -> None:
         """Drop what the adapter keeps of an app removed without every environment's

@@ -119,6 +119,12 @@ class Provisioner(ABC):
         """The database file when the tenant database is a SQLite file, else None."""
         return None
 
+    def location(self) -> str | None:
+        """Where this process keeps the data of the apps it provisions, as every process
+        can name it (no credentials): two environments giving the same location reach the
+        same data, so an app can move between them. None: data on this machine only."""
+        return None
+
 
 class SqliteProvisioner(Provisioner):
     """A SQLite file per app under ``{storage}/databases``."""
@@ -199,6 +205,11 @@ class PostgresProvisioner(Provisioner):
     def url(self, spec: TenantDatabase) -> str:
         # the schema of a new_schema app is not in the URL: it goes on search_path
         return pg_url(self.settings, spec.name)
+
+    def location(self) -> str:
+        """The server and the naming base: same server and base, same tenant databases."""
+        s = self.settings
+        return f"postgresql://{s.db_host}:{s.db_port}/{s.tenant_db_base}"
 
     async def create(self, spec: TenantDatabase) -> None:
         if spec.schema is not None:
@@ -352,6 +363,14 @@ class TenantDatabases:
     def open(self, spec: TenantDatabase, max_size: int = 5) -> Database:
         return self.provisioner(spec).open(spec, max_size=max_size)
 
+    def describe(self) -> dict[str, Any]:
+        """What a worker registers about its tenant data: the provisioner apps use unless
+        their record names one (``dialect``), and the location of every provisioner whose
+        data other environments can reach (``shared``). The supervisor decides from it
+        whether an app's data follows it to another environment (a move)."""
+        shared = {n: loc for n, p in self.provisioners.items() if (loc := p.location())}
+        return {"dialect": self.settings.db_dialect, "shared": shared}
+
     def url(self, spec: TenantDatabase) -> str | None:
         return self.provisioner(spec).url(spec)
 
@@ -365,6 +384,28 @@ class TenantDatabases:
     async def drop(self, spec: TenantDatabase) -> None:
         self.check_reserved(spec)
         await self.provisioner(spec).drop(spec)
+
+
+def data_location(database: dict[str, Any], described: dict[str, Any] | None) -> str | None:
+    """Where an app whose record holds ``database`` keeps its data on an environment
+    that registered ``described`` (:meth:`TenantDatabases.describe`); None when only that
+    environment's machine reaches it (a SQLite file) or the environment never said."""
+    if not described:
+        return None
+    provisioner = database.get("provisioner") or described.get("dialect")
+    shared = described.get("shared") or {}
+    found = shared.get(provisioner) if isinstance(provisioner, str) else None
+    return found if isinstance(found, str) else None
+
+
+def local_kind(database: dict[str, Any], described: dict[str, Any] | None) -> str:
+    """How to name an app's data that is not reachable elsewhere, for an error message."""
+    provisioner = database.get("provisioner") or (described or {}).get("dialect")
+    if provisioner == SqliteProvisioner.name:
+        return "a SQLite file on the worker"
+    if not described:
+        return "a place the environment has not registered (a worker older than moves?)"
+    return f"a {provisioner} database local to the worker"
 
 
 def _legacy(spec: TenantDatabase, app: str) -> TenantDatabase:

@@ -59,6 +59,8 @@ environments_table = sa.Table(
     sa.Column("version", sa.String(32), nullable=False),
     sa.Column("registered_at", sa.String(32), nullable=False),
     sa.Column("last_seen_at", sa.String(32), nullable=False),
+    # added with moves: where the environment keeps app data (TenantDatabases.describe)
+    sa.Column("databases", sa.Text, nullable=True),
 )
 
 #: Answers of admin calls made with an Idempotency-Key (nocosup.idempotency), shared by
@@ -303,6 +305,7 @@ class Registry:
         # added after the first release: registries made before lack them
         await self._add_column("domains", "TEXT NOT NULL DEFAULT '[]'")
         await self._add_column("template", "VARCHAR(64)")
+        await self._add_column("databases", "TEXT", table="nocosup_environments")
 
     async def domain_owners(self) -> dict[str, str]:
         """Every claimed domain and the app that has it."""
@@ -323,26 +326,26 @@ class Registry:
         stmt = _filtered(sa.select(sa.func.count()).select_from(apps_table), query)
         return int(await self.db.fetch_val(stmt) or 0)
 
-    async def _add_column(self, column: str, sql_type: str) -> None:
-        """Add ``column`` to a ``nocosup_apps`` made before it existed (idempotent).
+    async def _add_column(self, column: str, sql_type: str, table: str = "nocosup_apps") -> None:
+        """Add ``column`` to a ``table`` made before it existed (idempotent).
 
         On SQLite two processes may race here (there is no advisory lock): the loser's
         ALTER fails, and the column is there all the same."""
         if self.db.url.dialect == "postgresql":
             await self.db.execute(
-                f"ALTER TABLE nocosup_apps ADD COLUMN IF NOT EXISTS {column} {sql_type}"
+                f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {column} {sql_type}"
             )
             return
-        if await self._has_column(column):
+        if await self._has_column(table, column):
             return
         try:
-            await self.db.execute(f"ALTER TABLE nocosup_apps ADD COLUMN {column} {sql_type}")
+            await self.db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {sql_type}")
         except Exception:
-            if not await self._has_column(column):
+            if not await self._has_column(table, column):
                 raise
 
-    async def _has_column(self, column: str) -> bool:
-        rows = await self.db.fetch_all("PRAGMA table_info(nocosup_apps)")
+    async def _has_column(self, table: str, column: str) -> bool:
+        rows = await self.db.fetch_all(f"PRAGMA table_info({table})")
         return any(row._mapping["name"] == column for row in rows)
 
     async def list(self) -> list[AppRecord]:
@@ -443,6 +446,7 @@ class EnvironmentStore:
             "proxy_url": env.get("proxy_url") or "",
             "version": env.get("version") or "",
             "last_seen_at": now_iso(),
+            "databases": json.dumps(env["databases"]) if env.get("databases") else None,
         }
         async with self.db.transaction():
             updated = await self.db.fetch_one(

@@ -54,6 +54,7 @@ from nocosup.upstreams import UpstreamPolicy
 if TYPE_CHECKING:
     from nocosup.host import Host
     from nocosup.replicas import Replicas
+    from nocosup.supervisor import Supervisor
 
 log = logging.getLogger("nocosup.remote")
 #: Forged or stale messages are logged at most every 10 s per kind (a flood stays quiet).
@@ -98,6 +99,23 @@ def _shown(env: dict[str, Any]) -> dict[str, Any]:
         **env,
         **{k: mask_url(env[k]) for k in ("url", "proxy_url") if isinstance(env.get(k), str)},
     }
+
+
+def _databases(raw: object) -> dict[str, Any] | None:
+    """Where an environment keeps app data, as its worker registered it (``{"dialect":
+    name, "shared": {provisioner: location}}``), or None when absent or not of that form."""
+    try:
+        value = json.loads(raw) if isinstance(raw, str) else None
+    except ValueError:
+        return None
+    if not isinstance(value, dict):
+        return None
+    dialect, shared = value.get("dialect"), value.get("shared")
+    if not isinstance(dialect, str) or not isinstance(shared, dict):
+        return None
+    if not all(isinstance(k, str) and isinstance(v, str) for k, v in shared.items()):
+        return None
+    return {"dialect": dialect, "shared": shared}
 
 
 def _iso_ms(ms: float | None) -> str | None:
@@ -227,6 +245,7 @@ class RedisEnvironments(EnvironmentDirectory):
                 old is None
                 or old["status"] != env["status"]
                 or old["instances"] != env["instances"]
+                or old["databases"] != env["databases"]
             ):
                 self._changed(env, old)
             if old is not None and old["status"] == "online" and env["status"] == "offline":
@@ -341,6 +360,7 @@ class RedisEnvironments(EnvironmentDirectory):
                 "instances": instances,
                 "last_heartbeat_at": _iso_ms(last_seen.get(name)) or row.get("last_seen_at"),
                 "registered_at": info.get("registered_at") or row.get("registered_at"),
+                "databases": _databases(info.get("databases")) or _databases(row.get("databases")),
             }
         return out
 
@@ -359,6 +379,8 @@ class RedisEnvironments(EnvironmentDirectory):
 
 class RemoteProcess(ProcessAdapter):
     """Apps run on worker environments; every operation is a command awaited per env."""
+
+    can_move = True
 
     def __init__(
         self,
@@ -394,15 +416,21 @@ class RemoteProcess(ProcessAdapter):
     async def _learn(self, record: AppRecord) -> None:
         """Keep ``record`` for the proxy and in the Redis cache (written only if changed)."""
         known = self.records.get(record.name)
-        self.records[record.name] = record
-        if known is None or (known.version, known.created_at) != (
-            record.version,
-            record.created_at,
-        ):
-            try:
-                await self.cache.put(record)
-            except ResponseError as exc:  # the cache is not what nocosup wrote: repaired
-                log.warning("config cache write of %s failed, left to repair: %r", record.name, exc)
+        try:
+            if known is None or (known.version, known.created_at) != (
+                record.version,
+                record.created_at,
+            ):
+                try:
+                    await self.cache.put(record)
+                except ResponseError as exc:  # the cache is not what nocosup wrote: repaired
+                    log.warning(
+                        "config cache write of %s failed, left to repair: %r", record.name, exc
+                    )
+        finally:
+            # the cache first: a request routed by the new record (a moved app's new
+            # environment) finds it there when the worker looks the app up
+            self.records[record.name] = record
 
     async def create(self, record: AppRecord) -> None:
         await self._learn(record)
@@ -466,6 +494,17 @@ class RemoteProcess(ProcessAdapter):
         if all(r.ok for r in results):
             await self.forget(record)
         return results
+
+    async def leave(self, record: AppRecord, environments: list[str]) -> list[EnvResult]:
+        """A ``remove`` without dropping the database, to each of ``environments``."""
+        return list(
+            await asyncio.gather(
+                *(
+                    self._command(env, "remove", record, {"drop_database": False})
+                    for env in environments
+                )
+            )
+        )
 
     async def forget(self, record: AppRecord) -> None:
         self.records.pop(record.name, None)
@@ -808,6 +847,9 @@ class Watcher:
         self._verify_cache = False
         #: Set when supervisors may run as replicas: the table sync and the upkeep lease.
         self.replicas: Replicas | None = None
+        #: The supervisor whose failover and sweep of strays run here (under the lease).
+        self.supervisor: Supervisor | None = None
+        self._failover: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         await self.environments.refresh()
@@ -817,6 +859,8 @@ class Watcher:
         ]
 
     async def close(self) -> None:
+        if self._failover is not None:
+            self._tasks.append(self._failover)
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -834,6 +878,7 @@ class Watcher:
 
     async def _loop(self) -> None:
         last_sweep = last_verify = time.monotonic()
+        last_strays = 0.0  # the first round this replica leads looks for strays
         while True:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.period)
@@ -853,11 +898,53 @@ class Watcher:
                 if time.monotonic() - last_sweep > 60:
                     last_sweep = time.monotonic()
                     await self.sweep()
+                self._start_failover()
+                if time.monotonic() - last_strays > FULL_CHECK_EVERY:
+                    last_strays = time.monotonic()
+                    await self.sweep_strays()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 raise_if_cancelled()
                 log.warning("watcher round failed, retrying: %r", exc)
+
+    def _start_failover(self) -> None:
+        """Look for apps to fail over, in a task of its own (a move waits for a boot, and
+        the lease must be renewed meanwhile); one such task at a time."""
+        supervisor = self.supervisor
+        if supervisor is None or (self._failover is not None and not self._failover.done()):
+            return
+        snapshot = dict(self.environments.snapshot)
+        self._failover = asyncio.create_task(self._run_failover(supervisor, snapshot))
+
+    async def _run_failover(
+        self, supervisor: Supervisor, snapshot: dict[str, dict[str, Any]]
+    ) -> None:
+        try:
+            await supervisor.failover(snapshot)
+        except Exception as exc:
+            raise_if_cancelled()
+            log.warning("failover round failed, retrying: %r", exc)
+
+    async def sweep_strays(self) -> None:
+        """Find apps reported by live instances of environments the registry does not place
+        them on, and have the supervisor remove them there."""
+        if self.supervisor is None:
+            return
+        names = list(self.process.records)
+        envs = self.environments
+        live = await live_instances(self.redis, self.keys, None, envs.ttl, envs.signer)
+        found: dict[str, set[str]] = {}
+        for i in range(0, len(names), 500):
+            batch = names[i : i + 500]
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for name in batch:
+                    pipe.hkeys(self.keys.status(name))
+                fields = await pipe.execute(raise_on_error=False)
+            for name, members in zip(batch, fields, strict=True):
+                if isinstance(members, list):
+                    found[name] = {m for m in members if isinstance(m, str) and valid_member(m)}
+        await self.supervisor.sweep_strays(live, found)
 
     async def _listen(self) -> None:
         """Relay workers' hints: status reports to hooks and SSE, environment changes."""

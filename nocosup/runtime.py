@@ -38,6 +38,7 @@ from nocosup.errors import (
     AppNotFound,
     AppOverloaded,
     AppStopped,
+    EnvironmentUnavailable,
     NocosupError,
     PayloadTooLarge,
 )
@@ -94,6 +95,9 @@ class Tenant:
     booted_at: float = 0.0
     #: Being put idle (by its idle timeout or to make room): requests wait, then wake it.
     going_idle: bool = False
+    #: Being removed from this process (moved elsewhere, or deleted): new requests get a
+    #: 503 with Retry-After while in-flight ones finish.
+    leaving: bool = False
 
     @property
     def name(self) -> str:
@@ -399,6 +403,7 @@ class LocalRuntime:
         never served it): the database to drop is named by ``record``.
         """
         if record.name in self.tenants:
+            self.tenants[record.name].leaving = True
             await self.stop(record.name)
         if drop_database:
             await self.databases.drop(TenantDatabase.from_json(record.database))
@@ -518,6 +523,11 @@ class LocalRuntime:
             if tenant.record.desired_state == "stopped":
                 raise AppStopped(name)
             if status is AppStatus.STOPPING:
+                if tenant.leaving:
+                    raise EnvironmentUnavailable(
+                        f"application {name!r} is leaving environment {self.environment!r}; "
+                        "retry shortly"
+                    )
                 if not tenant.going_idle:
                     raise AppStopped(name)
                 async with tenant.lock:  # the idle stop ends: then boot again

@@ -10,8 +10,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator
 from dataclasses import replace
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from nocosup import appcommands, templates
@@ -22,6 +24,7 @@ from nocosup.appctx import AppContext
 from nocosup.domains import check_admin_host
 from nocosup.environments import EnvironmentDirectory
 from nocosup.errors import (
+    AppNotMovable,
     AppStateConflict,
     DatabaseError,
     EnvironmentInUse,
@@ -31,6 +34,7 @@ from nocosup.errors import (
 from nocosup.listing import AppQuery, encode_cursor
 from nocosup.plugins import await_me_maybe
 from nocosup.process import EnvResult, ProcessAdapter, failure_type
+from nocosup.provisioning import data_location, local_kind
 from nocosup.registry import AppRecord, Registry
 from nocosup.status import AppStatus
 
@@ -57,6 +61,8 @@ class Supervisor:
         self.process = process
         self.environments = environments
         self._locks: dict[str, asyncio.Lock] = {}
+        #: Failover: when each app that could not be moved may be tried again (monotonic).
+        self._failover_retry: dict[str, float] = {}
         #: Multi-environment mode: what this supervisor shares with its replicas.
         self.replicas: Replicas | None = None
 
@@ -85,11 +91,19 @@ class Supervisor:
             if not r.ok:
                 log.error("app %s did not start in %s: %s", record.name, r.environment, r.error)
 
-    async def _changed(self, record: AppRecord, action: str, **details: Any) -> None:
+    async def _changed(
+        self,
+        record: AppRecord,
+        action: str,
+        event: dict[str, Any] | None = None,
+        **details: Any,
+    ) -> None:
         """Tell live listeners (the web page) at once, plugins in order, and the other
         replicas, that an app's registration changed (``action``: created, updated or
-        removed)."""
-        self.host.events.publish({"type": "app_changed", "app": record.name, "action": action})
+        removed; ``event``: more for the live listeners, such as a move's ends)."""
+        self.host.events.publish(
+            {"type": "app_changed", "app": record.name, "action": action, **(event or {})}
+        )
         hook = {"created": "app_registered", "updated": "app_updated"}.get(
             action, "app_unregistered"
         )
@@ -383,6 +397,227 @@ class Supervisor:
         results = await self.process.stop(record)
         return await self._checked(record, results, "stop"), True
 
+    # --- moves -----------------------------------------------------------------------
+
+    async def move_app(
+        self,
+        name: str,
+        data: dict[str, Any],
+        reason: str = "admin",
+        expect: list[str] | None = None,
+    ) -> dict[str, Any]:
+        """Move the app to the environment ``data["to"]`` names; it ends there only.
+
+        The order keeps the registry (the truth) naming exactly one placement at every
+        moment, and the app served throughout:
+
+        1. the registry switches to the target (then the config cache, then the routes):
+           requests go to the target at once, and wait there for the app's boot;
+        2. the target starts the app (if it should run); if it cannot, the registry
+           switches back and the target forgets the app (the source never stopped);
+        3. the sources stop and forget the app, keeping its database (in-flight requests
+           finish first).
+
+        Both run the app for a moment between 2 and 3, which is why only an app whose
+        database every environment reaches the same (PostgreSQL) may move. A crash after
+        1 leaves a copy where the registry no longer places it: the upkeep's sweep
+        (:meth:`sweep_strays`) removes it, so the app converges on the target.
+        ``expect``: the placement a failover decided on (skipped if it changed since).
+        """
+        target = v.move_target(data)
+        if not self.process.can_move:
+            raise AppNotMovable(
+                "apps run inside the supervisor in shared-memory mode (one environment): "
+                "moving needs multi-environment mode"
+            )
+        async with self._serialized(name):
+            record = await self.registry.get(v.app_name(name))
+            if expect is not None and record.environments != expect:
+                return await self._describe(record)  # an operator moved it meanwhile
+            known = {e["name"]: e for e in await self.environments.list()}
+            if target not in known:
+                raise InvalidInput(
+                    f"environment {target!r} is not registered; known: "
+                    f"{', '.join(sorted(known)) or 'none'}",
+                    field="to",
+                )
+            if record.environments == [target]:
+                raise InvalidInput(
+                    f"application {name!r} already runs on environment {target!r}", field="to"
+                )
+            if known[target]["status"] != "online":
+                raise AppNotMovable(
+                    f"environment {target!r} is offline (no live worker): application "
+                    f"{name!r} cannot move there now"
+                )
+            sources = [e for e in record.environments if e != target]
+            self._check_data_follows(record, sources, target, known)
+            return await self._move(record, sources, target, reason)
+
+    def _check_data_follows(
+        self, record: AppRecord, sources: list[str], target: str, known: dict[str, Any]
+    ) -> None:
+        """AppNotMovable naming why unless the app's data is the same on ``target`` as on
+        every source (the same PostgreSQL server and database names)."""
+        there_info = known[target].get("databases")
+        there = data_location(record.database, there_info)
+        for source in sources:
+            info = known.get(source, {}).get("databases")
+            here = data_location(record.database, info)
+            if here is None:
+                raise AppNotMovable(
+                    f"application {record.name!r} keeps its data in "
+                    f"{local_kind(record.database, info)} of environment {source!r}, which "
+                    f"environment {target!r} cannot reach; only an app whose database is on "
+                    "a shared PostgreSQL server (a database or schema per app) can move"
+                )
+            if there is None:
+                raise AppNotMovable(
+                    f"application {record.name!r} would keep its data in "
+                    f"{local_kind(record.database, there_info)} of environment {target!r}, "
+                    f"not on {here} where it is now"
+                )
+            if here != there:
+                raise AppNotMovable(
+                    f"application {record.name!r} keeps its data on {here} (environment "
+                    f"{source!r}), but environment {target!r} uses {there}: they do not "
+                    "share the database"
+                )
+
+    async def _move(
+        self, record: AppRecord, sources: list[str], target: str, reason: str
+    ) -> dict[str, Any]:
+        name = record.name
+        moved = await self.registry.update(record.changed(environments=[target]))
+        log.info("moving %s from %s to %s (%s)", name, ", ".join(sources), target, reason)
+        ends = {"from": sources, "to": target, "reason": reason}
+        # the config cache and this replica's routes first, then the other replicas: a
+        # worker of the target finds the new record when the first request comes
+        await self.process.update(moved)
+        running = moved.desired_state == "running"
+        results: list[EnvResult] = []
+        if running:
+            await self._changed(
+                moved, "updated", {"move": {**ends, "state": "starting"}}, changed=["environments"]
+            )
+            results = await self.process.start(moved)
+            failed = [r for r in results if not r.ok]
+            if failed:
+                await self._move_back(moved, record.environments, target, ends)
+                detail = "; ".join(f"{r.environment}: {r.error or r.status}" for r in failed)
+                raise failure_type(failed)(
+                    f"application {name!r} did not start on environment {target!r}, so it "
+                    f"stays on {', '.join(record.environments)}: {detail}",
+                    app=await self._describe(await self.registry.get(name)),
+                    results=_results_json(results),
+                )
+        left = await self.process.leave(moved, sources)
+        for r in left:
+            if not r.ok:  # the sweep of strays removes it once the environment answers
+                log.warning("moved %s, but %s did not let it go: %s", name, r.environment, r.error)
+        await self._changed(
+            moved, "updated", {"move": {**ends, "state": "done"}}, changed=["environments"]
+        )
+        self.host.metrics.app_event("failover" if reason == "failover" else "move", name, target)
+        app = await self._describe(moved)
+        app["results"] = _results_json([*results, *left])
+        app["moved"] = {"from": sources, "to": target}
+        return app
+
+    async def _move_back(
+        self, moved: AppRecord, environments: list[str], target: str, ends: dict[str, Any]
+    ) -> None:
+        """Undo a move whose target did not start the app: the registry names the sources
+        again, and the target forgets the app."""
+        back = await self.registry.update(moved.changed(environments=environments))
+        await self.process.update(back)
+        await self._changed(
+            back, "updated", {"move": {**ends, "state": "failed"}}, changed=["environments"]
+        )
+        for r in await self.process.leave(back, [target]):
+            if not r.ok:
+                log.warning("%s keeps a failed copy of %s: %s", target, back.name, r.error)
+
+    async def failover(self, snapshot: dict[str, dict[str, Any]]) -> None:
+        """Move each app with ``options.failover`` whose every environment has been offline
+        for NOCOSUP_FAILOVER_AFTER seconds (since its last heartbeat) to the least-loaded
+        online environment that reaches its data. Runs on the upkeep lease holder only;
+        an app that could not move is tried again after a pause, not every round."""
+        records = getattr(self.process, "records", {})
+        after, now = self.settings.failover_after, time.time()
+        for record in list(records.values()):
+            if record.options.get("failover") is not True:
+                continue
+            if not all(_offline_for(snapshot.get(e), now) >= after for e in record.environments):
+                continue
+            if self._failover_retry.get(record.name, 0) > time.monotonic():
+                continue
+            self._failover_retry[record.name] = time.monotonic() + max(30.0, after)
+            here = [
+                data_location(record.database, (snapshot.get(e) or {}).get("databases"))
+                for e in record.environments
+            ]
+            candidates = {
+                n: e
+                for n, e in snapshot.items()
+                if e["status"] == "online"
+                and here[0] is not None
+                and all(h == here[0] for h in here)
+                and data_location(record.database, e.get("databases")) == here[0]
+            }
+            if not candidates:
+                log.warning(
+                    "failover: %s is offline on %s, and no online environment reaches its "
+                    "data; retrying later",
+                    record.name,
+                    ", ".join(record.environments),
+                )
+                continue
+            target = await self._least_loaded(candidates)
+            log.warning(
+                "failover: %s offline on %s for %ss: moving it to %s",
+                record.name,
+                ", ".join(record.environments),
+                after,
+                target,
+            )
+            try:
+                await self.move_app(
+                    record.name, {"to": target}, "failover", expect=record.environments
+                )
+            except NocosupError as exc:
+                log.warning("failover of %s to %s failed: %s", record.name, target, exc.message)
+                continue
+            self._failover_retry.pop(record.name, None)
+
+    async def sweep_strays(self, live: set[str], statuses: dict[str, set[str]]) -> None:
+        """Remove each app from the environments that run it though the registry no
+        longer places it there (a move cut short between its switch and its stop on the
+        source): ``statuses`` maps apps to the ``{env}/{instance}`` reporting them."""
+        records = getattr(self.process, "records", {})
+        for name, members in statuses.items():
+            record = records.get(name)
+            if record is None:
+                continue
+            stray = sorted(
+                {m.partition("/")[0] for m in members if m in live} - set(record.environments)
+            )
+            if not stray:
+                continue
+            log.warning(
+                "%s runs on %s, where the registry does not place it: removing it there",
+                name,
+                ", ".join(stray),
+            )
+            try:
+                async with self._serialized(name):
+                    fresh = await self.registry.get(name)
+                    gone = [e for e in stray if e not in fresh.environments]
+                    if gone:
+                        await self.process.leave(fresh, gone)
+            except NocosupError as exc:  # removed meanwhile, busy, Redis: the next sweep
+                log.warning("could not remove %s from %s: %s", name, ", ".join(stray), exc)
+
     async def _check_still_wanted(
         self, record: AppRecord, verb: str, results: list[EnvResult]
     ) -> None:
@@ -447,6 +682,18 @@ def env_statuses(record: AppRecord, per_env: dict[str, dict[str, Any]]) -> dict[
         env: per_env.get(env, {}).get("status", AppStatus.NOT_FOUND.value)
         for env in record.environments
     }
+
+
+def _offline_for(env: dict[str, Any] | None, now: float) -> float:
+    """Seconds ``env`` has been offline, counted from its last heartbeat (0: online or
+    never seen beating)."""
+    if env is None or env.get("status") == "online" or not env.get("last_heartbeat_at"):
+        return 0.0
+    try:
+        seen = datetime.fromisoformat(str(env["last_heartbeat_at"])).timestamp()
+    except ValueError:
+        return 0.0
+    return max(0.0, now - seen)
 
 
 def _results_json(results: list[EnvResult]) -> dict[str, Any]:

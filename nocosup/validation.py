@@ -35,6 +35,7 @@ DOMAIN = re.compile(
 MAX_DOMAINS = 20
 CREATE_FIELDS = ("name", "title", "environments", "options", "domains", "template")
 PATCH_FIELDS = ("title", "options", "domains")
+MOVE_FIELDS = ("to",)
 #: Longest options.idleTimeout (seconds): 30 days.
 MAX_IDLE_TIMEOUT = 30 * 86400
 #: Largest options.maxConcurrency and options.maxQueue.
@@ -138,6 +139,19 @@ def environments(value: Any) -> list[str] | None:
     return list(value)
 
 
+def move_target(data: dict[str, Any]) -> str:
+    """The environment a move names in ``to`` (a name; whether it is known is checked
+    against the registered environments)."""
+    check_fields(data, MOVE_FIELDS)
+    to = data.get("to")
+    if not isinstance(to, str) or not to:
+        raise InvalidInput(
+            'to is required: the environment to move the app to, as in {"to": "env_b"}',
+            field="to",
+        )
+    return to
+
+
 def domains(value: Any) -> list[str]:
     """Distinct custom domains, lowercased (DNS names are case-insensitive); ``[]`` when
     not given. Ports are not part of a domain: a request's Host matches without its port."""
@@ -225,6 +239,11 @@ def options(value: Any) -> dict[str, Any]:
         raise InvalidInput(
             "options.maxQueue needs options.maxConcurrency (the queue is of requests over it)",
             field="options.maxQueue",
+        )
+    if "failover" in out and not isinstance(out["failover"], bool):
+        raise InvalidInput(
+            f"options.failover must be true or false; got {out['failover']!r:.100}",
+            field="options.failover",
         )
     for key in ("dbConnType", "dbProvisioner"):
         # their values are checked against the loaded provisioners (TenantDatabases)

@@ -15,7 +15,7 @@ from starlette.types import Receive, Scope, Send
 from nocosup.admission import eager_cap
 from nocosup.appcache import AppCache
 from nocosup.commands import Command, RefusedCommand, Reply
-from nocosup.errors import AppNotFound, NocosupError
+from nocosup.errors import AppNotFound, EnvironmentUnavailable, NocosupError
 from nocosup.heartbeat import StatusReporter, parse_status, status_context
 from nocosup.provisioning import ForeignDatabase
 from nocosup.rediskeys import Keys, split_member
@@ -157,7 +157,16 @@ class Worker:
             except Exception as exc:
                 log.warning("config cache unreachable looking up %s: %r", name, exc)
                 record = None
-            if record is None or not self.runs_here(record) or not self.own_database(record):
+            if record is not None and not self.runs_here(record):
+                # moved away (or never here): the supervisor routes anew, so retry there
+                where = ", ".join(record.environments)
+                gone = EnvironmentUnavailable(
+                    f"application {name!r} is not deployed to environment {self.env!r} (it "
+                    f"is on {where}); retry shortly"
+                )
+                await send_error(scope, receive, send, gone)
+                return
+            if record is None or not self.own_database(record):
                 await send_error(scope, receive, send, AppNotFound(name))
                 return
             self.runtime.load(record)

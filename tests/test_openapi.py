@@ -69,5 +69,5 @@ def test_schemathesis_finds_no_server_error_and_no_schema_violation(
     run = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-2000:]
     # 14 + DELETE /api/environments/{name}, GET /api/templates, GET and POST commands,
-    # GET /metrics
-    assert "Tested: 19" in run.stdout
+    # GET /metrics, POST /api/apps/{name}/move
+    assert "Tested: 20" in run.stdout

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 from pathlib import Path
 
@@ -35,6 +36,7 @@ PG_COLUMNS = {
     ("nocosup_environments", "version"): ("character varying", 32, "NO"),
     ("nocosup_environments", "registered_at"): ("character varying", 32, "NO"),
     ("nocosup_environments", "last_seen_at"): ("character varying", 32, "NO"),
+    ("nocosup_environments", "databases"): ("text", None, "YES"),
 }
 
 
@@ -122,6 +124,13 @@ CREATE TABLE nocosup_apps (
     options TEXT NOT NULL, database TEXT NOT NULL, desired_state VARCHAR(16) NOT NULL,
     version INTEGER NOT NULL, created_at VARCHAR(32) NOT NULL, updated_at VARCHAR(32) NOT NULL
 )"""
+#: ``nocosup_environments`` as releases before moves made it (no ``databases`` column).
+OLD_ENVIRONMENTS_TABLE = """
+CREATE TABLE nocosup_environments (
+    name VARCHAR(63) NOT NULL PRIMARY KEY, url TEXT NOT NULL, proxy_url TEXT NOT NULL,
+    version VARCHAR(32) NOT NULL, registered_at VARCHAR(32) NOT NULL,
+    last_seen_at VARCHAR(32) NOT NULL
+)"""
 OLD_ROW = """
 INSERT INTO nocosup_apps VALUES ('old', 'Old', '["local"]', '{}',
     '{"connType": "new_database", "name": "nocosup_old", "schema": null}', 'running', 3,
@@ -130,12 +139,17 @@ INSERT INTO nocosup_apps VALUES ('old', 'Old', '["local"]', '{}',
 
 async def _upgrade_old_registry(db: Database) -> None:
     """An old registry gains the domains column; its apps keep everything, with no
-    domains, and take domains afterwards."""
+    domains, and take domains afterwards. Its environments gain where they keep data."""
     await db.execute(OLD_APPS_TABLE)
     await db.execute(OLD_ROW)
+    await db.execute(OLD_ENVIRONMENTS_TABLE)
     registry = Registry(db)
     await registry.migrate()
     await registry.migrate()
+    store = EnvironmentStore(db)
+    where = {"dialect": "postgres", "shared": {"postgres": "postgresql://db:5432/n"}}
+    await store.upsert({"name": "env_a", "url": "http://w:1", "databases": where})
+    assert (await store.list())["env_a"]["databases"] == json.dumps(where)
     old = await registry.get("old")
     assert (old.version, old.domains) == (3, [])
     assert old.database["name"] == "nocosup_old"  # an existing app keeps its database

@@ -585,6 +585,20 @@ async def test_browser_multi_environment_mode(two_environments: Cluster, page: P
         assert tenant.url == f"{supervisor.url}/apps/split/admin?__env={name}"
         await tenant.close()
 
+    # Move: the dialog offers the online environments the app is not only on already
+    async with supervisor.admin() as c:
+        await create(c, "wander", environments=["env_a"])
+    wander = app_row(page, "wander")
+    await expect(wander.locator("td.envs")).to_have_text("env_a")
+    await wander.get_by_role("button", name="Move", exact=True).click()
+    await expect(page.locator("#move-dialog")).to_be_visible()
+    await expect(page.locator("#move-from")).to_have_text("env_a")
+    await expect(page.locator("#move-to option")).to_have_text(["env_b"])
+    await page.click("#move-submit")
+    await expect(page.locator("#move-dialog")).to_be_hidden()
+    await expect(wander.locator("td.envs")).to_have_text("env_b")
+    await expect(env_status(page, "wander", "env_b")).to_have_text("running")
+
     # a worker going away shows up live in the environment list
     assert await asyncio.to_thread(workers["env_b"].stop) is not None
     await page.click("#tab-envs")

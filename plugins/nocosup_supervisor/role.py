@@ -93,6 +93,7 @@ class SupervisorRole(Role):
         if self.replicas is not None:
             await self.replicas.check()  # learn the stamp the table now matches
         if self.watcher is not None:
+            self.watcher.supervisor = self.supervisor
             await self.watcher.start()
 
     async def _remote(

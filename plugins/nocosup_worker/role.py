@@ -83,7 +83,14 @@ class WorkerRole(Role):
             for name, tenant in runtime.tenants.items():
                 reporter.report(name, tenant.status, tenant.error)
 
-        self.heartbeat = Heartbeat(redis, keys, settings, on_reset=republish, signer=signer)
+        self.heartbeat = Heartbeat(
+            redis,
+            keys,
+            settings,
+            on_reset=republish,
+            signer=signer,
+            databases=host.databases.describe(),
+        )
         await self.heartbeat.start()
         host.spawn(runtime.upkeep())
         self.last_seen = LastSeenFlusher(runtime, redis, keys, settings.heartbeat_interval)

@@ -32,7 +32,7 @@
     total: 0,               // apps matching the filters
     filterTimer: null,
     envs: new Map(),        // name -> environment JSON
-    pending: new Map(),     // app name -> "starting" | "stopping" | "removing"
+    pending: new Map(),     // app name -> "starting" | "stopping" | "moving" | "removing"
     openEnv: new Map(),     // app name -> environment chosen in its Open picker
     snapshots: new Map(),   // app name -> {count, queue}: app snapshots under way
     globalQueue: null,      // events held while the whole state is refetched
@@ -42,6 +42,7 @@
     retryTimer: null,
     retryDelay: 1000,
     removing: null,         // app name shown in the remove dialog
+    moving: null,           // app name shown in the move dialog
   };
 
   const $ = (id) => document.getElementById(id);
@@ -641,6 +642,10 @@
           type: "button", text: "Stop", dataset: { action: "stop" },
           disabled: Boolean(pending), onclick: () => act(app.name, "stop"),
         }),
+        h("button", {
+          type: "button", text: "Move", dataset: { action: "move" },
+          disabled: Boolean(pending), onclick: () => openMove(app.name),
+        }),
         openControl(app),
         h("button", {
           type: "button", class: "danger-text", text: "Remove", dataset: { action: "remove" },
@@ -761,6 +766,57 @@
       if (input) $(input).focus();
     } finally {
       $("create-submit").disabled = false;
+    }
+  }
+
+  // --- move dialog -------------------------------------------------------------------
+
+  async function openMove(name) {
+    const app = state.apps.get(name);
+    const from = (app && app.environments) || [];
+    state.moving = name;
+    $("move-name").textContent = name;
+    $("move-from").textContent = from.join(", ");
+    $("move-error").textContent = "";
+    const select = $("move-to");
+    select.replaceChildren();
+    $("move-submit").disabled = true;
+    $("move-dialog").showModal();
+    let envs;
+    try {
+      envs = (await guarded(api("GET", "api/environments"))).environments;
+    } catch (err) {
+      $("move-error").textContent = describe(err);
+      return;
+    }
+    for (const env of envs) state.envs.set(env.name, env);
+    renderEnvs();
+    // where it can go: an online environment it is not only on already
+    const targets = envs.filter(
+      (env) => env.status === "online" && !(from.length === 1 && from[0] === env.name));
+    select.replaceChildren(...targets.map((env) => h("option", { value: env.name, text: env.name })));
+    if (targets.length) $("move-submit").disabled = false;
+    else $("move-error").textContent = "No other environment is online to move it to.";
+  }
+
+  async function onMove(event) {
+    event.preventDefault();
+    const name = state.moving;
+    const to = $("move-to").value;
+    if (!name || !to) return;
+    $("move-submit").disabled = true;
+    $("move-error").textContent = "";
+    state.pending.set(name, "moving");
+    renderApp(name);
+    try {
+      await withAppSnapshot(name, guarded(api("POST", appPath(name) + "/move", { to })));
+      $("move-dialog").close();
+    } catch (err) {
+      $("move-error").textContent = describe(err);
+    } finally {
+      $("move-submit").disabled = false;
+      state.pending.delete(name);
+      renderApp(name);
     }
   }
 
@@ -888,6 +944,8 @@
       $("create-name-echo").textContent = event.target.value || "name";
     });
     $("remove-form").addEventListener("submit", onRemove);
+    $("move-form").addEventListener("submit", onMove);
+    wireDialog($("move-dialog"));
     wireDialog($("create-dialog"));
     wireDialog($("remove-dialog"));
     window.addEventListener("hashchange", () => {
