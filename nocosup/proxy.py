@@ -283,8 +283,9 @@ class Proxy:
         watcher = asyncio.ensure_future(_abort_on_disconnect(receive, response))
         try:
             await send(start)
-            if first:
-                await send({"type": "http.response.body", "body": first, "more_body": True})
+            # even empty: a server that holds the head for the first body part (the fast
+            # path, nocosup.fastpath) writes it now
+            await send({"type": "http.response.body", "body": first, "more_body": True})
             while True:
                 chunk = await response.read()
                 if not chunk:

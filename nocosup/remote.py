@@ -596,6 +596,9 @@ class ProxyGateway:
     choice.
     """
 
+    #: Host.fast_route may dispatch to it below ASGI (nocosup.fastpath).
+    fast_path = True
+
     def __init__(
         self, host: Host, process: RemoteProcess, environments: RedisEnvironments, proxy: Any
     ) -> None:

@@ -8,7 +8,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING
 
 from databases import Database
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from redis.asyncio import Redis
 from starlette.routing import BaseRoute
 
@@ -161,6 +161,11 @@ class SupervisorRole(Role):
             "Live worker processes of the environment.",
             labels=["environment"],
         )
+        fast = CounterMetricFamily(
+            "nocosup_proxy_fast_path_requests",
+            "Tenant requests answered on the fast path below ASGI (NOCOSUP_PROXY_FAST_PATH).",
+            value=self.host.fast_path_requests,
+        )
         now = time.time()
         for env in await supervisor.environments.list():
             seen = env.get("last_heartbeat_at")
@@ -168,7 +173,7 @@ class SupervisorRole(Role):
                 when = datetime.fromisoformat(seen).timestamp()
                 age.add_metric([env["name"]], max(0.0, now - when))
             instances.add_metric([env["name"]], len(env.get("instances") or []))
-        return [*families, age, instances]
+        return [*families, age, instances, fast]
 
     async def stop(self) -> None:
         self.gateway = None
