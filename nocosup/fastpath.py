@@ -27,12 +27,13 @@ keep-alive, flow control both ways and client disconnects.
 from __future__ import annotations
 
 import asyncio
+import time
 import urllib.parse
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import httptools
-from starlette.types import ASGIApp, Message, Scope
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.protocols.http.httptools_impl import (
     HEADER_VALUE_RE,
     STATUS_LINE,
@@ -40,9 +41,25 @@ from uvicorn.protocols.http.httptools_impl import (
 )
 from uvicorn.protocols.utils import get_client_addr, get_path_with_query_string
 
+from nocosup.errors import NocosupError
+from nocosup.metrics import PROXIED_TO
+from nocosup.proxy import _answer_error, _error, path_target, request_headers, response_headers
+from nocosup.proxy_client import (
+    LeanClient,
+    UpstreamError,
+    UpstreamResponse,
+    UpstreamTimeoutError,
+    never_answered,
+    request_head,
+)
 from nocosup.server import LimitedHttpToolsProtocol
 
-__all__ = ["FastCycle", "FastHttpToolsProtocol"]
+if TYPE_CHECKING:
+    from nocosup.inflight import _Exchange
+    from nocosup.metrics import Metrics
+    from nocosup.role import Gateway
+
+__all__ = ["FastCycle", "FastHttpToolsProtocol", "TenantRoute"]
 
 #: A first body part up to this size is joined to the head; a larger one is written after
 #: it in the same ``writelines`` (no copy of a big chunk just to save a call).
@@ -78,9 +95,14 @@ class FastCycle(RequestResponseCycle):
             await super().send(start)  # type: ignore[arg-type]
             await super().send(message)  # type: ignore[arg-type]
             return
+        self.write_first(start, message.get("body", b""), message.get("more_body", False))
+
+    def write_first(self, start: Message, body: bytes, more: bool) -> None:
+        """Write the response head of ``start`` and the first ``body`` bytes at once
+        (``more``: the body goes on); nothing once the client is gone."""
+        if self.disconnected:
+            return
         head = self._head(start)
-        body: bytes = message.get("body", b"")
-        more: bool = message.get("more_body", False)
         if self.scope["method"] == "HEAD":
             self.expected_content_length = 0
             body = b""
@@ -152,10 +174,242 @@ class FastCycle(RequestResponseCycle):
         return b"".join(content)
 
 
+class TenantRoute:
+    """A tenant request :meth:`nocosup.host.Host.fast_route` took: calling it runs the
+    request the ASGI way (metrics, then the gateway) on the scope prepared for the tenant;
+    its parts let the express lane below answer it without a task."""
+
+    __slots__ = ("gateway", "metrics", "name", "scope")
+
+    def __init__(self, gateway: Gateway, metrics: Metrics, name: str, scope: Scope) -> None:
+        self.gateway = gateway
+        self.metrics = metrics
+        self.name = name
+        self.scope = scope
+
+    async def __call__(self, _scope: Scope, receive: Receive, send: Send) -> None:
+        await self.metrics.serve(self.gateway, self.name, self.scope, receive, send)
+
+
+class _Express:
+    """The express lane: one bodiless GET or HEAD forwarded on an idle pooled connection
+    and answered from callbacks, with no task, future or ASGI message.
+
+    It takes only the common case and hands everything else to the ASGI code in a task,
+    at the point it reached: a response that is not complete after the read that brought
+    its head (streams, large bodies) continues in ``Proxy._respond``; a kept-alive
+    connection the upstream had closed, a ``503 SHUTTING_DOWN`` answer, or the environment
+    going offline sends the request through the whole gateway again (a bodiless request
+    may be replayed: the gateway then picks the next environment or answers 503); any
+    other failure before the head answers the gateway's error (502/504) the same way.
+    """
+
+    __slots__ = (
+        "began",
+        "conn",
+        "cycle",
+        "done",
+        "entry",
+        "env",
+        "pool",
+        "protocol",
+        "route",
+        "timer",
+        "upstream",
+    )
+
+    def __init__(
+        self, protocol: FastHttpToolsProtocol, cycle: FastCycle, route: TenantRoute
+    ) -> None:
+        self.protocol = protocol
+        self.cycle = cycle
+        self.route = route
+        self.done = False
+        self.timer: asyncio.TimerHandle | None = None
+        self.entry: _Exchange | None = None
+
+    def begin(self) -> bool:
+        """Send the request upstream; False (nothing done) when it is not for this lane."""
+        route = self.route
+        scope = route.scope
+        method = scope["method"]
+        if method != "GET" and method != "HEAD":
+            return False
+        for name, _value in scope["headers"]:
+            if name == b"content-length" or name == b"transfer-encoding":
+                return False
+        gateway: Any = route.gateway
+        plan = getattr(gateway, "express_plan", None)
+        proxy = getattr(gateway, "proxy", None)
+        client = getattr(proxy, "client", None)
+        if plan is None or not isinstance(client, LeanClient):
+            return False
+        chosen = plan(route.name, scope)
+        if chosen is None:
+            return False
+        self.env, url = chosen
+        upstream = self.upstream = proxy.upstream(url)  # type: ignore[union-attr]
+        taken = client.take_idle(upstream)
+        if taken is None:
+            return False
+        self.pool, conn = taken
+        self.conn = conn
+        conn.start(method == "HEAD")
+        if conn.error is not None:  # closed while idle: the ASGI path opens a new one
+            self.pool.release(conn)
+            return False
+        headers, _mode = request_headers(scope, upstream)
+        scope[PROXIED_TO] = self.env
+        self.began = time.perf_counter()
+        conn.listener = self.progress
+        self.entry = gateway.inflight.track(self.env, self.abort)
+        timeout = client.read_timeout
+        if timeout is not None:
+            self.timer = self.protocol.loop.call_later(timeout, self.expire, timeout)
+        conn.write(request_head(method, upstream, path_target(scope), headers))
+        return True
+
+    def finish(self) -> None:
+        self.done = True
+        self.conn.listener = None
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        if self.entry is not None:
+            self.route.gateway.inflight.untrack(self.entry)  # type: ignore[attr-defined]
+            self.entry = None
+
+    def progress(self) -> None:
+        """After each read from the upstream, and when its connection is lost."""
+        if self.done:
+            return
+        conn = self.conn
+        if conn.complete:
+            self.respond()
+        elif conn.headers_done:
+            self.stream()
+        elif conn.error is not None:
+            self.failed(conn.error)
+
+    def respond(self) -> None:
+        self.finish()
+        conn = self.conn
+        status = conn.status
+        headers = conn.headers
+        body = conn.take()
+        self.pool.release(conn)
+        if status == 503 and b'"SHUTTING_DOWN"' in body:
+            self.again()  # the environment drains: the gateway's fallback decides
+            return
+        start = {
+            "type": "http.response.start",
+            "status": status,
+            "headers": response_headers(headers),
+        }
+        try:
+            self.cycle.write_first(start, body, False)
+        except RuntimeError as exc:  # what uvicorn's send refuses, it refuses here too
+            self.protocol.logger.error("Exception in ASGI application\n", exc_info=exc)
+            self.cycle.transport.close()
+        route = self.route
+        route.metrics.count(route.name, self.env, status, time.perf_counter() - self.began)
+        FastHttpToolsProtocol.express_answered += 1
+
+    def stream(self) -> None:
+        """The head is in, the body goes on: ``Proxy._respond`` copies the rest."""
+        self.finish()
+        gateway: Any = self.route.gateway
+        response = gateway.proxy.client.adopt(self.pool, self.conn)
+        self._run(_Streamed(self.route, self.env, response, response.take()))
+
+    def failed(self, exc: UpstreamError) -> None:
+        self.finish()
+        self.pool.release(self.conn)
+        if never_answered(exc):
+            self.pool.close_idle()  # as the client does: the others are likely closed too
+            self.again()
+        else:
+            self._run(_Failed(self.route, self.env, _error(self.upstream, exc)))
+
+    def expire(self, timeout: float) -> None:
+        self.timer = None
+        if self.done:
+            return
+        self.finish()
+        self.conn.close()
+        self.pool.release(self.conn)
+        exc = UpstreamTimeoutError("read", f"upstream read timeout ({timeout:g}s)")
+        self._run(_Failed(self.route, self.env, _error(self.upstream, exc)))
+
+    def abort(self) -> None:
+        """The environment went offline before the answer: the gateway chooses again."""
+        if self.done:
+            return
+        self.finish()
+        self.conn.close()
+        self.pool.release(self.conn)
+        self.again()
+
+    def again(self) -> None:
+        self.route.scope.pop(PROXIED_TO, None)
+        self._run(self.route)
+
+    def _run(self, app: ASGIApp) -> None:
+        self.protocol._start_asgi_task(self.cycle, app)  # type: ignore[arg-type]
+
+
+class _Streamed:
+    """The rest of an express request whose body is still arriving, as the ASGI path
+    continues it: counted by the metrics, abortable by the environment going offline."""
+
+    def __init__(
+        self, route: TenantRoute, env: str, response: UpstreamResponse, first: bytes
+    ) -> None:
+        self.route = route
+        self.env = env
+        self.response = response
+        self.first = first
+
+    async def __call__(self, _scope: Scope, receive: Receive, send: Send) -> None:
+        route = self.route
+        try:
+            await route.metrics.serve(self, route.name, route.scope, receive, send)
+        finally:
+            await self.response.aclose()
+
+    async def handle(self, name: str, scope: Scope, receive: Receive, send: Send) -> None:
+        gateway: Any = self.route.gateway
+        scope[PROXIED_TO] = self.env
+
+        async def exchange(tracked: Send) -> None:
+            await gateway.proxy._respond(self.response, self.first, scope, receive, tracked)
+
+        await gateway.inflight.serve(self.env, scope, receive, send, exchange)
+
+
+class _Failed:
+    """The gateway's error answer for an express request the upstream failed."""
+
+    def __init__(self, route: TenantRoute, env: str, error: NocosupError) -> None:
+        self.route = route
+        self.env = env
+        self.error = error
+
+    async def __call__(self, _scope: Scope, receive: Receive, send: Send) -> None:
+        route = self.route
+        await route.metrics.serve(self, route.name, route.scope, receive, send)
+
+    async def handle(self, name: str, scope: Scope, receive: Receive, send: Send) -> None:
+        scope[PROXIED_TO] = self.env
+        await _answer_error(scope, receive, send, self.error)
+
+
 class FastHttpToolsProtocol(LimitedHttpToolsProtocol):
     """The head-guarded httptools protocol with the fast path of this module."""
 
     fast_route: FastRouter | None = None
+    #: Requests this process answered on the express lane (all connections).
+    express_answered: ClassVar[int] = 0
 
     def connection_made(self, transport: Any) -> None:
         super().connection_made(transport)
@@ -208,6 +462,8 @@ class FastHttpToolsProtocol(LimitedHttpToolsProtocol):
             on_response=self.on_response_complete,
         )
         if existing is None or existing.response_complete:
+            if isinstance(route, TenantRoute) and _Express(self, self.cycle, route).begin():
+                return
             self._start_asgi_task(self.cycle, route)  # type: ignore[arg-type]
         else:  # pipelined: it runs when the response before it is complete
             self.flow.pause_reading()

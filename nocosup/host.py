@@ -42,6 +42,7 @@ from nocosup.errors import (
     error_body,
 )
 from nocosup.events import EventBus
+from nocosup.fastpath import TenantRoute
 from nocosup.forwarded import PEER
 from nocosup.forwarded import resolve as resolve_forwarded
 from nocosup.metrics import Metrics, metrics_endpoint
@@ -367,14 +368,8 @@ class Host(Starlette):
         if target is None or target[2]:
             return None
         name, prefix, _redirect = target
-        tenant = self.tenant_scope(scope, prefix)
         self.fast_path_requests += 1
-        serve = self.metrics.serve
-
-        async def route(_scope: Scope, receive: Receive, send: Send) -> None:
-            await serve(gateway, name, tenant, receive, send)
-
-        return route
+        return TenantRoute(gateway, self.metrics, name, self.tenant_scope(scope, prefix))
 
     def _routed_target(self, scope: Scope) -> tuple[str, str, bool] | None:
         """The app whose custom domain the Host names, at the host's own root_path (every

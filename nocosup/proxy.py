@@ -190,6 +190,10 @@ class Proxy:
         else:
             await self._http(target, scope, receive, send, refused, fallback)
 
+    def upstream(self, url: str) -> Upstream:
+        """``url`` parsed (cached: environments are few)."""
+        return self._upstream(url)
+
     def _upstream(self, url: str) -> Upstream:
         upstream = self._upstreams.get(url)
         if upstream is None:

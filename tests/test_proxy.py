@@ -28,7 +28,9 @@ import uvicorn
 from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from nocosup.fastpath import FastHttpToolsProtocol
+from nocosup.fastpath import FastHttpToolsProtocol, TenantRoute
+from nocosup.inflight import InFlight
+from nocosup.metrics import Metrics
 from nocosup.proxy import Proxy, close_code
 from nocosup.proxy_client import LeanClient, Upstream
 from tests.proxy_upstream import pattern
@@ -169,17 +171,39 @@ class ProxyServer:
 
 class _FastFront:
     """A proxy server's app with the ``fast_route`` nocosup.fastpath asks: every HTTP
-    request it is offered runs the same forwarding code, below ASGI."""
+    request it is offered is routed the way the supervisor routes it (a TenantRoute to a
+    gateway with one environment), so the express lane takes what it can."""
 
     def __init__(self, server: ProxyServer) -> None:
         self.server = server
+        self.gateway = _Gateway(server)
+        self.metrics = Metrics("front")
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         await self.server.app(scope, receive, send)
 
     def fast_route(self, scope: dict[str, Any]) -> Any:
         self.server.fast_routed += 1
-        return self.server.app
+        tenant = {**scope, "root_path": PREFIX}
+        return TenantRoute(self.gateway, self.metrics, "demo", tenant)
+
+
+class _Gateway:
+    """What a ProxyGateway gives the fast path, for one upstream (environment "env")."""
+
+    def __init__(self, server: ProxyServer) -> None:
+        self.server = server
+        self.proxy = server.proxy
+        self.inflight = InFlight()
+
+    def express_plan(self, name: str, scope: dict[str, Any]) -> tuple[str, str]:
+        return "env", self.server.upstream
+
+    async def handle(self, name: str, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        async def exchange(tracked: Any) -> None:
+            await self.proxy.forward(self.server.upstream, scope, receive, tracked)
+
+        await self.inflight.serve("env", scope, receive, send, exchange)
 
 
 @contextlib.asynccontextmanager
