@@ -47,7 +47,6 @@ from nocosup.proxy import _answer_error, _error, path_target, request_headers, r
 from nocosup.proxy_client import (
     LeanClient,
     UpstreamError,
-    UpstreamResponse,
     UpstreamTimeoutError,
     never_answered,
     request_head,
@@ -128,6 +127,37 @@ class FastCycle(RequestResponseCycle):
                 self.transport.close()
             self.on_response()
 
+    def write_more(self, chunks: list[bytes], more: bool) -> None:
+        """Write body bytes after :meth:`write_first`, framed as uvicorn frames them
+        (``more`` False ends the response)."""
+        if self.disconnected or self.response_complete:
+            return
+        if self.scope["method"] == "HEAD":
+            self.expected_content_length = 0
+        elif self.chunked_encoding:
+            parts: list[bytes] = []
+            for chunk in chunks:
+                if chunk:
+                    parts += (b"%x\r\n" % len(chunk), chunk, b"\r\n")
+            if not more:
+                parts.append(b"0\r\n\r\n")
+            if parts:
+                self.transport.writelines(parts)
+        elif chunks:
+            size = sum(map(len, chunks))
+            if size > self.expected_content_length:
+                raise RuntimeError("Response content longer than Content-Length")
+            self.expected_content_length -= size
+            self.transport.writelines(chunks)
+        if not more:
+            if self.expected_content_length != 0:
+                raise RuntimeError("Response content shorter than Content-Length")
+            self.response_complete = True
+            self.message_event.set()
+            if not self.keep_alive:
+                self.transport.close()
+            self.on_response()
+
     def _head(self, message: Message) -> bytes:
         """The status line and headers of ``message``, framed as uvicorn frames them."""
         status: int = message["status"]
@@ -193,27 +223,34 @@ class TenantRoute:
 
 class _Express:
     """The express lane: one bodiless GET or HEAD forwarded on an idle pooled connection
-    and answered from callbacks, with no task, future or ASGI message.
+    and answered from the upstream connection's callbacks, with no task, future or ASGI
+    message: the head and the bytes of each read are written as they come (flow control
+    both ways: the upstream is not read while the client's buffer is full).
 
-    It takes only the common case and hands everything else to the ASGI code in a task,
-    at the point it reached: a response that is not complete after the read that brought
-    its head (streams, large bodies) continues in ``Proxy._respond``; a kept-alive
-    connection the upstream had closed, a ``503 SHUTTING_DOWN`` answer, or the environment
-    going offline sends the request through the whole gateway again (a bodiless request
-    may be replayed: the gateway then picks the next environment or answers 503); any
-    other failure before the head answers the gateway's error (502/504) the same way.
+    It takes only that common case and hands the rest to the ASGI code in a task: a
+    kept-alive connection the upstream had closed, a ``503 SHUTTING_DOWN`` answer, or the
+    environment going offline before the answer began sends the request through the whole
+    gateway again (a bodiless request may be replayed: the gateway picks the next
+    environment or answers 503); any other failure before the head answers the gateway's
+    error (502, 504). After the head, a failure cuts the response short (the client sees
+    a truncated body), as on the ASGI path.
     """
 
     __slots__ = (
         "began",
         "conn",
         "cycle",
+        "deadline",
         "done",
         "entry",
         "env",
+        "paused",
         "pool",
         "protocol",
+        "released",
         "route",
+        "status",
+        "timeout",
         "timer",
         "upstream",
     )
@@ -225,6 +262,9 @@ class _Express:
         self.cycle = cycle
         self.route = route
         self.done = False
+        self.status = 0  # until the head went out
+        self.paused = False
+        self.released = False
         self.timer: asyncio.TimerHandle | None = None
         self.entry: _Exchange | None = None
 
@@ -256,22 +296,27 @@ class _Express:
         self.conn = conn
         conn.start(method == "HEAD")
         if conn.error is not None:  # closed while idle: the ASGI path opens a new one
-            self.pool.release(conn)
+            self.release()
             return False
         headers, _mode = request_headers(scope, upstream)
         scope[PROXIED_TO] = self.env
         self.began = time.perf_counter()
         conn.listener = self.progress
         self.entry = gateway.inflight.track(self.env, self.abort)
-        timeout = client.read_timeout
-        if timeout is not None:
-            self.timer = self.protocol.loop.call_later(timeout, self.expire, timeout)
+        self.timeout = client.read_timeout
+        if self.timeout is not None:
+            # one timer, pushed back by each read (see expire)
+            loop = self.protocol.loop
+            self.deadline = loop.time() + self.timeout
+            self.timer = loop.call_at(self.deadline, self.expire)
+        self.protocol.express = self
         conn.write(request_head(method, upstream, path_target(scope), headers))
         return True
 
     def finish(self) -> None:
         self.done = True
         self.conn.listener = None
+        self.protocol.express = None
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
@@ -279,75 +324,146 @@ class _Express:
             self.route.gateway.inflight.untrack(self.entry)  # type: ignore[attr-defined]
             self.entry = None
 
+    def release(self, close: bool = False) -> None:
+        """Give the upstream connection back (closed first if ``close``), once."""
+        if not self.released:
+            self.released = True
+            if close:
+                self.conn.close()
+            self.pool.release(self.conn)
+
     def progress(self) -> None:
         """After each read from the upstream, and when its connection is lost."""
         if self.done:
             return
         conn = self.conn
-        if conn.complete:
-            self.respond()
-        elif conn.headers_done:
-            self.stream()
-        elif conn.error is not None:
-            self.failed(conn.error)
-
-    def respond(self) -> None:
-        self.finish()
-        conn = self.conn
-        status = conn.status
-        headers = conn.headers
-        body = conn.take()
-        self.pool.release(conn)
-        if status == 503 and b'"SHUTTING_DOWN"' in body:
-            self.again()  # the environment drains: the gateway's fallback decides
-            return
-        start = {
-            "type": "http.response.start",
-            "status": status,
-            "headers": response_headers(headers),
-        }
+        if self.timeout is not None:
+            self.deadline = self.protocol.loop.time() + self.timeout
         try:
-            self.cycle.write_first(start, body, False)
+            if self.status:
+                self.pump()
+            elif conn.complete:
+                self.respond()
+            elif conn.headers_done:
+                self.status = conn.status
+                self.cycle.write_first(self.start(), conn.take(), True)
+                self.pump()
+            elif conn.error is not None:
+                self.failed(conn.error)
         except RuntimeError as exc:  # what uvicorn's send refuses, it refuses here too
             self.protocol.logger.error("Exception in ASGI application\n", exc_info=exc)
-            self.cycle.transport.close()
-        route = self.route
-        route.metrics.count(route.name, self.env, status, time.perf_counter() - self.began)
-        FastHttpToolsProtocol.express_answered += 1
+            self.cut()
 
-    def stream(self) -> None:
-        """The head is in, the body goes on: ``Proxy._respond`` copies the rest."""
+    def start(self) -> Message:
+        conn = self.conn
+        return {
+            "type": "http.response.start",
+            "status": conn.status,
+            "headers": response_headers(conn.headers),
+        }
+
+    def respond(self) -> None:
+        """The whole response is in: one write."""
+        conn = self.conn
+        body = conn.take()
+        if conn.status == 503 and b'"SHUTTING_DOWN"' in body:
+            self.finish()
+            self.release()
+            self.again()  # the environment drains: the gateway's fallback decides
+            return
+        self.status = conn.status
+        start = self.start()
         self.finish()
-        gateway: Any = self.route.gateway
-        response = gateway.proxy.client.adopt(self.pool, self.conn)
-        self._run(_Streamed(self.route, self.env, response, response.take()))
+        self.release()
+        self.cycle.write_first(start, body, False)
+        self.counted()
+
+    def pump(self) -> None:
+        """Pass on the body bytes read so far; end the response when the upstream did."""
+        conn = self.conn
+        cycle = self.cycle
+        if conn.chunks:
+            cycle.write_more(conn.take_chunks(), True)
+        if conn.complete:
+            self.finish()
+            self.release()
+            cycle.write_more([], False)
+            self.counted()
+        elif conn.error is not None:
+            self.protocol.logger.warning(
+                "upstream failed mid-response for %s: %s", self.route.scope["path"], conn.error
+            )
+            self.cut()
+        elif cycle.flow.write_paused and not self.paused and conn.transport is not None:
+            self.paused = True  # resumed by the client's resume_writing
+            conn.transport.pause_reading()
+
+    def resume(self) -> None:
+        """The client's buffer drained: read the upstream again."""
+        if self.paused and not self.done:
+            self.paused = False
+            transport = self.conn.transport
+            if transport is not None and not self.conn.lost:
+                transport.resume_reading()
+
+    def cut(self) -> None:
+        """End the exchange unfinished: the client sees an incomplete response."""
+        self.finish()
+        self.release(close=True)
+        self.cycle.transport.close()
+        self.counted()
+
+    def client_gone(self) -> None:
+        """The client disconnected: drop the upstream exchange."""
+        if not self.done:
+            self.finish()
+            self.release(close=True)
+            if self.status:
+                self.counted()
+
+    def counted(self) -> None:
+        route = self.route
+        route.metrics.count(route.name, self.env, self.status, time.perf_counter() - self.began)
+        FastHttpToolsProtocol.express_answered += 1
 
     def failed(self, exc: UpstreamError) -> None:
         self.finish()
-        self.pool.release(self.conn)
+        self.release()
         if never_answered(exc):
             self.pool.close_idle()  # as the client does: the others are likely closed too
             self.again()
         else:
             self._run(_Failed(self.route, self.env, _error(self.upstream, exc)))
 
-    def expire(self, timeout: float) -> None:
+    def expire(self) -> None:
         self.timer = None
-        if self.done:
+        if self.done or self.timeout is None:
+            return
+        loop = self.protocol.loop
+        if loop.time() < self.deadline:  # a read came since: wait until the new deadline
+            self.timer = loop.call_at(self.deadline, self.expire)
+            return
+        if self.status:
+            self.protocol.logger.warning(
+                "upstream failed mid-response for %s: read timeout", self.route.scope["path"]
+            )
+            self.cut()
             return
         self.finish()
-        self.conn.close()
-        self.pool.release(self.conn)
-        exc = UpstreamTimeoutError("read", f"upstream read timeout ({timeout:g}s)")
+        self.release(close=True)
+        exc = UpstreamTimeoutError("read", f"upstream read timeout ({self.timeout:g}s)")
         self._run(_Failed(self.route, self.env, _error(self.upstream, exc)))
 
     def abort(self) -> None:
-        """The environment went offline before the answer: the gateway chooses again."""
+        """The environment went offline: before the answer the gateway chooses again;
+        after its head the response is cut short."""
         if self.done:
             return
+        if self.status:
+            self.cut()
+            return
         self.finish()
-        self.conn.close()
-        self.pool.release(self.conn)
+        self.release(close=True)
         self.again()
 
     def again(self) -> None:
@@ -356,35 +472,6 @@ class _Express:
 
     def _run(self, app: ASGIApp) -> None:
         self.protocol._start_asgi_task(self.cycle, app)  # type: ignore[arg-type]
-
-
-class _Streamed:
-    """The rest of an express request whose body is still arriving, as the ASGI path
-    continues it: counted by the metrics, abortable by the environment going offline."""
-
-    def __init__(
-        self, route: TenantRoute, env: str, response: UpstreamResponse, first: bytes
-    ) -> None:
-        self.route = route
-        self.env = env
-        self.response = response
-        self.first = first
-
-    async def __call__(self, _scope: Scope, receive: Receive, send: Send) -> None:
-        route = self.route
-        try:
-            await route.metrics.serve(self, route.name, route.scope, receive, send)
-        finally:
-            await self.response.aclose()
-
-    async def handle(self, name: str, scope: Scope, receive: Receive, send: Send) -> None:
-        gateway: Any = self.route.gateway
-        scope[PROXIED_TO] = self.env
-
-        async def exchange(tracked: Send) -> None:
-            await gateway.proxy._respond(self.response, self.first, scope, receive, tracked)
-
-        await gateway.inflight.serve(self.env, scope, receive, send, exchange)
 
 
 class _Failed:
@@ -415,6 +502,18 @@ class FastHttpToolsProtocol(LimitedHttpToolsProtocol):
         super().connection_made(transport)
         # uvicorn's middleware (trace logging) would hide the host: then no fast path
         self.fast_route = getattr(self.app, "fast_route", None)
+        #: The express exchange answering on this connection now, if any.
+        self.express: _Express | None = None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        if self.express is not None:
+            self.express.client_gone()
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        if self.express is not None:
+            self.express.resume()
 
     def on_headers_complete(self) -> None:
         fast_route = self.fast_route

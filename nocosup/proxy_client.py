@@ -384,6 +384,16 @@ class _Conn(asyncio.Protocol):
                 else UpstreamProtocolError("upstream closed the connection")
             )
 
+    def take_chunks(self) -> list[bytes]:
+        """Everything buffered, as received (no copy); resumes reading if paused."""
+        chunks = self.chunks
+        self.chunks = []
+        self.buffered = 0
+        if self._read_paused and not self.lost and self.transport is not None:
+            self._read_paused = False
+            self.transport.resume_reading()
+        return chunks
+
     def take(self) -> bytes:
         """Everything buffered, joined; resumes reading if the buffer had paused it."""
         chunks = self.chunks
@@ -783,12 +793,6 @@ class LeanClient(ProxyClient):
                 pool.release(conn)
                 raise
             return _LeanResponse(conn, pool, self.read_timeout)
-
-    def adopt(self, pool: _Pool, conn: _Conn) -> UpstreamResponse:
-        """The response ``conn`` (from :meth:`take_idle`) is receiving, for a caller that
-        began the exchange by hand and now reads the body the usual way."""
-        conn.listener = None
-        return _LeanResponse(conn, pool, self.read_timeout)
 
     def take_idle(self, upstream: Upstream) -> tuple[_Pool, _Conn] | None:
         """A pooled connection to ``upstream`` ready for a request now, with its pool (to
