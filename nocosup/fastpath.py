@@ -251,7 +251,6 @@ class _Express:
         "route",
         "status",
         "timeout",
-        "timer",
         "upstream",
     )
 
@@ -265,7 +264,6 @@ class _Express:
         self.status = 0  # until the head went out
         self.paused = False
         self.released = False
-        self.timer: asyncio.TimerHandle | None = None
         self.entry: _Exchange | None = None
 
     def begin(self) -> bool:
@@ -305,10 +303,9 @@ class _Express:
         self.entry = gateway.inflight.track(self.env, self.abort)
         self.timeout = client.read_timeout
         if self.timeout is not None:
-            # one timer, pushed back by each read (see expire)
-            loop = self.protocol.loop
-            self.deadline = loop.time() + self.timeout
-            self.timer = loop.call_at(self.deadline, self.expire)
+            # each read pushes the deadline back; the connection's timer checks it
+            self.deadline = self.protocol.loop.time() + self.timeout
+            self.protocol.watch(self.deadline)
         self.protocol.express = self
         conn.write(request_head(method, upstream, path_target(scope), headers))
         return True
@@ -317,9 +314,6 @@ class _Express:
         self.done = True
         self.conn.listener = None
         self.protocol.express = None
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
         if self.entry is not None:
             self.route.gateway.inflight.untrack(self.entry)  # type: ignore[attr-defined]
             self.entry = None
@@ -436,12 +430,11 @@ class _Express:
             self._run(_Failed(self.route, self.env, _error(self.upstream, exc)))
 
     def expire(self) -> None:
-        self.timer = None
+        """The connection's timer fired: the read timeout, unless a read came since."""
         if self.done or self.timeout is None:
             return
-        loop = self.protocol.loop
-        if loop.time() < self.deadline:  # a read came since: wait until the new deadline
-            self.timer = loop.call_at(self.deadline, self.expire)
+        if self.protocol.loop.time() < self.deadline:
+            self.protocol.watch(self.deadline)
             return
         if self.status:
             self.protocol.logger.warning(
@@ -504,11 +497,63 @@ class FastHttpToolsProtocol(LimitedHttpToolsProtocol):
         self.fast_route = getattr(self.app, "fast_route", None)
         #: The express exchange answering on this connection now, if any.
         self.express: _Express | None = None
+        self.express_timer: asyncio.TimerHandle | None = None
+        #: Loop time the connection went idle (None while a request is under way).
+        self.idle_since: float | None = None
+
+    def watch(self, deadline: float) -> None:
+        """Have the express exchange's ``expire`` called by ``deadline``: one timer per
+        connection, re-armed only when it fires early (deadlines only move later), not a
+        timer set and cancelled per request."""
+        if self.express_timer is None:
+            self.express_timer = self.loop.call_at(deadline, self._express_due)
+
+    def _express_due(self) -> None:
+        self.express_timer = None
+        if self.express is not None:
+            self.express.expire()
 
     def connection_lost(self, exc: Exception | None) -> None:
         super().connection_lost(exc)
         if self.express is not None:
             self.express.client_gone()
+        for timer in (self.express_timer, self.timeout_keep_alive_task):
+            if timer is not None:
+                timer.cancel()
+        self.express_timer = self.timeout_keep_alive_task = None
+
+    # The keep-alive timeout, lazily: uvicorn sets a timer after every response and
+    # cancels it on every read; here one timer per connection checks when it fires.
+
+    def _unset_keepalive_if_required(self) -> None:
+        self.idle_since = None  # a read: busy until the next response is complete
+
+    def on_response_complete(self) -> None:
+        """uvicorn's, with the head guard re-armed and the lazy keep-alive timer."""
+        self.guard.arm()
+        self.server_state.total_requests += 1
+        if self.transport.is_closing():
+            return
+        self.flow.resume_reading()
+        if self.pipeline:
+            cycle, app = self.pipeline.pop()
+            self._start_asgi_task(cycle, app)
+            return
+        now = self.idle_since = self.loop.time()
+        if self.timeout_keep_alive_task is None:
+            self.timeout_keep_alive_task = self.loop.call_at(
+                now + self.timeout_keep_alive, self.timeout_keep_alive_handler
+            )
+
+    def timeout_keep_alive_handler(self) -> None:
+        self.timeout_keep_alive_task = None
+        if self.idle_since is None:
+            return  # busy: the next complete response arms it again
+        due = self.idle_since + self.timeout_keep_alive
+        if self.loop.time() < due:
+            self.timeout_keep_alive_task = self.loop.call_at(due, self.timeout_keep_alive_handler)
+        elif not self.transport.is_closing():
+            self.transport.close()
 
     def resume_writing(self) -> None:
         super().resume_writing()

@@ -255,3 +255,20 @@ def test_an_exchange_without_a_task_is_aborted_by_its_callback() -> None:
     inflight.untrack(other)
     assert inflight.count("env_a") == inflight.count("env_b") == 0
     assert inflight.abort("env_b") == 0 and aborted == ["a"]
+
+
+async def test_idle_keep_alive_connections_close_busy_ones_stay(upstream: str) -> None:
+    """The fast protocol's lazy keep-alive timer: a connection idle for the keep-alive
+    timeout is closed; one that keeps sending requests is not."""
+    async with proxy_server(upstream, {"timeout_keep_alive": 0.3}) as proxied:
+        await warm(proxied)
+        reader, writer = await asyncio.open_connection("127.0.0.1", proxied.port)
+        try:
+            for _ in range(6):  # 0.6 s of requests 0.1 s apart: never idle 0.3 s
+                writer.write(f"GET {PREFIX}/echo HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+                head, _body = await read_answer(reader)
+                assert head.startswith(b"HTTP/1.1 200 ")
+                await asyncio.sleep(0.1)
+            assert await asyncio.wait_for(reader.read(), 5) == b""  # then idle: closed
+        finally:
+            writer.close()
