@@ -1,11 +1,11 @@
 """The supervisor's fast path: proxied requests answered below uvicorn's ASGI layer.
 
-A multi-environment supervisor spends most of a proxied request outside nocosup's proxy:
-in the host's dispatch, in uvicorn's ASGI ``send`` (a header check per header, then one
-``write`` for the head and another for the body: two system calls where one does), and
-in the ASGI messages in between. :class:`FastHttpToolsProtocol` (chosen by
+A profile of a multi-environment supervisor under load puts most of a proxied request in
+the interpreter, spread over the host's dispatch, the task, futures and awaits of the
+metrics, gateway, in-flight tracking, proxy and client layers, the ASGI messages between
+them and uvicorn's ``send``. :class:`FastHttpToolsProtocol` (chosen by
 :func:`nocosup.server.uvicorn_options` for such a supervisor while
-``NOCOSUP_PROXY_FAST_PATH=1``) cuts that short:
+``NOCOSUP_PROXY_FAST_PATH=1``) cuts that short in two steps:
 
 - once httptools has parsed a request head, it asks the app's ``fast_route(scope)``
   (:meth:`nocosup.host.Host.fast_route`) synchronously whether the request is plain tenant
@@ -13,15 +13,22 @@ in the ASGI messages in between. :class:`FastHttpToolsProtocol` (chosen by
   the admin API, a slash redirect, a draining or not yet started host, uvicorn's
   ``limit_concurrency`` reached, an app wrapped by uvicorn middleware), the request goes
   through uvicorn's ASGI path unchanged;
-- a taken request runs the callable ``fast_route`` returned (the same metrics, gateway,
-  in-flight tracking and :class:`nocosup.proxy.Proxy` code as the ASGI path, so errors,
-  fallbacks and header rules are the same bytes) in a :class:`FastCycle`, whose ``send``
-  writes the response head and the first body bytes in one ``write``.
+- a bodiless GET or HEAD for which the gateway can choose an environment at once
+  (``ProxyGateway.express_plan``) and the client's pool holds an idle connection takes
+  the express lane (:class:`_Express`): the request head goes upstream at once and the
+  upstream connection's callbacks write the answer to the client (head and first bytes
+  in one write, then each read's bytes, with flow control both ways), with no task,
+  future or ASGI message; it hands what it does not cover to the ASGI code in a task;
+- any other taken request runs the :class:`TenantRoute` ``fast_route`` returned (the same
+  metrics, gateway, in-flight tracking and :class:`nocosup.proxy.Proxy` code as the ASGI
+  path, so errors, fallbacks and header rules are the same bytes) in a
+  :class:`FastCycle`, whose ``send`` writes the response head and the first body bytes
+  in one ``write``.
 
 Everything else is uvicorn's own protocol and ours below it: the head-size limit and head
 deadline (:class:`nocosup.server.LimitedHttpToolsProtocol`), request bodies (fixed length
 or chunked, ``Expect: 100-continue``) read through the cycle's ``receive``, pipelining,
-keep-alive, flow control both ways and client disconnects.
+keep-alive (with a lazy timer) and client disconnects.
 """
 
 from __future__ import annotations
