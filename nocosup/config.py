@@ -199,6 +199,14 @@ VARIABLES: tuple[Variable, ...] = (
         "(504 UPSTREAM_TIMEOUT); a stream silent longer is cut.",
     ),
     Variable(
+        "NOCOSUP_PROXY_FAST_PATH",
+        "1",
+        "1: a supervisor in multi-environment mode answers plain proxied requests below "
+        "ASGI (one parse, one write of head and small body); 0: every request goes through "
+        "ASGI.",
+        ("0", "1"),
+    ),
+    Variable(
         "NOCOSUP_MAX_BODY_SIZE",
         "104857600",
         "Bytes a tenant request body may hold unless the app's options.maxBodySize says "
@@ -442,6 +450,7 @@ def _parse(env: Mapping[str, str]) -> dict[str, Any]:
         "command_timeout": _number(env, "NOCOSUP_COMMAND_TIMEOUT", float, 0.1, 3600),
         "lock_ttl": _number(env, "NOCOSUP_LOCK_TTL", float, 0.3, 3600),
         "proxy_timeout": _number(env, "NOCOSUP_PROXY_TIMEOUT", float, 0.1, 86400),
+        "proxy_fast_path": _choice(env, "NOCOSUP_PROXY_FAST_PATH") == "1",
         "max_body_size": _number(env, "NOCOSUP_MAX_BODY_SIZE", int, 1, 1 << 36),
         "max_header_size": _number(env, "NOCOSUP_MAX_HEADER_SIZE", int, 1024, 1 << 24),
         "max_ws_message": _number(env, "NOCOSUP_MAX_WS_MESSAGE", int, 1024, 1 << 30),
@@ -661,6 +670,7 @@ class Settings:
     command_timeout: float = _DEFAULTS["command_timeout"]
     lock_ttl: float = _DEFAULTS["lock_ttl"]
     proxy_timeout: float = _DEFAULTS["proxy_timeout"]
+    proxy_fast_path: bool = _DEFAULTS["proxy_fast_path"]
     max_body_size: int = _DEFAULTS["max_body_size"]
     max_header_size: int = _DEFAULTS["max_header_size"]
     max_ws_message: int = _DEFAULTS["max_ws_message"]

@@ -26,7 +26,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Match, Route
-from starlette.types import Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from nocosup import __version__
 from nocosup.appctx import AppContext
@@ -42,6 +42,7 @@ from nocosup.errors import (
     error_body,
 )
 from nocosup.events import EventBus
+from nocosup.fastpath import TenantRoute
 from nocosup.forwarded import PEER
 from nocosup.forwarded import resolve as resolve_forwarded
 from nocosup.metrics import Metrics, metrics_endpoint
@@ -122,6 +123,8 @@ class Host(Starlette):
         #: Set when the server began a graceful shutdown: new tenant requests get 503
         #: SHUTTING_DOWN (Retry-After) while those in flight finish.
         self.draining = False
+        #: Tenant requests the server's fast path took (``fast_route``).
+        self.fast_path_requests = 0
         self._background: set[asyncio.Task[Any]] = set()
         self._start_lock = asyncio.Lock()
         self._notices: asyncio.Queue[tuple[str, dict[str, Any]]] = asyncio.Queue(MAX_NOTICES)
@@ -288,15 +291,7 @@ class Host(Starlette):
         kind = scope["type"]
         if kind == "http" or kind == "websocket":
             scope = resolve_forwarded(scope, self.settings)
-            target = self._routed_target(scope) if self.domain_routes else None
-            if target is None and self.role.serves_forwarded_app:
-                target = _forwarded_target(scope)
-            if target is None:
-                target = _tenant_target(scope)
-            if target is None:
-                name = _header_app(scope)
-                if name is not None and not self.serves(scope):
-                    target = name, scope.get("root_path", ""), False
+            target = self.tenant_target(scope)
             if target is not None:
                 if not self.started:
                     # Mounted inside another app, the host gets no lifespan: start lazily.
@@ -312,15 +307,7 @@ class Host(Starlette):
                 if self.draining and not self.role.serves_while_draining:
                     await send_error(scope, receive, send, _SHUTTING_DOWN)
                     return
-                if TENANT_SCOPE_KEYS.issuperset(scope):  # served directly: ~130 ns
-                    scope = dict(scope)
-                else:  # mounted in another app: ~1.5 us
-                    scope = {k: v for k, v in scope.items() if k in TENANT_SCOPE_KEYS}
-                scope["root_path"] = prefix
-                for key, _value in scope["headers"]:
-                    if key in _GUARDED:  # rare: most requests carry neither header
-                        scope["headers"] = self._tenant_headers(scope["headers"])
-                        break
+                scope = self.tenant_scope(scope, prefix)
                 await self.metrics.serve(gateway, name, scope, receive, send)
                 return
             if not self.started and scope["type"] == "http":
@@ -332,6 +319,58 @@ class Host(Starlette):
             await self._lifespan(receive, send)
             return
         await super().__call__(scope, receive, send)
+
+    def tenant_target(self, scope: Scope) -> tuple[str, str, bool] | None:
+        """(app name, root_path for the app, needs a trailing slash) when ``scope`` (its
+        forwarded headers resolved) is tenant traffic: a custom domain, a worker's
+        ``X-Nocosup-App``, ``/apps/{name}/...``, or ``X-App`` on a path no host route
+        serves; else None."""
+        target = self._routed_target(scope) if self.domain_routes else None
+        if target is None and self.role.serves_forwarded_app:
+            target = _forwarded_target(scope)
+        if target is None:
+            target = _tenant_target(scope)
+        if target is None:
+            name = _header_app(scope)
+            if name is not None and not self.serves(scope):
+                target = name, scope.get("root_path", ""), False
+        return target
+
+    def tenant_scope(self, scope: Scope, prefix: str) -> Scope:
+        """What a tenant gets of ``scope``: the ASGI keys only, ``root_path`` = ``prefix``,
+        and no admin credentials or proxy app choice among the headers."""
+        if TENANT_SCOPE_KEYS.issuperset(scope):  # served directly: ~130 ns
+            scope = dict(scope)
+        else:  # mounted in another app: ~1.5 us
+            scope = {k: v for k, v in scope.items() if k in TENANT_SCOPE_KEYS}
+        scope["root_path"] = prefix
+        for key, _value in scope["headers"]:
+            if key in _GUARDED:  # rare: most requests carry neither header
+                scope["headers"] = self._tenant_headers(scope["headers"])
+                break
+        return scope
+
+    def fast_route(self, scope: Scope) -> ASGIApp | None:
+        """The request ``scope`` as an ASGI callable bound to its tenant, for the server's
+        fast path (``nocosup.fastpath``), or None when it must go through :meth:`__call__`.
+
+        Synchronous, so the protocol decides right after parsing the head. It takes only
+        what dispatches the way ``__call__`` would with nothing awaited first: a started,
+        not draining host whose gateway serves the fast path (the multi-environment
+        supervisor's proxy) and a tenant request that needs no slash redirect. The
+        callable runs the same metrics and gateway code as ``__call__``."""
+        if not self.started or self.draining:
+            return None
+        gateway = self.role.gateway
+        if gateway is None or not getattr(gateway, "fast_path", False):
+            return None
+        scope = resolve_forwarded(scope, self.settings)
+        target = self.tenant_target(scope)
+        if target is None or target[2]:
+            return None
+        name, prefix, _redirect = target
+        self.fast_path_requests += 1
+        return TenantRoute(gateway, self.metrics, name, self.tenant_scope(scope, prefix))
 
     def _routed_target(self, scope: Scope) -> tuple[str, str, bool] | None:
         """The app whose custom domain the Host names, at the host's own root_path (every

@@ -190,6 +190,10 @@ class Proxy:
         else:
             await self._http(target, scope, receive, send, refused, fallback)
 
+    def upstream(self, url: str) -> Upstream:
+        """``url`` parsed (cached: environments are few)."""
+        return self._upstream(url)
+
     def _upstream(self, url: str) -> Upstream:
         upstream = self._upstreams.get(url)
         if upstream is None:
@@ -283,8 +287,9 @@ class Proxy:
         watcher = asyncio.ensure_future(_abort_on_disconnect(receive, response))
         try:
             await send(start)
-            if first:
-                await send({"type": "http.response.body", "body": first, "more_body": True})
+            # even empty: a server that holds the head for the first body part (the fast
+            # path, nocosup.fastpath) writes it now
+            await send({"type": "http.response.body", "body": first, "more_body": True})
             while True:
                 chunk = await response.read()
                 if not chunk:

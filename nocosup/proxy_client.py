@@ -28,7 +28,7 @@ import ssl
 import sys
 from abc import ABC, abstractmethod
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any, cast
 from urllib.parse import urlsplit
@@ -210,6 +210,9 @@ class _Conn(asyncio.Protocol):
         self._write_paused = False
         self._read_paused = False
         self._parser: httptools.HttpResponseParser | None = None
+        #: Called after each read and when the connection is lost, for a caller that
+        #: waits for no future (the supervisor's express lane, nocosup.fastpath).
+        self.listener: Callable[[], None] | None = None
         self._begin(False)
 
     def _begin(self, head: bool) -> None:
@@ -247,6 +250,8 @@ class _Conn(asyncio.Protocol):
             self.reusable = False
             if self.transport is not None:
                 self.transport.close()
+        if self.listener is not None:
+            self.listener()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
@@ -267,6 +272,8 @@ class _Conn(asyncio.Protocol):
             drain.set_result(None)
         if self.in_pool:
             self.pool.discard(self)
+        if self.listener is not None:
+            self.listener()
 
     def pause_writing(self) -> None:
         self._write_paused = True
@@ -376,6 +383,16 @@ class _Conn(asyncio.Protocol):
                 if self.used
                 else UpstreamProtocolError("upstream closed the connection")
             )
+
+    def take_chunks(self) -> list[bytes]:
+        """Everything buffered, as received (no copy); resumes reading if paused."""
+        chunks = self.chunks
+        self.chunks = []
+        self.buffered = 0
+        if self._read_paused and not self.lost and self.transport is not None:
+            self._read_paused = False
+            self.transport.resume_reading()
+        return chunks
 
     def take(self) -> bytes:
         """Everything buffered, joined; resumes reading if the buffer had paused it."""
@@ -737,12 +754,7 @@ class LeanClient(ProxyClient):
         pool = self._pools.get(upstream.key)
         if pool is None:
             pool = self._pools[upstream.key] = _Pool(self, upstream)
-        bmethod = _METHODS.get(method) or method.encode("ascii")
-        lines = [bmethod, b" ", upstream.base_path, target, b" HTTP/1.1\r\n"]
-        for name, value in headers:
-            lines += (name, b": ", value, b"\r\n")
-        lines.append(b"\r\n")
-        head = b"".join(lines)
+        head = request_head(method, upstream, target, headers)
         head_only = method == "HEAD"
         # A request can be replayed on a fresh connection when a reused one turns out to
         # have been closed by the upstream, if it is idempotent and its body is in memory.
@@ -782,6 +794,15 @@ class LeanClient(ProxyClient):
                 raise
             return _LeanResponse(conn, pool, self.read_timeout)
 
+    def take_idle(self, upstream: Upstream) -> tuple[_Pool, _Conn] | None:
+        """A pooled connection to ``upstream`` ready for a request now, with its pool (to
+        ``release`` it to), or None when none is idle: for a caller that cannot wait."""
+        pool = self._pools.get(upstream.key)
+        if pool is None or self.closed:
+            return None
+        conn = pool.take_idle()
+        return None if conn is None else (pool, conn)
+
     async def _stream_body(self, conn: _Conn, body: AsyncIterator[bytes], headers: Headers) -> None:
         chunked = (b"transfer-encoding", b"chunked") in headers
         timeout = self.write_timeout
@@ -807,6 +828,16 @@ class LeanClient(ProxyClient):
         self.closed = True
         for pool in self._pools.values():
             pool.close()
+
+
+def request_head(method: str, upstream: Upstream, target: bytes, headers: Headers) -> bytes:
+    """The request line and ``headers`` of a request to ``upstream``, as sent."""
+    bmethod = _METHODS.get(method) or method.encode("ascii")
+    lines = [bmethod, b" ", upstream.base_path, target, b" HTTP/1.1\r\n"]
+    for name, value in headers:
+        lines += (name, b": ", value, b"\r\n")
+    lines.append(b"\r\n")
+    return b"".join(lines)
 
 
 def _is_stream(body: Any) -> bool:

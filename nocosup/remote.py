@@ -635,6 +635,9 @@ class ProxyGateway:
     choice.
     """
 
+    #: Host.fast_route may dispatch to it below ASGI (nocosup.fastpath).
+    fast_path = True
+
     def __init__(
         self, host: Host, process: RemoteProcess, environments: RedisEnvironments, proxy: Any
     ) -> None:
@@ -722,6 +725,20 @@ class ProxyGateway:
             )
 
         await self.inflight.serve(env, scope, receive, send, exchange, rescue)
+
+    def express_plan(self, name: str, scope: Scope) -> tuple[str, str] | None:
+        """(environment, its URL) for a request of app ``name`` that :meth:`handle` would
+        forward there, chosen without awaiting anything; None when :meth:`handle` would
+        answer an error instead (it then answers it)."""
+        record = self.process.records.get(name)
+        if record is None or record.desired_state == "stopped":
+            return None
+        try:
+            env = self._choose(record, scope)
+        except NocosupError:
+            return None
+        url = self._upstream(env)
+        return (env, url) if url else None
 
     def _fallback(self, record: AppRecord, failed: str, scope: Scope) -> tuple[str, str] | None:
         """The environment (and its URL) to send a request again to when ``failed`` did not

@@ -38,6 +38,8 @@ PROTOCOLS = {
     "h11": "nocosup.server:LimitedH11Protocol",
     "httptools": "nocosup.server:LimitedHttpToolsProtocol",
 }
+#: The httptools protocol of a multi-environment supervisor with NOCOSUP_PROXY_FAST_PATH=1.
+FAST_PROTOCOL = "nocosup.fastpath:FastHttpToolsProtocol"
 #: Seconds an idle keep-alive connection stays open between requests (uvicorn's default).
 KEEP_ALIVE = 5
 
@@ -66,13 +68,26 @@ def uvicorn_options(settings: Settings, http: str) -> dict[str, Any]:
             http = "h11"
         else:
             http = "httptools"
+    protocol = PROTOCOLS[http]
+    if http == "httptools" and fast_path(settings):
+        protocol = FAST_PROTOCOL
     return {
-        "http": PROTOCOLS[http],
+        "http": protocol,
         "h11_max_incomplete_event_size": settings.max_header_size,
         "ws_max_size": settings.max_ws_message,
         "limit_concurrency": settings.max_connections,
         "timeout_keep_alive": KEEP_ALIVE,
     }
+
+
+def fast_path(settings: Settings) -> bool:
+    """Whether this process answers proxied requests on the fast path (nocosup.fastpath):
+    a supervisor whose apps run on workers, unless NOCOSUP_PROXY_FAST_PATH=0."""
+    return (
+        settings.proxy_fast_path
+        and settings.mode == "supervisor"
+        and settings.process_adapter == "remote"
+    )
 
 
 def attach_limits(config: Config, settings: Settings) -> Config:

@@ -45,4 +45,18 @@ def create_app() -> Any:
         scope["root_path"] = "/apps/demo"
         await proxy.forward(upstream, scope, receive, send)
 
-    return app
+    return _Front(app)
+
+
+class _Front:
+    """The app, offered to nocosup.fastpath's protocol too (``fast_route``): every HTTP
+    request but ``/_pool`` runs the same code below ASGI."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await self.app(scope, receive, send)
+
+    def fast_route(self, scope: dict[str, Any]) -> Any:
+        return None if scope["path"] == "/_pool" else self.app

@@ -111,6 +111,11 @@ async def test_supervisor_and_worker_count_proxied_traffic(
 
         await wait_for(session_counted, timeout=10)
         assert value(got, "nocosup_environment_instances", environment="env_a") == 1
+        # the five GETs took the supervisor's fast path; the WebSocket and /api did not
+        assert value(got, "nocosup_proxy_fast_path_requests_total") == 5
+        # all but the first (which opened the connection the others reused) on the
+        # express lane
+        assert value(got, "nocosup_proxy_express_requests_total") == 4
         age = value(got, "nocosup_environment_heartbeat_age_seconds", environment="env_a")
         assert age is not None and age >= 0
         assert value(got, "nocosup_apps", status="running") == 1

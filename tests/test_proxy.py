@@ -28,6 +28,9 @@ import uvicorn
 from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
+from nocosup.fastpath import FastHttpToolsProtocol, TenantRoute
+from nocosup.inflight import InFlight
+from nocosup.metrics import Metrics
 from nocosup.proxy import Proxy, close_code
 from nocosup.proxy_client import LeanClient, Upstream
 from tests.proxy_upstream import pattern
@@ -35,6 +38,9 @@ from tests.servers import ROOT, free_port
 
 MB = 1024 * 1024
 PREFIX = "/apps/demo"
+#: Set by tests/test_fastpath.py while it runs these tests again: every proxy server of
+#: this module then serves on nocosup's fast-path protocol (nocosup.fastpath).
+FAST_PATH = False
 
 
 # ------------------------------------------------------------------------------ fixtures
@@ -104,8 +110,20 @@ class ProxyServer:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.ws_url = f"ws://127.0.0.1:{self.port}"
+        #: Requests the fast path took (FAST_PATH only).
+        self.fast_routed = 0
+        app: Any = self.app
+        if FAST_PATH:
+            app = _FastFront(self)
+            # as `nocosup serve` runs it: uvicorn's proxy-header middleware would hide
+            # the app's fast_route
+            server_options = {
+                "http": FastHttpToolsProtocol,
+                "proxy_headers": False,
+                **(server_options or {}),
+            }
         config = uvicorn.Config(
-            self.app,
+            app,
             host="127.0.0.1",
             port=self.port,
             lifespan="off",
@@ -149,6 +167,43 @@ class ProxyServer:
 
     def http(self, **kwargs: Any) -> httpx.AsyncClient:
         return httpx.AsyncClient(base_url=self.url, timeout=30, trust_env=False, **kwargs)
+
+
+class _FastFront:
+    """A proxy server's app with the ``fast_route`` nocosup.fastpath asks: every HTTP
+    request it is offered is routed the way the supervisor routes it (a TenantRoute to a
+    gateway with one environment), so the express lane takes what it can."""
+
+    def __init__(self, server: ProxyServer) -> None:
+        self.server = server
+        self.gateway = _Gateway(server)
+        self.metrics = Metrics("front")
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await self.server.app(scope, receive, send)
+
+    def fast_route(self, scope: dict[str, Any]) -> Any:
+        self.server.fast_routed += 1
+        tenant = {**scope, "root_path": PREFIX}
+        return TenantRoute(self.gateway, self.metrics, "demo", tenant)
+
+
+class _Gateway:
+    """What a ProxyGateway gives the fast path, for one upstream (environment "env")."""
+
+    def __init__(self, server: ProxyServer) -> None:
+        self.server = server
+        self.proxy = server.proxy
+        self.inflight = InFlight()
+
+    def express_plan(self, name: str, scope: dict[str, Any]) -> tuple[str, str]:
+        return "env", self.server.upstream
+
+    async def handle(self, name: str, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        async def exchange(tracked: Any) -> None:
+            await self.proxy.forward(self.server.upstream, scope, receive, tracked)
+
+        await self.inflight.serve("env", scope, receive, send, exchange)
 
 
 @contextlib.asynccontextmanager
@@ -365,8 +420,9 @@ async def test_forwarded_headers_and_host(upstream: str) -> None:
     assert headers["x-forwarded-proto"] == ["http"]
     assert headers["x-forwarded-prefix"] == [PREFIX]
     # It trusts the peer (uvicorn's default for 127.0.0.1) and took the client from the
-    # header: the chain is not given the same address twice.
-    async with proxy_server(upstream) as proxied, proxied.http() as c:
+    # header: the chain is not given the same address twice. (That middleware wraps the
+    # app, so with FAST_PATH it hides fast_route: this is the ASGI fallback.)
+    async with proxy_server(upstream, {"proxy_headers": True}) as proxied, proxied.http() as c:
         headers = headers_of((await c.get(PREFIX + "/echo", headers=spoof)).json())
     assert headers["x-forwarded-for"] == ["203.0.113.9"]
     assert headers["x-forwarded-proto"] == ["https"]  # uvicorn applied the trusted header
@@ -791,7 +847,13 @@ def uvloop_proxy(upstream: str, tmp_path_factory: pytest.TempPathFactory) -> Ite
         "tests.proxy_front:create_app",
         log,
         {"PROXY_UPSTREAM": upstream, "PROXY_MAX_CONNECTIONS": "2"},
-        ("--factory", "--loop", "uvloop", "--http", "httptools"),
+        (
+            "--factory",
+            "--loop",
+            "uvloop",
+            "--http",
+            "nocosup.fastpath:FastHttpToolsProtocol" if FAST_PATH else "httptools",
+        ),
     )
     try:
         wait_ready(proc, url + "/_pool", log)

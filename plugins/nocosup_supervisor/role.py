@@ -8,7 +8,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING
 
 from databases import Database
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from redis.asyncio import Redis
 from starlette.routing import BaseRoute
 
@@ -18,6 +18,7 @@ from nocosup.auth import LoginLimiter, resolve_admin_token
 from nocosup.commands import CommandSender, reply_stream_ttl
 from nocosup.db import connect_registry
 from nocosup.environments import EnvironmentDirectory, LocalEnvironments
+from nocosup.fastpath import FastHttpToolsProtocol
 from nocosup.heartbeat import Presence, heartbeat_ttl
 from nocosup.idempotency import IdempotencyStore, pending_lease
 from nocosup.metrics import apps_by_status
@@ -163,6 +164,16 @@ class SupervisorRole(Role):
             "Live worker processes of the environment.",
             labels=["environment"],
         )
+        fast = CounterMetricFamily(
+            "nocosup_proxy_fast_path_requests",
+            "Tenant requests answered on the fast path below ASGI (NOCOSUP_PROXY_FAST_PATH).",
+            value=self.host.fast_path_requests,
+        )
+        express = CounterMetricFamily(
+            "nocosup_proxy_express_requests",
+            "Of those, the ones answered on the express lane (no task, idle pooled connection).",
+            value=FastHttpToolsProtocol.express_answered,
+        )
         now = time.time()
         for env in await supervisor.environments.list():
             seen = env.get("last_heartbeat_at")
@@ -170,7 +181,7 @@ class SupervisorRole(Role):
                 when = datetime.fromisoformat(seen).timestamp()
                 age.add_metric([env["name"]], max(0.0, now - when))
             instances.add_metric([env["name"]], len(env.get("instances") or []))
-        return [*families, age, instances]
+        return [*families, age, instances, fast, express]
 
     async def stop(self) -> None:
         self.gateway = None

@@ -1,0 +1,621 @@
+"""The supervisor's fast path: proxied requests answered below uvicorn's ASGI layer.
+
+A profile of a multi-environment supervisor under load puts most of a proxied request in
+the interpreter, spread over the host's dispatch, the task, futures and awaits of the
+metrics, gateway, in-flight tracking, proxy and client layers, the ASGI messages between
+them and uvicorn's ``send``. :class:`FastHttpToolsProtocol` (chosen by
+:func:`nocosup.server.uvicorn_options` for such a supervisor while
+``NOCOSUP_PROXY_FAST_PATH=1``) cuts that short in two steps:
+
+- once httptools has parsed a request head, it asks the app's ``fast_route(scope)``
+  (:meth:`nocosup.host.Host.fast_route`) synchronously whether the request is plain tenant
+  traffic it can dispatch without awaiting anything; if not (WebSocket upgrade, HTTP/1.0,
+  the admin API, a slash redirect, a draining or not yet started host, uvicorn's
+  ``limit_concurrency`` reached, an app wrapped by uvicorn middleware), the request goes
+  through uvicorn's ASGI path unchanged;
+- a bodiless GET or HEAD for which the gateway can choose an environment at once
+  (``ProxyGateway.express_plan``) and the client's pool holds an idle connection takes
+  the express lane (:class:`_Express`): the request head goes upstream at once and the
+  upstream connection's callbacks write the answer to the client (head and first bytes
+  in one write, then each read's bytes, with flow control both ways), with no task,
+  future or ASGI message; it hands what it does not cover to the ASGI code in a task;
+- any other taken request runs the :class:`TenantRoute` ``fast_route`` returned (the same
+  metrics, gateway, in-flight tracking and :class:`nocosup.proxy.Proxy` code as the ASGI
+  path, so errors, fallbacks and header rules are the same bytes) in a
+  :class:`FastCycle`, whose ``send`` writes the response head and the first body bytes
+  in one ``write``.
+
+Everything else is uvicorn's own protocol and ours below it: the head-size limit and head
+deadline (:class:`nocosup.server.LimitedHttpToolsProtocol`), request bodies (fixed length
+or chunked, ``Expect: 100-continue``) read through the cycle's ``receive``, pipelining,
+keep-alive (with a lazy timer) and client disconnects.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import urllib.parse
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import httptools
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from uvicorn.protocols.http.httptools_impl import (
+    HEADER_VALUE_RE,
+    STATUS_LINE,
+    RequestResponseCycle,
+)
+from uvicorn.protocols.utils import get_client_addr, get_path_with_query_string
+
+from nocosup.errors import NocosupError
+from nocosup.metrics import PROXIED_TO
+from nocosup.proxy import _answer_error, _error, path_target, request_headers, response_headers
+from nocosup.proxy_client import (
+    LeanClient,
+    UpstreamError,
+    UpstreamTimeoutError,
+    never_answered,
+    request_head,
+)
+from nocosup.server import LimitedHttpToolsProtocol
+
+if TYPE_CHECKING:
+    from nocosup.inflight import _Exchange
+    from nocosup.metrics import Metrics
+    from nocosup.role import Gateway
+
+__all__ = ["FastCycle", "FastHttpToolsProtocol", "TenantRoute"]
+
+#: A first body part up to this size is joined to the head; a larger one is written after
+#: it in the same ``writelines`` (no copy of a big chunk just to save a call).
+_JOIN_LIMIT = 64 * 1024
+
+FastRouter = Callable[[Scope], ASGIApp | None]
+
+
+class FastCycle(RequestResponseCycle):
+    """uvicorn's request/response cycle whose ``send`` holds the response head until the
+    first body message and writes both at once.
+
+    Only nocosup's own code sends on it (the proxy, error answers), which always follows a
+    ``http.response.start`` with a body message at once, so holding the head delays
+    nothing. Response headers are checked for forbidden bytes in values as uvicorn does;
+    names come from the upstream's parser (tokens) or from nocosup itself.
+    """
+
+    held: Message | None = None
+
+    async def send(self, message: Message) -> None:  # type: ignore[override]
+        if self.held is None:
+            if message["type"] == "http.response.start" and not self.response_started:
+                if self.flow.write_paused and not self.disconnected:
+                    await self.flow.drain()
+                if not self.disconnected:
+                    self.held = message
+                return
+            await super().send(message)  # type: ignore[arg-type]
+            return
+        start, self.held = self.held, None
+        if message["type"] != "http.response.body" or self.disconnected:
+            await super().send(start)  # type: ignore[arg-type]
+            await super().send(message)  # type: ignore[arg-type]
+            return
+        self.write_first(start, message.get("body", b""), message.get("more_body", False))
+
+    def write_first(self, start: Message, body: bytes, more: bool) -> None:
+        """Write the response head of ``start`` and the first ``body`` bytes at once
+        (``more``: the body goes on); nothing once the client is gone."""
+        if self.disconnected:
+            return
+        head = self._head(start)
+        if self.scope["method"] == "HEAD":
+            self.expected_content_length = 0
+            body = b""
+        elif self.chunked_encoding:
+            if body:
+                body = b"%x\r\n%b\r\n" % (len(body), body)
+            if not more:
+                body += b"0\r\n\r\n"
+        else:
+            if len(body) > self.expected_content_length:
+                raise RuntimeError("Response content longer than Content-Length")
+            self.expected_content_length -= len(body)
+        if len(body) <= _JOIN_LIMIT:
+            self.transport.write(head + body)
+        else:
+            self.transport.writelines((head, body))
+        if not more:
+            if self.expected_content_length != 0:
+                raise RuntimeError("Response content shorter than Content-Length")
+            self.response_complete = True
+            self.message_event.set()
+            if not self.keep_alive:
+                self.transport.close()
+            self.on_response()
+
+    def write_more(self, chunks: list[bytes], more: bool) -> None:
+        """Write body bytes after :meth:`write_first`, framed as uvicorn frames them
+        (``more`` False ends the response)."""
+        if self.disconnected or self.response_complete:
+            return
+        if self.scope["method"] == "HEAD":
+            self.expected_content_length = 0
+        elif self.chunked_encoding:
+            parts: list[bytes] = []
+            for chunk in chunks:
+                if chunk:
+                    parts += (b"%x\r\n" % len(chunk), chunk, b"\r\n")
+            if not more:
+                parts.append(b"0\r\n\r\n")
+            if parts:
+                self.transport.writelines(parts)
+        elif chunks:
+            size = sum(map(len, chunks))
+            if size > self.expected_content_length:
+                raise RuntimeError("Response content longer than Content-Length")
+            self.expected_content_length -= size
+            self.transport.writelines(chunks)
+        if not more:
+            if self.expected_content_length != 0:
+                raise RuntimeError("Response content shorter than Content-Length")
+            self.response_complete = True
+            self.message_event.set()
+            if not self.keep_alive:
+                self.transport.close()
+            self.on_response()
+
+    def _head(self, message: Message) -> bytes:
+        """The status line and headers of ``message``, framed as uvicorn frames them."""
+        status: int = message["status"]
+        self.response_started = True
+        self.waiting_for_100_continue = False
+        if self.access_log:
+            self.access_logger.info(
+                '%s - "%s %s HTTP/%s" %d',
+                get_client_addr(self.scope),
+                self.scope["method"],
+                get_path_with_query_string(self.scope),
+                self.scope["http_version"],
+                status,
+            )
+        content = [STATUS_LINE[status]]
+        for name, value in self.default_headers:
+            content += (name, b": ", value, b"\r\n")
+        closing = False
+        for name, value in message.get("headers", ()):
+            if HEADER_VALUE_RE.search(value):
+                raise RuntimeError("Invalid HTTP header value.")
+            name = name.lower()
+            if name == b"content-length" and self.chunked_encoding is None:
+                self.expected_content_length = int(value.decode())
+                self.chunked_encoding = False
+            elif name == b"transfer-encoding" and value.lower() == b"chunked":
+                self.expected_content_length = 0
+                self.chunked_encoding = True
+            elif name == b"connection":
+                if b"close" in [token.lower().strip() for token in value.split(b",")]:
+                    self.keep_alive = False
+                    closing = True
+            content += (name, b": ", value, b"\r\n")
+        if not self.keep_alive and not closing:
+            content.append(b"connection: close\r\n")
+        if (
+            self.chunked_encoding is None
+            and self.scope["method"] != "HEAD"
+            and status not in (204, 304)
+        ):
+            self.chunked_encoding = True
+            content.append(b"transfer-encoding: chunked\r\n")
+        content.append(b"\r\n")
+        return b"".join(content)
+
+
+class TenantRoute:
+    """A tenant request :meth:`nocosup.host.Host.fast_route` took: calling it runs the
+    request the ASGI way (metrics, then the gateway) on the scope prepared for the tenant;
+    its parts let the express lane below answer it without a task."""
+
+    __slots__ = ("gateway", "metrics", "name", "scope")
+
+    def __init__(self, gateway: Gateway, metrics: Metrics, name: str, scope: Scope) -> None:
+        self.gateway = gateway
+        self.metrics = metrics
+        self.name = name
+        self.scope = scope
+
+    async def __call__(self, _scope: Scope, receive: Receive, send: Send) -> None:
+        await self.metrics.serve(self.gateway, self.name, self.scope, receive, send)
+
+
+class _Express:
+    """The express lane: one bodiless GET or HEAD forwarded on an idle pooled connection
+    and answered from the upstream connection's callbacks, with no task, future or ASGI
+    message: the head and the bytes of each read are written as they come (flow control
+    both ways: the upstream is not read while the client's buffer is full).
+
+    It takes only that common case and hands the rest to the ASGI code in a task: a
+    kept-alive connection the upstream had closed, a ``503 SHUTTING_DOWN`` answer, or the
+    environment going offline before the answer began sends the request through the whole
+    gateway again (a bodiless request may be replayed: the gateway picks the next
+    environment or answers 503); any other failure before the head answers the gateway's
+    error (502, 504). After the head, a failure cuts the response short (the client sees
+    a truncated body), as on the ASGI path.
+    """
+
+    __slots__ = (
+        "began",
+        "conn",
+        "cycle",
+        "deadline",
+        "done",
+        "entry",
+        "env",
+        "paused",
+        "pool",
+        "protocol",
+        "released",
+        "route",
+        "status",
+        "timeout",
+        "upstream",
+    )
+
+    def __init__(
+        self, protocol: FastHttpToolsProtocol, cycle: FastCycle, route: TenantRoute
+    ) -> None:
+        self.protocol = protocol
+        self.cycle = cycle
+        self.route = route
+        self.done = False
+        self.status = 0  # until the head went out
+        self.paused = False
+        self.released = False
+        self.entry: _Exchange | None = None
+
+    def begin(self) -> bool:
+        """Send the request upstream; False (nothing done) when it is not for this lane."""
+        route = self.route
+        scope = route.scope
+        method = scope["method"]
+        if method != "GET" and method != "HEAD":
+            return False
+        for name, _value in scope["headers"]:
+            if name == b"content-length" or name == b"transfer-encoding":
+                return False
+        gateway: Any = route.gateway
+        plan = getattr(gateway, "express_plan", None)
+        proxy = getattr(gateway, "proxy", None)
+        client = getattr(proxy, "client", None)
+        if plan is None or not isinstance(client, LeanClient):
+            return False
+        chosen = plan(route.name, scope)
+        if chosen is None:
+            return False
+        self.env, url = chosen
+        upstream = self.upstream = proxy.upstream(url)  # type: ignore[union-attr]
+        taken = client.take_idle(upstream)
+        if taken is None:
+            return False
+        self.pool, conn = taken
+        self.conn = conn
+        conn.start(method == "HEAD")
+        if conn.error is not None:  # closed while idle: the ASGI path opens a new one
+            self.release()
+            return False
+        headers, _mode = request_headers(scope, upstream)
+        scope[PROXIED_TO] = self.env
+        self.began = time.perf_counter()
+        conn.listener = self.progress
+        self.entry = gateway.inflight.track(self.env, self.abort)
+        self.timeout = client.read_timeout
+        if self.timeout is not None:
+            # each read pushes the deadline back; the connection's timer checks it
+            self.deadline = self.protocol.loop.time() + self.timeout
+            self.protocol.watch(self.deadline)
+        self.protocol.express = self
+        conn.write(request_head(method, upstream, path_target(scope), headers))
+        return True
+
+    def finish(self) -> None:
+        self.done = True
+        self.conn.listener = None
+        self.protocol.express = None
+        if self.entry is not None:
+            self.route.gateway.inflight.untrack(self.entry)  # type: ignore[attr-defined]
+            self.entry = None
+
+    def release(self, close: bool = False) -> None:
+        """Give the upstream connection back (closed first if ``close``), once."""
+        if not self.released:
+            self.released = True
+            if close:
+                self.conn.close()
+            self.pool.release(self.conn)
+
+    def progress(self) -> None:
+        """After each read from the upstream, and when its connection is lost."""
+        if self.done:
+            return
+        conn = self.conn
+        if self.timeout is not None:
+            self.deadline = self.protocol.loop.time() + self.timeout
+        try:
+            if self.status:
+                self.pump()
+            elif conn.complete:
+                self.respond()
+            elif conn.headers_done:
+                self.status = conn.status
+                self.cycle.write_first(self.start(), conn.take(), True)
+                self.pump()
+            elif conn.error is not None:
+                self.failed(conn.error)
+        except RuntimeError as exc:  # what uvicorn's send refuses, it refuses here too
+            self.protocol.logger.error("Exception in ASGI application\n", exc_info=exc)
+            self.cut()
+
+    def start(self) -> Message:
+        conn = self.conn
+        return {
+            "type": "http.response.start",
+            "status": conn.status,
+            "headers": response_headers(conn.headers),
+        }
+
+    def respond(self) -> None:
+        """The whole response is in: one write."""
+        conn = self.conn
+        body = conn.take()
+        if conn.status == 503 and b'"SHUTTING_DOWN"' in body:
+            self.finish()
+            self.release()
+            self.again()  # the environment drains: the gateway's fallback decides
+            return
+        self.status = conn.status
+        start = self.start()
+        self.finish()
+        self.release()
+        self.cycle.write_first(start, body, False)
+        self.counted()
+
+    def pump(self) -> None:
+        """Pass on the body bytes read so far; end the response when the upstream did."""
+        conn = self.conn
+        cycle = self.cycle
+        if conn.chunks:
+            cycle.write_more(conn.take_chunks(), True)
+        if conn.complete:
+            self.finish()
+            self.release()
+            cycle.write_more([], False)
+            self.counted()
+        elif conn.error is not None:
+            self.protocol.logger.warning(
+                "upstream failed mid-response for %s: %s", self.route.scope["path"], conn.error
+            )
+            self.cut()
+        elif cycle.flow.write_paused and not self.paused and conn.transport is not None:
+            self.paused = True  # resumed by the client's resume_writing
+            conn.transport.pause_reading()
+
+    def resume(self) -> None:
+        """The client's buffer drained: read the upstream again."""
+        if self.paused and not self.done:
+            self.paused = False
+            transport = self.conn.transport
+            if transport is not None and not self.conn.lost:
+                transport.resume_reading()
+
+    def cut(self) -> None:
+        """End the exchange unfinished: the client sees an incomplete response."""
+        self.finish()
+        self.release(close=True)
+        self.cycle.transport.close()
+        self.counted()
+
+    def client_gone(self) -> None:
+        """The client disconnected: drop the upstream exchange."""
+        if not self.done:
+            self.finish()
+            self.release(close=True)
+            if self.status:
+                self.counted()
+
+    def counted(self) -> None:
+        route = self.route
+        route.metrics.count(route.name, self.env, self.status, time.perf_counter() - self.began)
+        FastHttpToolsProtocol.express_answered += 1
+
+    def failed(self, exc: UpstreamError) -> None:
+        self.finish()
+        self.release()
+        if never_answered(exc):
+            self.pool.close_idle()  # as the client does: the others are likely closed too
+            self.again()
+        else:
+            self._run(_Failed(self.route, self.env, _error(self.upstream, exc)))
+
+    def expire(self) -> None:
+        """The connection's timer fired: the read timeout, unless a read came since."""
+        if self.done or self.timeout is None:
+            return
+        if self.protocol.loop.time() < self.deadline:
+            self.protocol.watch(self.deadline)
+            return
+        if self.status:
+            self.protocol.logger.warning(
+                "upstream failed mid-response for %s: read timeout", self.route.scope["path"]
+            )
+            self.cut()
+            return
+        self.finish()
+        self.release(close=True)
+        exc = UpstreamTimeoutError("read", f"upstream read timeout ({self.timeout:g}s)")
+        self._run(_Failed(self.route, self.env, _error(self.upstream, exc)))
+
+    def abort(self) -> None:
+        """The environment went offline: before the answer the gateway chooses again;
+        after its head the response is cut short."""
+        if self.done:
+            return
+        if self.status:
+            self.cut()
+            return
+        self.finish()
+        self.release(close=True)
+        self.again()
+
+    def again(self) -> None:
+        self.route.scope.pop(PROXIED_TO, None)
+        self._run(self.route)
+
+    def _run(self, app: ASGIApp) -> None:
+        self.protocol._start_asgi_task(self.cycle, app)  # type: ignore[arg-type]
+
+
+class _Failed:
+    """The gateway's error answer for an express request the upstream failed."""
+
+    def __init__(self, route: TenantRoute, env: str, error: NocosupError) -> None:
+        self.route = route
+        self.env = env
+        self.error = error
+
+    async def __call__(self, _scope: Scope, receive: Receive, send: Send) -> None:
+        route = self.route
+        await route.metrics.serve(self, route.name, route.scope, receive, send)
+
+    async def handle(self, name: str, scope: Scope, receive: Receive, send: Send) -> None:
+        scope[PROXIED_TO] = self.env
+        await _answer_error(scope, receive, send, self.error)
+
+
+class FastHttpToolsProtocol(LimitedHttpToolsProtocol):
+    """The head-guarded httptools protocol with the fast path of this module."""
+
+    fast_route: FastRouter | None = None
+    #: Requests this process answered on the express lane (all connections).
+    express_answered: ClassVar[int] = 0
+
+    def connection_made(self, transport: Any) -> None:
+        super().connection_made(transport)
+        # uvicorn's middleware (trace logging) would hide the host: then no fast path
+        self.fast_route = getattr(self.app, "fast_route", None)
+        #: The express exchange answering on this connection now, if any.
+        self.express: _Express | None = None
+        self.express_timer: asyncio.TimerHandle | None = None
+        #: Loop time the connection went idle (None while a request is under way).
+        self.idle_since: float | None = None
+
+    def watch(self, deadline: float) -> None:
+        """Have the express exchange's ``expire`` called by ``deadline``: one timer per
+        connection, re-armed only when it fires early (deadlines only move later), not a
+        timer set and cancelled per request."""
+        if self.express_timer is None:
+            self.express_timer = self.loop.call_at(deadline, self._express_due)
+
+    def _express_due(self) -> None:
+        self.express_timer = None
+        if self.express is not None:
+            self.express.expire()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        if self.express is not None:
+            self.express.client_gone()
+        for timer in (self.express_timer, self.timeout_keep_alive_task):
+            if timer is not None:
+                timer.cancel()
+        self.express_timer = self.timeout_keep_alive_task = None
+
+    # The keep-alive timeout, lazily: uvicorn sets a timer after every response and
+    # cancels it on every read; here one timer per connection checks when it fires.
+
+    def _unset_keepalive_if_required(self) -> None:
+        self.idle_since = None  # a read: busy until the next response is complete
+
+    def on_response_complete(self) -> None:
+        """uvicorn's, with the head guard re-armed and the lazy keep-alive timer."""
+        self.guard.arm()
+        self.server_state.total_requests += 1
+        if self.transport.is_closing():
+            return
+        self.flow.resume_reading()
+        if self.pipeline:
+            cycle, app = self.pipeline.pop()
+            self._start_asgi_task(cycle, app)
+            return
+        now = self.idle_since = self.loop.time()
+        if self.timeout_keep_alive_task is None:
+            self.timeout_keep_alive_task = self.loop.call_at(
+                now + self.timeout_keep_alive, self.timeout_keep_alive_handler
+            )
+
+    def timeout_keep_alive_handler(self) -> None:
+        self.timeout_keep_alive_task = None
+        if self.idle_since is None:
+            return  # busy: the next complete response arms it again
+        due = self.idle_since + self.timeout_keep_alive
+        if self.loop.time() < due:
+            self.timeout_keep_alive_task = self.loop.call_at(due, self.timeout_keep_alive_handler)
+        elif not self.transport.is_closing():
+            self.transport.close()
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        if self.express is not None:
+            self.express.resume()
+
+    def on_headers_complete(self) -> None:
+        fast_route = self.fast_route
+        parser = self.parser
+        if (
+            fast_route is None
+            or parser.should_upgrade()
+            or parser.get_http_version() != "1.1"
+            or (
+                self.limit_concurrency is not None
+                and (
+                    len(self.connections) >= self.limit_concurrency
+                    or len(self.tasks) >= self.limit_concurrency
+                )
+            )
+        ):
+            super().on_headers_complete()
+            return
+        scope = self.scope
+        scope["method"] = parser.get_method().decode("ascii")
+        parsed = httptools.parse_url(self.url)
+        raw_path = parsed.path
+        path = raw_path.decode("ascii")
+        if "%" in path:
+            path = urllib.parse.unquote(path)
+        scope["path"] = self.root_path + path
+        scope["raw_path"] = self.root_path.encode("ascii") + raw_path
+        scope["query_string"] = parsed.query or b""
+        route = fast_route(scope)  # type: ignore[arg-type]
+        if route is None:
+            super().on_headers_complete()  # sets the same keys again, then ASGI
+            return
+        existing = self.cycle
+        self.cycle = FastCycle(
+            scope=scope,
+            transport=self.transport,
+            flow=self.flow,
+            logger=self.logger,
+            access_logger=self.access_logger,
+            access_log=self.access_log,
+            default_headers=self.server_state.default_headers,
+            message_event=asyncio.Event(),
+            expect_100_continue=self.expect_100_continue,
+            keep_alive=parser.should_keep_alive(),
+            on_response=self.on_response_complete,
+        )
+        if existing is None or existing.response_complete:
+            if isinstance(route, TenantRoute) and _Express(self, self.cycle, route).begin():
+                return
+            self._start_asgi_task(self.cycle, route)  # type: ignore[arg-type]
+        else:  # pipelined: it runs when the response before it is complete
+            self.flow.pause_reading()
+            self.pipeline.appendleft((self.cycle, route))  # type: ignore[arg-type]
