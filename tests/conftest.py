@@ -8,6 +8,7 @@ processes on free ports of 127.0.0.1.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import os
 import uuid
@@ -41,15 +42,34 @@ async def pg_database() -> AsyncIterator[str]:
     finally:
         await conn.close()
     yield name
+    await drop_databases(f"nocosup_t_{RUN_ID}")
+
+
+async def drop_databases(prefix: str, at_once: int = 4) -> None:
+    """Drop every database whose name starts with ``prefix``, ``at_once`` at a time.
+
+    Each DROP DATABASE waits for a checkpoint (PostgreSQL 15), which takes seconds on a
+    busy server; drops waiting together share one, so a session's hundred databases go
+    in a few checkpoints instead of a hundred (and leave the server to the other tests
+    and runs sooner)."""
     conn = await asyncpg.connect(PG_DSN)
     try:
-        rows = await conn.fetch(
-            "SELECT datname FROM pg_database WHERE datname LIKE $1", f"nocosup_t_{RUN_ID}%"
-        )
-        for row in rows:
-            await conn.execute(f'DROP DATABASE IF EXISTS "{row["datname"]}" WITH (FORCE)')
+        query = "SELECT datname FROM pg_database WHERE datname LIKE $1"
+        rows = await conn.fetch(query, prefix + "%")
     finally:
         await conn.close()
+    names = [row["datname"] for row in rows if row["datname"].startswith(prefix)]
+    slots = asyncio.Semaphore(at_once)
+
+    async def drop(db: str) -> None:
+        async with slots:
+            conn = await asyncpg.connect(PG_DSN)
+            try:
+                await conn.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
+            finally:
+                await conn.close()
+
+    await asyncio.gather(*(drop(db) for db in names))
 
 
 @pytest.fixture(scope="session")

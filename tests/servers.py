@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -19,10 +21,36 @@ ADMIN_TOKEN = "test-admin-token-0123456789abcdefghijkl"
 AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
 
+#: Test servers listen below the kernel's ephemeral range (32768-60999 on Linux), where
+#: ``bind(0)`` and outgoing connections take their ports: ``bind(0)`` may hand the same
+#: port to two pytest-xdist workers (or twice to one) before a server has bound it. Each
+#: worker takes ports in turn from a slice of its own, from a random start (another run
+#: beside this one starts elsewhere), and only ports nothing is bound to.
+PORT_BASE = 20_000
+PORT_SLICE = 1_500
+
+
+def _worker_index() -> int:
+    """0 for gw0 (or no xdist), 1 for gw1, ... (slices wrap after eight workers)."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    return int(worker[2:]) % 8 if worker[2:].isdigit() else 0
+
+
+_slice_start = PORT_BASE + _worker_index() * PORT_SLICE
+_next_port = itertools.count(random.randrange(PORT_SLICE))
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """A port of 127.0.0.1 that nothing is bound to, never handed out twice in a row."""
+    for _ in range(PORT_SLICE):
+        port = _slice_start + next(_next_port) % PORT_SLICE
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port in {_slice_start}-{_slice_start + PORT_SLICE - 1}")
 
 
 class NocosupServer:
@@ -92,6 +120,11 @@ class NocosupServer:
         if self.proc is None or self.proc.poll() is not None:
             return self.proc.returncode if self.proc else None
         self.signal(sig)
+        return self.reap(timeout)
+
+    def reap(self, timeout: float = 20) -> int | None:
+        """Wait for the signalled process to exit (SIGKILL after ``timeout``)."""
+        assert self.proc is not None
         try:
             return self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
@@ -183,6 +216,19 @@ class ServerFactory:
         self.servers.append(server)
         return server.start()
 
+    def __enter__(self) -> ServerFactory:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        """``with private_redis, servers:`` stops the servers before the Redis they use
+        goes away (a server whose Redis is gone spends seconds retrying on shutdown)."""
+        self.stop_all()
+
     def stop_all(self) -> None:
-        for server in self.servers:
-            server.stop()
+        """SIGTERM every running server at once, then wait for each: the clean shutdowns
+        overlap (a test's teardown costs the slowest, not their sum)."""
+        running = [s for s in self.servers if s.proc is not None and s.proc.poll() is None]
+        for server in running:
+            server.signal(signal.SIGTERM)
+        for server in running:
+            server.reap()

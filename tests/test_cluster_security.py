@@ -362,8 +362,9 @@ PASSWORD = "redis-pass-Zq81"
 
 
 @pytest.fixture
-def acl_redis(tmp_path: Path) -> Iterator[RedisServer]:
-    """A private Redis where the default user is off and only ACL user ``nocosup`` works."""
+def acl_redis(tmp_path: Path, servers: ServerFactory) -> Iterator[RedisServer]:
+    """A private Redis where the default user is off and only ACL user ``nocosup`` works
+    (the test's servers are stopped before it)."""
     server = RedisServer(
         tmp_path,
         extra=[
@@ -379,7 +380,7 @@ def acl_redis(tmp_path: Path) -> Iterator[RedisServer]:
             "+@all",
         ],
     )
-    with server:
+    with server, servers:
         yield server
 
 
@@ -414,8 +415,9 @@ async def test_a_wrong_redis_password_stops_the_start_without_showing_it(
 
 
 @pytest.fixture
-def tls_redis(tmp_path: Path) -> Iterator[tuple[RedisServer, Path]]:
-    """A private Redis that speaks only TLS, with a self-signed certificate for 127.0.0.1."""
+def tls_redis(tmp_path: Path, servers: ServerFactory) -> Iterator[tuple[RedisServer, Path]]:
+    """A private Redis that speaks only TLS, with a self-signed certificate for 127.0.0.1
+    (the test's servers are stopped before it)."""
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
     subprocess.run(
         [
@@ -440,7 +442,7 @@ def tls_redis(tmp_path: Path) -> Iterator[tuple[RedisServer, Path]]:
         capture_output=True,
     )
     server = RedisServer(tmp_path, tls=(cert, key))
-    with server:
+    with server, servers:
         yield server, cert
 
 

@@ -205,7 +205,10 @@ async def test_examples_through_the_proxy(
     """Supervisor and worker are separate processes; FastAPI and Litestar apps keep their
     data in PostgreSQL, datasette its SQLite file on the worker."""
     path = ":".join([str(ROOT), *(str(p) for p in example_paths)])
-    cluster = Cluster(servers, pg_env, redis_prefix, REDIS_URL)
+    # A first request imports FastAPI, Litestar or datasette inside the worker's event
+    # loop: on a busy machine that can outlast the default heartbeat TTL (3 x 0.5 s)
+    # and take env-a offline mid-test. Nothing here waits for a heartbeat to lapse.
+    cluster = Cluster(servers, pg_env, redis_prefix, REDIS_URL, interval=2)
     supervisor = cluster.start_supervisor(PYTHONPATH=path)
     cluster.start_worker("env-a", PYTHONPATH=path)
     async with supervisor.admin() as api:

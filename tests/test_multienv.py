@@ -236,7 +236,7 @@ async def test_redis_restart_rebuilds_the_cache(
 ) -> None:
     from tests.redisserver import RedisServer
 
-    with RedisServer(tmp_path) as private:
+    with RedisServer(tmp_path) as private, servers:
         cluster = Cluster(servers, pg_env, redis_prefix, private.url)
         cluster.start_supervisor()
         cluster.start_worker("env_r")
@@ -311,7 +311,7 @@ async def test_commands_on_their_own_redis(
     command streams on the other."""
     from tests.redisserver import RedisServer
 
-    with RedisServer(tmp_path) as commands:
+    with RedisServer(tmp_path) as commands, servers:
         cluster = Cluster(servers, pg_env, redis_prefix, REDIS_URL, command_redis_url=commands.url)
         cluster.start_supervisor()
         cluster.start_worker("env_c", replicas=2)

@@ -19,7 +19,7 @@ async def test_a_redis_blip_degrades_readiness_before_failing_it(
     servers: ServerFactory, pg_env: dict[str, str], redis_prefix: str
 ) -> None:
     target = urlsplit(REDIS_URL)
-    with relay(target.hostname or "127.0.0.1", target.port or 6379) as frozen:
+    with relay(target.hostname or "127.0.0.1", target.port or 6379) as frozen, servers:
         url = f"redis://127.0.0.1:{frozen.port}{target.path or '/0'}"
         # heartbeat TTL = 3 x 2 s: the grace during which a Redis blip is "degraded"
         cluster = Cluster(servers, pg_env, redis_prefix, url, interval=2)

@@ -139,12 +139,13 @@ async def test_unreachable_sentinels_fail_the_start_clearly(tmp_path: Path) -> N
 async def cluster(
     servers: ServerFactory, pg_env: dict[str, str], redis_prefix: str, sentinels: SentinelSet
 ) -> AsyncIterator[Cluster]:
-    cluster = Cluster(servers, pg_env, redis_prefix, sentinels.url)
-    cluster.start_supervisor(NOCOSUP_COMMAND_TIMEOUT="10")
-    cluster.start_worker("env_a")
-    async with sup(cluster).admin() as c:
-        await cluster.wait_environments(c, {"env_a": 1})
-    yield cluster
+    with servers:  # stopped before the sentinels are
+        cluster = Cluster(servers, pg_env, redis_prefix, sentinels.url)
+        cluster.start_supervisor(NOCOSUP_COMMAND_TIMEOUT="10")
+        cluster.start_worker("env_a")
+        async with sup(cluster).admin() as c:
+            await cluster.wait_environments(c, {"env_a": 1})
+        yield cluster
 
 
 def sup(cluster: Cluster) -> NocosupServer:

@@ -14,7 +14,7 @@ from nocosup.config import Settings
 from nocosup.errors import DatabaseNameReserved
 from nocosup.provisioning import SqliteProvisioner, TenantDatabase, TenantDatabases
 from tests.cluster import Cluster
-from tests.conftest import PG_DSN, REDIS_URL
+from tests.conftest import PG_DSN, REDIS_URL, drop_databases
 from tests.servers import ServerFactory
 from tests.test_admin_api import assert_error
 
@@ -38,18 +38,14 @@ async def pg_table_count(database: str) -> int | None:
 
 
 @pytest.fixture
-async def short_registry(run_id: str) -> AsyncIterator[str]:
+async def short_registry(run_id: str, servers: ServerFactory) -> AsyncIterator[str]:
     """A registry name short enough for ``{name}_app_env_b`` to be a valid DB_DATABASE
-    (the session's are not); every database starting with it is dropped at the end."""
+    (the session's are not); every database starting with it is dropped at the end,
+    once the test's servers have stopped."""
     name = f"ns{run_id}"
-    yield name
-    conn = await asyncpg.connect(PG_DSN)
-    try:
-        rows = await conn.fetch("SELECT datname FROM pg_database WHERE datname LIKE $1", name + "%")
-        for row in rows:
-            await conn.execute(f'DROP DATABASE IF EXISTS "{row["datname"]}" WITH (FORCE)')
-    finally:
-        await conn.close()
+    with servers:
+        yield name
+    await drop_databases(name)
 
 
 async def test_an_app_named_after_a_worker_database(
