@@ -42,7 +42,7 @@ from nocosup.errors import (
     error_body,
 )
 from nocosup.events import EventBus
-from nocosup.forwarded import PEER
+from nocosup.forwarded import FORWARDING, PEER
 from nocosup.forwarded import resolve as resolve_forwarded
 from nocosup.metrics import Metrics, metrics_endpoint
 from nocosup.plugins import load_plugins
@@ -57,6 +57,9 @@ ReadinessCheck = Callable[[], Awaitable[object]]
 #: Request headers that may carry admin credentials, or the proxy's app choice, filtered
 #: by Host._tenant_headers.
 _GUARDED = frozenset({b"cookie", b"authorization", APP_HEADER})
+#: Headers that make the host look twice at a request: forwarding headers (resolved or
+#: dropped by nocosup.forwarded) and the guarded ones.
+_NOTABLE = FORWARDING | _GUARDED
 _SHUTTING_DOWN = ShuttingDown("this server is shutting down; retry shortly")
 #: Plugin notifications queued at most (status and environment changes, registry events).
 MAX_NOTICES = 10_000
@@ -286,9 +289,17 @@ class Host(Starlette):
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
         if kind == "http" or kind == "websocket":
-            scope = resolve_forwarded(scope, self.settings)
-            target = self._routed_target(scope) if self.domain_routes else None
-            if target is None and self.role.serves_forwarded_app:
+            # One pass over the headers: most requests carry none that needs work here
+            # (no forwarding header, no cookie, no Authorization, no X-Nocosup-App).
+            for key, _value in scope["headers"]:
+                if key in _NOTABLE:
+                    notable = True
+                    scope = resolve_forwarded(scope, self.settings)
+                    break
+            else:
+                notable = False
+            target = self._routed_target(scope) if self.domain_routes.apps else None
+            if target is None and notable and self.role.serves_forwarded_app:
                 target = _forwarded_target(scope)
             if target is None:
                 target = _tenant_target(scope)
@@ -316,10 +327,11 @@ class Host(Starlette):
                 else:  # mounted in another app: ~1.5 us
                     scope = {k: v for k, v in scope.items() if k in TENANT_SCOPE_KEYS}
                 scope["root_path"] = prefix
-                for key, _value in scope["headers"]:
-                    if key in _GUARDED:  # rare: most requests carry neither header
-                        scope["headers"] = self._tenant_headers(scope["headers"])
-                        break
+                if notable:
+                    for key, _value in scope["headers"]:
+                        if key in _GUARDED:
+                            scope["headers"] = self._tenant_headers(scope["headers"])
+                            break
                 await self.metrics.serve(gateway, name, scope, receive, send)
                 return
             if not self.started and scope["type"] == "http":
