@@ -424,7 +424,7 @@ class _Express:
 
     def counted(self) -> None:
         route = self.route
-        route.metrics.count(route.name, self.env, self.status, time.perf_counter() - self.began)
+        route.metrics.observe(route.name, self.env, self.status, time.perf_counter() - self.began)
         FastHttpToolsProtocol.express_answered += 1
 
     def failed(self, exc: UpstreamError) -> None:

@@ -43,7 +43,7 @@ from nocosup.errors import (
 )
 from nocosup.events import EventBus
 from nocosup.fastpath import TenantRoute
-from nocosup.forwarded import PEER
+from nocosup.forwarded import FORWARDING, PEER
 from nocosup.forwarded import resolve as resolve_forwarded
 from nocosup.metrics import Metrics, metrics_endpoint
 from nocosup.plugins import load_plugins
@@ -58,6 +58,9 @@ ReadinessCheck = Callable[[], Awaitable[object]]
 #: Request headers that may carry admin credentials, or the proxy's app choice, filtered
 #: by Host._tenant_headers.
 _GUARDED = frozenset({b"cookie", b"authorization", APP_HEADER})
+#: Headers that make the host look twice at a request: forwarding headers (resolved or
+#: dropped by nocosup.forwarded) and the guarded ones.
+_NOTABLE = FORWARDING | _GUARDED
 _SHUTTING_DOWN = ShuttingDown("this server is shutting down; retry shortly")
 #: Plugin notifications queued at most (status and environment changes, registry events).
 MAX_NOTICES = 10_000
@@ -290,8 +293,12 @@ class Host(Starlette):
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
         if kind == "http" or kind == "websocket":
-            scope = resolve_forwarded(scope, self.settings)
-            target = self.tenant_target(scope)
+            # most requests carry no header that needs work here (no forwarding header,
+            # no cookie, no Authorization, no X-Nocosup-App): one pass tells
+            notable = _notable(scope["headers"])
+            if notable:
+                scope = resolve_forwarded(scope, self.settings)
+            target = self.tenant_target(scope, notable)
             if target is not None:
                 if not self.started:
                     # Mounted inside another app, the host gets no lifespan: start lazily.
@@ -307,7 +314,7 @@ class Host(Starlette):
                 if self.draining and not self.role.serves_while_draining:
                     await send_error(scope, receive, send, _SHUTTING_DOWN)
                     return
-                scope = self.tenant_scope(scope, prefix)
+                scope = self.tenant_scope(scope, prefix, notable)
                 await self.metrics.serve(gateway, name, scope, receive, send)
                 return
             if not self.started and scope["type"] == "http":
@@ -320,13 +327,14 @@ class Host(Starlette):
             return
         await super().__call__(scope, receive, send)
 
-    def tenant_target(self, scope: Scope) -> tuple[str, str, bool] | None:
+    def tenant_target(self, scope: Scope, notable: bool = True) -> tuple[str, str, bool] | None:
         """(app name, root_path for the app, needs a trailing slash) when ``scope`` (its
         forwarded headers resolved) is tenant traffic: a custom domain, a worker's
         ``X-Nocosup-App``, ``/apps/{name}/...``, or ``X-App`` on a path no host route
-        serves; else None."""
-        target = self._routed_target(scope) if self.domain_routes else None
-        if target is None and self.role.serves_forwarded_app:
+        serves; else None. ``notable``: False when no header :func:`_notable` looks for
+        is there (then no ``X-Nocosup-App`` either)."""
+        target = self._routed_target(scope) if self.domain_routes.apps else None
+        if target is None and notable and self.role.serves_forwarded_app:
             target = _forwarded_target(scope)
         if target is None:
             target = _tenant_target(scope)
@@ -336,18 +344,20 @@ class Host(Starlette):
                 target = name, scope.get("root_path", ""), False
         return target
 
-    def tenant_scope(self, scope: Scope, prefix: str) -> Scope:
+    def tenant_scope(self, scope: Scope, prefix: str, notable: bool = True) -> Scope:
         """What a tenant gets of ``scope``: the ASGI keys only, ``root_path`` = ``prefix``,
-        and no admin credentials or proxy app choice among the headers."""
+        and no admin credentials or proxy app choice among the headers (``notable``:
+        False when :func:`_notable` found none of them)."""
         if TENANT_SCOPE_KEYS.issuperset(scope):  # served directly: ~130 ns
             scope = dict(scope)
         else:  # mounted in another app: ~1.5 us
             scope = {k: v for k, v in scope.items() if k in TENANT_SCOPE_KEYS}
         scope["root_path"] = prefix
-        for key, _value in scope["headers"]:
-            if key in _GUARDED:  # rare: most requests carry neither header
-                scope["headers"] = self._tenant_headers(scope["headers"])
-                break
+        if notable:
+            for key, _value in scope["headers"]:
+                if key in _GUARDED:
+                    scope["headers"] = self._tenant_headers(scope["headers"])
+                    break
         return scope
 
     def fast_route(self, scope: Scope) -> ASGIApp | None:
@@ -364,13 +374,15 @@ class Host(Starlette):
         gateway = self.role.gateway
         if gateway is None or not getattr(gateway, "fast_path", False):
             return None
-        scope = resolve_forwarded(scope, self.settings)
-        target = self.tenant_target(scope)
+        notable = _notable(scope["headers"])
+        if notable:
+            scope = resolve_forwarded(scope, self.settings)
+        target = self.tenant_target(scope, notable)
         if target is None or target[2]:
             return None
         name, prefix, _redirect = target
         self.fast_path_requests += 1
-        return TenantRoute(gateway, self.metrics, name, self.tenant_scope(scope, prefix))
+        return TenantRoute(gateway, self.metrics, name, self.tenant_scope(scope, prefix, notable))
 
     def _routed_target(self, scope: Scope) -> tuple[str, str, bool] | None:
         """The app whose custom domain the Host names, at the host's own root_path (every
@@ -467,6 +479,15 @@ def _root_path(value: str) -> str:
     if value and (not value.startswith("/") or "//" in value or any(c in value for c in "?#")):
         raise ConfigError(f"root_path must be a path such as '/tenants'; got {value!r}")
     return value
+
+
+def _notable(headers: list[tuple[bytes, bytes]]) -> bool:
+    """Whether a request carries a header the host must act on: a forwarding header, a
+    cookie, ``Authorization`` or ``X-Nocosup-App`` (most tenant requests carry none)."""
+    for key, _value in headers:
+        if key in _NOTABLE:
+            return True
+    return False
 
 
 def without_admin_cookie(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:

@@ -15,10 +15,10 @@ on a supervisor, the heartbeat age. Apps by status come from the role at scrape 
 from __future__ import annotations
 
 import hmac
-import time
 from bisect import bisect_left
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Awaitable, Iterable, Iterator
+from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client.core import (
@@ -68,7 +68,9 @@ class Histogram:
         self.total = 0.0
 
     def observe(self, value: float) -> None:
-        self.counts[bisect_left(self.bounds, value)] += 1
+        bounds = self.bounds
+        # most observations fall in the first bucket (a warm request): no bisect for them
+        self.counts[0 if value <= bounds[0] else bisect_left(bounds, value)] += 1
         self.total += value
 
     def buckets(self) -> list[tuple[str, float]]:
@@ -91,6 +93,15 @@ class RequestStats:
         self.websockets = 0
         self.latency = Histogram(LATENCY_BUCKETS)
 
+    def observe(self, status: int, seconds: float) -> None:
+        """One request answered with ``status`` in ``seconds`` (101: a WebSocket session,
+        counted apart and not timed; 0, nothing sent: counted as 5xx)."""
+        if status == 101:
+            self.websockets += 1
+        else:
+            self.by_class[status // 100 if 100 <= status < 600 else 5] += 1
+            self.latency.observe(seconds)
+
 
 class Metrics:
     """Everything this process counts (a host has one)."""
@@ -98,6 +109,8 @@ class Metrics:
     def __init__(self, environment: str) -> None:
         self.environment = environment
         self.requests: dict[tuple[str, str], RequestStats] = {}
+        #: The entries of ``requests`` for this process's environment, by app alone.
+        self._here: dict[str, RequestStats] = {}
         self.boots: Counter[tuple[str, str, str]] = Counter()
         self.cold_starts: dict[tuple[str, str], Histogram] = {}
         self.app_events: Counter[tuple[str, str, str]] = Counter()
@@ -108,50 +121,55 @@ class Metrics:
     async def serve(
         self, gateway: Gateway, name: str, scope: Scope, receive: Receive, send: Send
     ) -> None:
-        """Run one tenant request through ``gateway``, counted for app ``name``."""
-        began = time.perf_counter()
+        """Run one tenant request through ``gateway``, counted for app ``name``.
+
+        The status is read through a plain function in front of ``send`` that hands back
+        ``send``'s own awaitable: no coroutine of its own per message.
+        """
+        stats = self._here.get(name) or self.stats(name)
         status = 0
 
-        async def counted(message: Message) -> None:
+        def counted(message: Message) -> Awaitable[None]:
             nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            elif message["type"] == "websocket.accept":
-                status = 101
-            elif message["type"] == "websocket.http.response.start":
-                status = message["status"]
-            await send(message)
+            if not status:  # one start message per response
+                kind = message["type"]
+                if kind == "http.response.start" or kind == "websocket.http.response.start":
+                    status = message["status"]
+                elif kind == "websocket.accept":
+                    status = 101
+            return send(message)
 
-        environment = self.environment
-        stats = self._stats(name, environment)
         stats.in_flight += 1
+        began = perf_counter()
         try:
             await gateway.handle(name, scope, receive, counted)
         finally:
+            seconds = perf_counter() - began
             stats.in_flight -= 1
             # on a supervisor the gateway names the environment it proxied to
             proxied = scope.get(PROXIED_TO)
-            if proxied is not None and proxied != environment:
-                stats = self._stats(name, proxied)
-            if status == 101:
-                stats.websockets += 1
-            else:
-                stats.by_class[status // 100 if 100 <= status < 600 else 5] += 1
-                stats.latency.observe(time.perf_counter() - began)
+            if proxied is not None and proxied != self.environment:
+                stats = self.stats(name, proxied)
+            stats.observe(status, seconds)
 
-    def count(self, app: str, environment: str, status: int, seconds: float) -> None:
-        """Count one HTTP request of ``app`` answered ``status`` in ``seconds``, served
-        without :meth:`serve` (the supervisor's express lane, nocosup.fastpath)."""
-        stats = self._stats(app, environment)
-        stats.by_class[status // 100 if 100 <= status < 600 else 5] += 1
-        stats.latency.observe(seconds)
-
-    def _stats(self, app: str, environment: str) -> RequestStats:
+    def stats(self, app: str, environment: str | None = None) -> RequestStats:
+        """The request counters of ``app`` in ``environment`` (default: this process's),
+        made on first use."""
+        if environment is None:
+            environment = self.environment
         key = (app, environment)
         stats = self.requests.get(key)
         if stats is None:
             stats = self.requests[key] = RequestStats()
+            if environment == self.environment:
+                self._here[app] = stats
         return stats
+
+    def observe(self, app: str, environment: str, status: int, seconds: float) -> None:
+        """Count one tenant request of ``app`` served in (or proxied to) ``environment``:
+        its status (101: a WebSocket session) and how long it took. For callers that
+        time requests themselves (a proxy, say) instead of going through :meth:`serve`."""
+        self.stats(app, environment).observe(status, seconds)
 
     def boot(self, app: str, environment: str, reason: str, seconds: float | None) -> None:
         """A boot of ``app`` ran (``seconds`` to running, None if it failed)."""
@@ -178,6 +196,7 @@ class Metrics:
         for table in (self.requests, self.cold_starts):
             for key in [k for k in table if k[0] == app]:
                 del table[key]
+        self._here.pop(app, None)
         for key3 in [k for k in self.boots if k[0] == app]:
             del self.boots[key3]
         for key3 in [k for k in self.app_events if k[1] == app]:

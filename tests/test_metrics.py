@@ -10,8 +10,11 @@ from typing import Any
 import httpx
 import pytest
 import websockets
+from prometheus_client.exposition import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.registry import CollectorRegistry
 
+from nocosup.metrics import LATENCY_BUCKETS, Metrics, _Snapshot
 from tests.cluster import Cluster, wait_for
 from tests.conftest import REDIS_URL
 from tests.inproc import inproc_settings, running_host
@@ -188,3 +191,33 @@ async def test_boots_idle_stops_evictions_and_overloads_are_counted(tmp_path: Pa
         assert (await h.api.delete("/api/apps/tight")).status_code == 200
         after = await scrape(anon)
         assert value(after, "nocosup_requests_total", code="2xx", **tight) is None
+
+
+def test_observe_counts_what_serve_counts() -> None:
+    """Metrics.observe, for a caller that times a request itself (a proxy, say): the same
+    series and buckets as a request through Metrics.serve, forgotten with the app."""
+    metrics = Metrics("local")
+    metrics.observe("shop", "env_a", 200, 0.0002)  # the first bucket
+    metrics.observe("shop", "env_a", 404, 0.3)
+    metrics.observe("shop", "env_a", 0, 0.001)  # nothing answered: a 5xx
+    metrics.observe("shop", "env_a", 101, 9.0)  # a WebSocket session, not timed
+    metrics.observe("shop", "local", 200, 0.002)
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Snapshot(metrics.families()))
+    got = parse(generate_latest(registry).decode())
+    shop = {"app": "shop", "environment": "env_a"}
+    assert value(got, "nocosup_requests_total", code="2xx", **shop) == 1
+    assert value(got, "nocosup_requests_total", code="4xx", **shop) == 1
+    assert value(got, "nocosup_requests_total", code="5xx", **shop) == 1
+    assert value(got, "nocosup_websocket_sessions_total", **shop) == 1
+    assert value(got, "nocosup_request_duration_seconds_bucket", le="0.0005", **shop) == 1
+    assert value(got, "nocosup_request_duration_seconds_bucket", le="0.001", **shop) == 2
+    assert value(got, "nocosup_request_duration_seconds_bucket", le="0.25", **shop) == 2
+    assert value(got, "nocosup_request_duration_seconds_bucket", le="0.5", **shop) == 3
+    assert value(got, "nocosup_request_duration_seconds_count", **shop) == 3
+    local = {"app": "shop", "environment": "local"}
+    assert value(got, "nocosup_request_duration_seconds_count", **local) == 1
+    assert metrics.stats("shop") is metrics.stats("shop", "local")
+    metrics.forget("shop")
+    assert metrics.requests == {}
+    assert metrics.stats("shop").latency.counts == [0] * (len(LATENCY_BUCKETS) + 1)
