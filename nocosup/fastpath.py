@@ -34,6 +34,7 @@ keep-alive (with a lazy timer) and client disconnects.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 import urllib.parse
 from collections.abc import Callable
@@ -66,6 +67,9 @@ if TYPE_CHECKING:
     from nocosup.role import Gateway
 
 __all__ = ["FastCycle", "FastHttpToolsProtocol", "TenantRoute"]
+
+#: The proxy's logger: what the express lane logs reads as what the ASGI path logs.
+log = logging.getLogger("nocosup.proxy")
 
 #: A first body part up to this size is joined to the head; a larger one is written after
 #: it in the same ``writelines`` (no copy of a big chunk just to save a call).
@@ -391,7 +395,7 @@ class _Express:
             cycle.write_more([], False)
             self.counted()
         elif conn.error is not None:
-            self.protocol.logger.warning(
+            log.warning(
                 "upstream failed mid-response for %s: %s", self.route.scope["path"], conn.error
             )
             self.cut()
@@ -444,7 +448,7 @@ class _Express:
             self.protocol.watch(self.deadline)
             return
         if self.status:
-            self.protocol.logger.warning(
+            log.warning(
                 "upstream failed mid-response for %s: read timeout", self.route.scope["path"]
             )
             self.cut()

@@ -98,6 +98,9 @@ async def test_supervisor_and_worker_count_proxied_traffic(
         await create(c, "prox")
         for _ in range(5):
             assert (await anon.get("/apps/prox/api/info")).status_code == 200
+        # not for the fast path: the slash redirect and a host route go through ASGI
+        assert (await anon.get("/apps/prox")).status_code == 307
+        assert (await anon.get("/healthz")).status_code == 200
         ws_url = sup.url.replace("http", "ws") + "/apps/prox/api/echo"
         async with websockets.connect(ws_url) as ws:
             await ws.send("ping")
