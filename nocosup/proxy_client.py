@@ -176,12 +176,20 @@ _METHODS = {m: m.encode() for m in ("GET", "HEAD", "POST", "PUT", "PATCH", "DELE
 
 
 class _Stale(UpstreamProtocolError):
-    """A reused connection closed before answering (the upstream dropped it while idle)."""
+    """A connection closed before a byte of the answer came: a kept-alive one the upstream
+    dropped while idle, or a new one that a server shutting down accepted from its backlog
+    and closed. Nothing says the request ran, so an idempotent one may go again."""
+
+
+def _unanswered(used: bool) -> str:
+    kind = "a kept-alive" if used else "a new"
+    return f"upstream closed {kind} connection before answering"
 
 
 def never_answered(exc: UpstreamError) -> bool:
-    """Whether the upstream refused the connection or dropped a kept-alive one before
-    reading the request: what a server that is shutting down (or gone) does."""
+    """Whether the upstream refused the connection, or closed one before a byte of the
+    answer to a request that may be sent again: what a server that is shutting down (or
+    gone) does. The caller may send it elsewhere, or answer 503."""
     return isinstance(exc, UpstreamConnectError | _Stale)
 
 
@@ -262,8 +270,8 @@ class _Conn(asyncio.Protocol):
         if self._parser is not None and not self.complete:
             if self.headers_done and not self._framed and not self._head:
                 self.complete = True  # body delimited by the end of the connection
-            elif not self.received and self.used:
-                self._fail(_Stale("upstream closed a kept-alive connection before answering"))
+            elif not self.received:
+                self._fail(_Stale(_unanswered(self.used)))
             else:
                 self._fail(UpstreamProtocolError("upstream closed the connection mid-response"))
         self._wake()
@@ -378,11 +386,7 @@ class _Conn(asyncio.Protocol):
         self._begin(head)
         self._parser = httptools.HttpResponseParser(self)
         if self.lost:  # closed while it was being handed over
-            self.error = (
-                _Stale("upstream closed a kept-alive connection before answering")
-                if self.used
-                else UpstreamProtocolError("upstream closed the connection")
-            )
+            self.error = _Stale(_unanswered(self.used))
 
     def take_chunks(self) -> list[bytes]:
         """Everything buffered, as received (no copy); resumes reading if paused."""
@@ -773,15 +777,15 @@ class LeanClient(ProxyClient):
                     if conn.error is not None:
                         raise conn.error
                     await conn._wait(self.read_timeout, "read")
-            except _Stale:
+            except _Stale as stale:
                 pool.release(conn)
-                # the upstream dropped one idle connection: it has likely dropped them all
-                # (a server shutting down), so the retry opens a new one
+                # the upstream dropped one connection unanswered: it has likely dropped
+                # them all (a server shutting down), so the retry opens a new one
                 pool.close_idle()
                 if replayable:
                     replayable = False
                     continue
-                message = "upstream closed a kept-alive connection before answering"
+                message = str(stale)
                 if method in _IDEMPOTENT and not _is_stream(body):
                     # twice: the upstream is going away. Still "never answered", so the
                     # caller may send it elsewhere (or answer 503)

@@ -613,12 +613,23 @@ async def test_garbage_answer_is_502() -> None:
 
 
 async def test_closed_without_answer_is_502() -> None:
+    """A new connection closed after the request and before a byte of the answer (a
+    server shutting down closing what it accepted): a GET goes once more, on another new
+    connection, since nothing says it ran; a POST never goes twice. Both end in 502 here,
+    where no fallback is offered (the gateway answers 503 or tries another environment)."""
+    seen: list[bytes] = []
+
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await read_head(reader)
+        seen.append(await read_head(reader))
 
     async with raw_upstream(handler) as url, proxy_server(url) as proxied:
         async with proxied.http() as c:
             assert_json_error(await c.get(PREFIX + "/x"), 502, "UPSTREAM_PROTOCOL_ERROR")
+            assert [h.split(b" ", 1)[0] for h in seen] == [b"GET", b"GET"]
+            seen.clear()
+            r = await c.post(PREFIX + "/x", content=b"once")
+            assert_json_error(r, 502, "UPSTREAM_PROTOCOL_ERROR")
+            assert [h.split(b" ", 1)[0] for h in seen] == [b"POST"]
 
 
 async def test_body_cut_short_truncates_the_answer() -> None:
