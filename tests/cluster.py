@@ -59,7 +59,9 @@ class Cluster:
             **self.common(),
             "APP_MODE": "supervisor",
             "APP_PROCESS_ADAPTER": "remote",
-            "NOCOSUP_COMMAND_TIMEOUT": "30",
+            # above the slowest DROP DATABASE seen on a loaded shared server (see
+            # NocosupServer.client); tests of the timeout itself set their own
+            "NOCOSUP_COMMAND_TIMEOUT": "60",
             **extra,
         }
         self.supervisor = self.servers.start(**env)

@@ -150,7 +150,9 @@ class NocosupServer:
             return "(no log)"
 
     def client(self, **kwargs: Any) -> httpx.AsyncClient:
-        return httpx.AsyncClient(base_url=self.url, timeout=30, **kwargs)
+        # generous: a DROP DATABASE forces a PostgreSQL checkpoint, which took over 30 s
+        # while parallel test sessions filled the shared server with dirty pages
+        return httpx.AsyncClient(base_url=self.url, timeout=90, **kwargs)
 
     def admin(self) -> httpx.AsyncClient:
         return self.client(headers=AUTH)
