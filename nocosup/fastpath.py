@@ -130,13 +130,7 @@ class FastCycle(RequestResponseCycle):
         else:
             self.transport.writelines((head, body))
         if not more:
-            if self.expected_content_length != 0:
-                raise RuntimeError("Response content shorter than Content-Length")
-            self.response_complete = True
-            self.message_event.set()
-            if not self.keep_alive:
-                self.transport.close()
-            self.on_response()
+            self._complete()
 
     def write_more(self, chunks: list[bytes], more: bool) -> None:
         """Write body bytes after :meth:`write_first`, framed as uvicorn frames them
@@ -161,13 +155,17 @@ class FastCycle(RequestResponseCycle):
             self.expected_content_length -= size
             self.transport.writelines(chunks)
         if not more:
-            if self.expected_content_length != 0:
-                raise RuntimeError("Response content shorter than Content-Length")
-            self.response_complete = True
-            self.message_event.set()
-            if not self.keep_alive:
-                self.transport.close()
-            self.on_response()
+            self._complete()
+
+    def _complete(self) -> None:
+        """The response's last byte is written: check its length, close or keep alive."""
+        if self.expected_content_length != 0:
+            raise RuntimeError("Response content shorter than Content-Length")
+        self.response_complete = True
+        self.message_event.set()
+        if not self.keep_alive:
+            self.transport.close()
+        self.on_response()
 
     def _head(self, message: Message) -> bytes:
         """The status line and headers of ``message``, framed as uvicorn frames them."""
