@@ -51,7 +51,13 @@ from uvicorn.protocols.utils import get_client_addr, get_path_with_query_string
 
 from nocosup.errors import NocosupError
 from nocosup.metrics import PROXIED_TO
-from nocosup.proxy import _answer_error, _error, path_target, request_headers, response_headers
+from nocosup.proxy import (
+    answer_error,
+    path_target,
+    request_headers,
+    response_headers,
+    upstream_error,
+)
 from nocosup.proxy_client import (
     LeanClient,
     UpstreamError,
@@ -436,7 +442,7 @@ class _Express:
             self.pool.close_idle()  # as the client does: the others are likely closed too
             self.again()
         else:
-            self._run(_Failed(self.route, self.env, _error(self.upstream, exc)))
+            self._run(_Failed(self.route, self.env, upstream_error(self.upstream, exc)))
 
     def expire(self) -> None:
         """The connection's timer fired: the read timeout, unless a read came since."""
@@ -454,7 +460,7 @@ class _Express:
         self.finish()
         self.release(close=True)
         exc = UpstreamTimeoutError("read", f"upstream read timeout ({self.timeout:g}s)")
-        self._run(_Failed(self.route, self.env, _error(self.upstream, exc)))
+        self._run(_Failed(self.route, self.env, upstream_error(self.upstream, exc)))
 
     def abort(self) -> None:
         """The environment went offline: before the answer the gateway chooses again;
@@ -490,7 +496,7 @@ class _Failed:
 
     async def handle(self, name: str, scope: Scope, receive: Receive, send: Send) -> None:
         scope[PROXIED_TO] = self.env
-        await _answer_error(scope, receive, send, self.error)
+        await answer_error(scope, receive, send, self.error)
 
 
 class FastHttpToolsProtocol(LimitedHttpToolsProtocol):

@@ -239,7 +239,7 @@ class Proxy:
                 return
             except UpstreamError as exc:
                 if not never_answered(exc):
-                    await _answer_error(scope, receive, send, _error(upstream, exc))
+                    await answer_error(scope, receive, send, upstream_error(upstream, exc))
                     return
                 if fallback is not None and stream is None:
                     retry, fallback = fallback(), None  # once only
@@ -248,7 +248,7 @@ class Proxy:
                         headers = _replay_headers(scope, upstream, body)
                         continue
                 error = refused() if refused is not None else None
-                await _answer_error(scope, receive, send, error or _error(upstream, exc))
+                await answer_error(scope, receive, send, error or upstream_error(upstream, exc))
                 return
             finally:
                 if stream is not None:
@@ -350,7 +350,7 @@ class Proxy:
             await _relay_ws_denial(exc, scope, send)
             return
         except TimeoutError:
-            await _answer_error(
+            await answer_error(
                 scope, receive, send, UpstreamTimeout(f"WebSocket handshake with {url} timed out")
             )
             return
@@ -358,7 +358,7 @@ class Proxy:
             error: NocosupError = UpstreamUnreachable(f"WebSocket to {url} failed: {exc}")
             if refused is not None and isinstance(exc, ConnectionRefusedError):
                 error = refused()
-            await _answer_error(scope, receive, send, error)
+            await answer_error(scope, receive, send, error)
             return
         try:
             handshake = ws.response
@@ -531,7 +531,8 @@ async def _abort_on_disconnect(receive: Receive, response: UpstreamResponse) -> 
             return
 
 
-def _error(upstream: Upstream, exc: UpstreamError) -> NocosupError:
+def upstream_error(upstream: Upstream, exc: UpstreamError) -> NocosupError:
+    """The error a client gets for ``exc`` met on ``upstream`` (502, 504, ...)."""
     if isinstance(exc, UpstreamTimeoutError):
         return UpstreamTimeout(f"upstream {upstream.url} timed out: {exc}", phase=exc.phase)
     if isinstance(exc, UpstreamConnectError):
@@ -539,7 +540,7 @@ def _error(upstream: Upstream, exc: UpstreamError) -> NocosupError:
     return UpstreamInvalidResponse(f"upstream {upstream.url} answered badly: {exc}")
 
 
-async def _answer_error(scope: Scope, receive: Receive, send: Send, exc: NocosupError) -> None:
+async def answer_error(scope: Scope, receive: Receive, send: Send, exc: NocosupError) -> None:
     log.warning("%s %s: %s", exc.code, scope["path"], exc.message)
     try:
         await send_error(scope, receive, send, exc)
