@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 #: (through Sentinel: to the master it promoted meanwhile) is fresh. It must exceed the
 #: longest blocking read (``XREAD``/``XREADGROUP`` block for ``commands.BLOCK_MS``, 2 s)
 #: and stay well under a heartbeat TTL, so a worker renews its key on the new master in
-#: time. The event subscription has its own deadline (``remote.Watcher``).
+#: time. A subscription has its own deadline (:func:`subscribed`).
 SOCKET_TIMEOUT = 5.0
 
 #: A subscription silent this long is asked for a PING; no answer within
@@ -44,9 +44,12 @@ _CLIENT_OPTIONS: dict[str, Any] = {
     "health_check_interval": 15,
     "socket_connect_timeout": 5,
     "socket_timeout": SOCKET_TIMEOUT,
-    # a call that timed out may have run (an XADD, an INCR): the caller decides whether
-    # to send it again, never the client behind its back
-    "retry_on_timeout": False,
+    # redis-py then retries a call that timed out or met a closed connection, on a new
+    # connection (after a Redis restart every pooled one is stale; without this flag the
+    # first call on each fails). A timed-out XADD may so land twice: the sender takes the
+    # first reply to its request id, and a worker's actions are idempotent (a second stop
+    # finds the app stopped, a second remove finds nothing to remove).
+    "retry_on_timeout": True,
 }
 
 
