@@ -402,14 +402,17 @@ def pg_registry(name: str, dsn: str = DEFAULT_PG_DSN) -> Iterator[dict[str, str]
         finally:
             await conn.close()
 
+    env = {
+        "DB_DIALECT": "postgres",
+        "DB_HOST": url.hostname or "127.0.0.1",
+        "DB_PORT": str(url.port or 5432),
+        "DB_USER": url.username or "postgres",
+        "DB_DATABASE": database,
+    }
+    if url.password:
+        env["DB_PASSWORD"] = url.password
     try:
-        yield {
-            "DB_DIALECT": "postgres",
-            "DB_HOST": url.hostname or "127.0.0.1",
-            "DB_PORT": str(url.port or 5432),
-            "DB_USER": url.username or "postgres",
-            "DB_DATABASE": database,
-        }
+        yield env
     finally:
         asyncio.run(drop())
 

@@ -20,20 +20,20 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import secrets
 import signal
 import time
 from dataclasses import dataclass, field
 
-import asyncpg
 import httpx
 from common import (
+    DEFAULT_PG_DSN,
     DEFAULT_REDIS_URL,
     Admin,
     ServerProcess,
     Workspace,
     fmt,
     median,
+    pg_registry,
     purge_redis,
     redis_prefix,
     require_redis,
@@ -42,8 +42,6 @@ from common import (
     table,
     worker_server,
 )
-
-DEFAULT_PG = "postgresql://postgres@127.0.0.1:5432/postgres"
 
 
 def parse_args() -> argparse.Namespace:
@@ -56,7 +54,7 @@ def parse_args() -> argparse.Namespace:
         "--failover-after", type=float, default=1.0, help="NOCOSUP_FAILOVER_AFTER, s (1)"
     )
     p.add_argument("--redis-url", default=DEFAULT_REDIS_URL, help=f"({DEFAULT_REDIS_URL})")
-    p.add_argument("--pg", default=DEFAULT_PG, help=f"a PostgreSQL server to use ({DEFAULT_PG})")
+    p.add_argument("--pg", default=DEFAULT_PG_DSN, help=f"a PostgreSQL server ({DEFAULT_PG_DSN})")
     p.add_argument("--no-pin", action="store_true", help="do not pin the servers")
     p.add_argument("--keep", action="store_true", help="keep the temp dir (logs, storage)")
     return p.parse_args()
@@ -165,38 +163,6 @@ def measure_failover(
     return offline - killed, answered - killed, where[0]
 
 
-async def create_database(dsn: str, name: str) -> None:
-    conn = await asyncpg.connect(dsn)
-    try:
-        await conn.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await conn.close()
-
-
-async def drop_databases(dsn: str, name: str) -> None:
-    conn = await asyncpg.connect(dsn)
-    try:
-        rows = await conn.fetch("SELECT datname FROM pg_database WHERE datname LIKE $1", name + "%")
-        for row in rows:
-            await conn.execute(f'DROP DATABASE IF EXISTS "{row["datname"]}" WITH (FORCE)')
-    finally:
-        await conn.close()
-
-
-def pg_env(dsn: str, database: str) -> dict[str, str]:
-    url = httpx.URL(dsn)
-    env = {
-        "DB_DIALECT": "postgres",
-        "DB_HOST": url.host or "127.0.0.1",
-        "DB_PORT": str(url.port or 5432),
-        "DB_USER": url.username or "postgres",
-        "DB_DATABASE": database,
-    }
-    if url.password:
-        env["DB_PASSWORD"] = url.password
-    return env
-
-
 def main() -> None:
     args = parse_args()
     require_redis(args.redis_url)
@@ -207,11 +173,8 @@ def main() -> None:
         load=f"{args.concurrency} request loops",
     )
     prefix = redis_prefix("move")
-    database = f"nsbmove_{secrets.token_hex(4)}"  # DB_DATABASE: at most 22 characters
-    asyncio.run(create_database(args.pg, database))
-    db = pg_env(args.pg, database)
     try:
-        with Workspace("move", keep=args.keep) as ws:
+        with pg_registry("move", args.pg) as db, Workspace("move", keep=args.keep) as ws:
             sup = ws.start(
                 supervisor_server(
                     ws.dir,
@@ -255,7 +218,6 @@ def main() -> None:
                 admin.close()
     finally:
         purge_redis(args.redis_url, prefix)
-        asyncio.run(drop_databases(args.pg, database))
 
     print(
         table(
