@@ -6,9 +6,11 @@ unchanged, drops a client's forwarding claims and keeps serving when one replica
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import re
 import shutil
+import signal
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -274,10 +276,11 @@ def haproxy_front(tmp_path: Path) -> Iterator[HAProxyFront]:
         front.stop()
 
 
-async def test_haproxy_serves_through_either_supervisor_with_trusted_forwarding(
-    servers: ServerFactory, pg_env: dict[str, str], redis_prefix: str, haproxy_front: HAProxyFront
-) -> None:
-    cluster = Cluster(servers, pg_env, redis_prefix, REDIS_URL)
+async def _behind_haproxy(
+    servers: ServerFactory, cluster: Cluster, front: HAProxyFront
+) -> list[NocosupServer]:
+    """Two supervisors on the front's ports, a worker, the app ``echo`` started, and the
+    real HAProxy started in front of them; returns the supervisors."""
     # as in compose: the supervisors believe HAProxy (here 127.0.0.1), the worker them
     supervisor_env = {
         **cluster.common(),
@@ -286,7 +289,7 @@ async def test_haproxy_serves_through_either_supervisor_with_trusted_forwarding(
         "NOCOSUP_TRUSTED_PROXIES": "127.0.0.1",
     }
     replicas: list[NocosupServer] = [
-        servers.start(port=port, **supervisor_env) for port in haproxy_front.servers.values()
+        servers.start(port=port, **supervisor_env) for port in front.servers.values()
     ]
     cluster.start_worker("env_a")
     for replica in replicas:
@@ -295,7 +298,15 @@ async def test_haproxy_serves_through_either_supervisor_with_trusted_forwarding(
     async with replicas[0].admin() as c:
         await create(c, "echo", options={"test": {"echo": True}}, environments=["env_a"])
         assert (await c.post("/api/apps/echo/start")).status_code == 200
-    haproxy_front.start()
+    front.start()
+    return replicas
+
+
+async def test_haproxy_serves_through_either_supervisor_with_trusted_forwarding(
+    servers: ServerFactory, pg_env: dict[str, str], redis_prefix: str, haproxy_front: HAProxyFront
+) -> None:
+    cluster = Cluster(servers, pg_env, redis_prefix, REDIS_URL)
+    replicas = await _behind_haproxy(servers, cluster, haproxy_front)
     spoofed = {
         "Host": "public.example:8443",
         "X-Forwarded-For": "203.0.113.66",
@@ -337,3 +348,49 @@ async def test_haproxy_serves_through_either_supervisor_with_trusted_forwarding(
 
         await wait_for(marked_down, timeout=30)
         assert (await c.get("/api/apps", headers=AUTH)).status_code == 200
+
+
+async def test_a_supervisor_killed_under_load_behind_haproxy_fails_no_get(
+    servers: ServerFactory, pg_env: dict[str, str], redis_prefix: str, haproxy_front: HAProxyFront
+) -> None:
+    """``kill -9`` of one supervisor while GETs flow through HAProxy: those it was serving
+    are closed unanswered, and compose's ``retry-on conn-failure empty-response`` sends
+    them to the other one; new connections go there too (``option redispatch``). Without
+    the retry line, bench/replicas.py saw about 5 failures in 1000 requests."""
+    cluster = Cluster(servers, pg_env, redis_prefix, REDIS_URL)
+    replicas = await _behind_haproxy(servers, cluster, haproxy_front)
+    base = f"http://127.0.0.1:{haproxy_front.port}"
+    outcomes: list[str] = []
+    stop = asyncio.Event()
+
+    async def load(path: str, headers: dict[str, str]) -> None:
+        async with httpx.AsyncClient(base_url=base, timeout=30, headers=headers) as c:
+            while not stop.is_set():
+                try:
+                    outcomes.append(str((await c.get(path)).status_code))
+                except httpx.HTTPError as exc:
+                    outcomes.append(type(exc).__name__)
+
+    async with httpx.AsyncClient(base_url=base, timeout=30) as c:
+
+        async def answers() -> bool:
+            try:
+                return (await c.get("/apps/echo/")).status_code == 200
+            except httpx.TransportError:  # HAProxy is still binding its port
+                return False
+
+        await wait_for(answers)
+    loops = [
+        asyncio.create_task(load(*job))
+        for job in [("/apps/echo/", {})] * 4 + [("/api/apps", AUTH)] * 2
+    ]
+    try:
+        await asyncio.sleep(1)
+        before = len(outcomes)
+        replicas[0].stop(signal.SIGKILL)
+        await asyncio.sleep(2)
+    finally:
+        stop.set()
+        await asyncio.gather(*loops)
+    assert before > 0 and len(outcomes) > before
+    assert set(outcomes) == {"200"}, sorted(set(outcomes))
