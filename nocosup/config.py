@@ -207,6 +207,14 @@ VARIABLES: tuple[Variable, ...] = (
         ("0", "1"),
     ),
     Variable(
+        "NOCOSUP_PROXY_LEAN_LANE",
+        "1",
+        "1: on the fast path, a plain GET or HEAD whose head arrives whole is forwarded "
+        "and answered with a handful of Python calls (the lean lane); 0: such requests "
+        "take the express lane.",
+        ("0", "1"),
+    ),
+    Variable(
         "NOCOSUP_MAX_BODY_SIZE",
         "104857600",
         "Bytes a tenant request body may hold unless the app's options.maxBodySize says "
@@ -451,6 +459,7 @@ def _parse(env: Mapping[str, str]) -> dict[str, Any]:
         "lock_ttl": _number(env, "NOCOSUP_LOCK_TTL", float, 0.3, 3600),
         "proxy_timeout": _number(env, "NOCOSUP_PROXY_TIMEOUT", float, 0.1, 86400),
         "proxy_fast_path": _choice(env, "NOCOSUP_PROXY_FAST_PATH") == "1",
+        "proxy_lean_lane": _choice(env, "NOCOSUP_PROXY_LEAN_LANE") == "1",
         "max_body_size": _number(env, "NOCOSUP_MAX_BODY_SIZE", int, 1, 1 << 36),
         "max_header_size": _number(env, "NOCOSUP_MAX_HEADER_SIZE", int, 1024, 1 << 24),
         "max_ws_message": _number(env, "NOCOSUP_MAX_WS_MESSAGE", int, 1024, 1 << 30),
@@ -671,6 +680,7 @@ class Settings:
     lock_ttl: float = _DEFAULTS["lock_ttl"]
     proxy_timeout: float = _DEFAULTS["proxy_timeout"]
     proxy_fast_path: bool = _DEFAULTS["proxy_fast_path"]
+    proxy_lean_lane: bool = _DEFAULTS["proxy_lean_lane"]
     max_body_size: int = _DEFAULTS["max_body_size"]
     max_header_size: int = _DEFAULTS["max_header_size"]
     max_ws_message: int = _DEFAULTS["max_ws_message"]

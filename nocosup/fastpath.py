@@ -50,6 +50,7 @@ from uvicorn.protocols.http.httptools_impl import (
 from uvicorn.protocols.utils import get_client_addr, get_path_with_query_string
 
 from nocosup.errors import NocosupError
+from nocosup.leanlane import LeanExchange, Replay, parse_request
 from nocosup.metrics import PROXIED_TO
 from nocosup.proxy import (
     answer_error,
@@ -325,6 +326,26 @@ class _Express:
         conn.write(request_head(method, upstream, path_target(scope), headers))
         return True
 
+    @classmethod
+    def adopt(
+        cls, protocol: FastHttpToolsProtocol, cycle: FastCycle, lean: LeanExchange
+    ) -> _Express:
+        """Take over the exchange ``lean`` began (its request is upstream, nothing written
+        to the client yet; ``lean`` is finished)."""
+        express = cls(protocol, cycle, lean.route)
+        express.env = env = lean.env
+        express.upstream = lean.upstream
+        express.pool = lean.pool
+        express.conn = conn = lean.conn
+        express.began = lean.began
+        express.timeout = lean.timeout
+        express.deadline = lean.deadline
+        lean.route.scope[PROXIED_TO] = env
+        express.entry = lean.route.gateway.inflight.track(env, express.abort)  # type: ignore[attr-defined]
+        conn.listener = express.progress
+        protocol.express = express
+        return express
+
     def finish(self) -> None:
         self.done = True
         self.conn.listener = None
@@ -505,13 +526,26 @@ class FastHttpToolsProtocol(LimitedHttpToolsProtocol):
     fast_route: FastRouter | None = None
     #: Requests this process answered on the express lane (all connections).
     express_answered: ClassVar[int] = 0
+    #: Requests this process answered on the lean lane (all connections).
+    lean_answered_total: ClassVar[int] = 0
+    #: Whether whole plain heads may take the lean lane in this process (tests turn it
+    #: off to test the express lane alone); the host's ``NOCOSUP_PROXY_LEAN_LANE`` too.
+    lean_lane: ClassVar[bool] = True
 
     def connection_made(self, transport: Any) -> None:
         super().connection_made(transport)
         # uvicorn's middleware (trace logging) would hide the host: then no fast path
         self.fast_route = getattr(self.app, "fast_route", None)
-        #: The express exchange answering on this connection now, if any.
-        self.express: _Express | None = None
+        settings = getattr(self.app, "settings", None)
+        #: The lean lane serves this connection (nocosup.leanlane).
+        self.lean: bool = self.lean_lane and bool(getattr(settings, "proxy_lean_lane", True))
+        #: The express or lean exchange answering on this connection now, if any.
+        self.express: _Express | LeanExchange | None = None
+        #: True while httptools' parser holds no part of a request (the lean lane may
+        #: then take a whole head it never sees).
+        self.at_boundary = True
+        #: The lean lane's last request on this connection, to send again as it was.
+        self.replay: Replay | None = None
         self.express_timer: asyncio.TimerHandle | None = None
         #: Loop time the connection went idle (None while a request is under way).
         self.idle_since: float | None = None
@@ -607,18 +641,10 @@ class FastHttpToolsProtocol(LimitedHttpToolsProtocol):
             super().on_headers_complete()  # sets the same keys again, then ASGI
             return
         existing = self.cycle
-        self.cycle = FastCycle(
-            scope=scope,
-            transport=self.transport,
-            flow=self.flow,
-            logger=self.logger,
-            access_logger=self.access_logger,
-            access_log=self.access_log,
-            default_headers=self.server_state.default_headers,
-            message_event=asyncio.Event(),
-            expect_100_continue=self.expect_100_continue,
-            keep_alive=parser.should_keep_alive(),
-            on_response=self.on_response_complete,
+        self.cycle = self._fast_cycle(
+            scope,  # type: ignore[arg-type]
+            parser.should_keep_alive(),
+            self.expect_100_continue,
         )
         if existing is None or existing.response_complete:
             if isinstance(route, TenantRoute) and _Express(self, self.cycle, route).begin():
@@ -627,3 +653,179 @@ class FastHttpToolsProtocol(LimitedHttpToolsProtocol):
         else:  # pipelined: it runs when the response before it is complete
             self.flow.pause_reading()
             self.pipeline.appendleft((self.cycle, route))  # type: ignore[arg-type]
+
+    def _fast_cycle(self, scope: Scope, keep_alive: bool, expect_100: bool) -> FastCycle:
+        return FastCycle(
+            scope=scope,  # type: ignore[arg-type]
+            transport=self.transport,
+            flow=self.flow,
+            logger=self.logger,
+            access_logger=self.access_logger,
+            access_log=self.access_log,
+            default_headers=self.server_state.default_headers,
+            message_event=asyncio.Event(),
+            expect_100_continue=expect_100,
+            keep_alive=keep_alive,
+            on_response=self.on_response_complete,
+        )
+
+    # --- the lean lane (nocosup.leanlane) -------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self.at_boundary = False
+        super().on_message_begin()
+
+    def on_message_complete(self) -> None:
+        super().on_message_complete()
+        self.at_boundary = True
+
+    def data_received(self, data: bytes) -> None:
+        cycle = self.cycle
+        if (
+            self.at_boundary
+            and self.lean
+            and self.express is None
+            and data[-4:] == b"\r\n\r\n"
+            and (cycle is None or cycle.response_complete)
+            and not self.pipeline
+            and self.fast_route is not None
+            and len(data) <= self.guard.limits.max_header_size
+            and not self.guard.rejected
+            and self._take_whole_head(data)
+        ):
+            return
+        super().data_received(data)
+
+    def _take_whole_head(self, data: bytes) -> bool:
+        """Serve ``data``, one whole request head, without httptools when the lean lane
+        covers it; False (nothing done) to let httptools parse it."""
+        if self.limit_concurrency is not None and (
+            len(self.connections) >= self.limit_concurrency
+            or len(self.tasks) >= self.limit_concurrency
+        ):
+            return False
+        replay = self.replay
+        if replay is not None and replay.data == data:
+            if replay.holds() and self._replay(replay):
+                return True
+            self.replay = None
+        parsed = parse_request(data)
+        if parsed is None:
+            return False
+        method, raw_path, query, headers = parsed
+        root = self.root_path
+        scope = {
+            "type": "http",
+            "asgi": {"version": self.asgi_version, "spec_version": "2.3"},
+            "http_version": "1.1",
+            "server": self.server,
+            "client": self.client,
+            "scheme": self.scheme,
+            "root_path": root,
+            "headers": headers,
+            "state": self.app_state.copy(),
+            "method": method,
+            "path": root + raw_path.decode("ascii"),
+            "raw_path": root.encode("ascii") + raw_path,
+            "query_string": query,
+        }
+        assert self.fast_route is not None
+        route = self.fast_route(scope)
+        if route is None:
+            return False  # the host's own routes: httptools and ASGI, as always
+        self.idle_since = None
+        self.guard.cancel()
+        if isinstance(route, TenantRoute) and self._lean(data, scope, route, method):
+            return True
+        # taken, but not for the lean lane: the ASGI way, as on_headers_complete does
+        self.cycle = cycle = self._fast_cycle(scope, True, False)
+        _bodiless(cycle)
+        self._start_asgi_task(cycle, route)  # type: ignore[arg-type]
+        return True
+
+    def _lean(self, data: bytes, scope: Scope, route: TenantRoute, method: str) -> bool:
+        """Send the request upstream on the lean lane: False (nothing done) when the
+        gateway has no choice to make at once or no idle connection to use."""
+        gateway: Any = route.gateway
+        plan = getattr(gateway, "express_plan", None)
+        proxy = getattr(gateway, "proxy", None)
+        client = getattr(proxy, "client", None)
+        if plan is None or not isinstance(client, LeanClient):
+            return False
+        chosen = plan(route.name, route.scope)
+        if chosen is None:
+            return False
+        env, url = chosen
+        upstream = proxy.upstream(url)  # type: ignore[union-attr]
+        taken = client.take_idle(upstream)
+        if taken is None:
+            return False
+        pool, conn = taken
+        lean = LeanExchange(self, scope, route, env, upstream, pool, conn)
+        conn.start_raw(lean.answer)
+        if conn.error is not None:  # closed while idle: the ASGI path opens a new one
+            conn.sink = None
+            pool.release(conn)
+            return False
+        tenant = route.scope
+        headers, _mode = request_headers(tenant, upstream)
+        head = request_head(method, upstream, path_target(tenant), headers)
+        lean.send(head, gateway.inflight.track)
+        host: Any = self.app
+        replayable = getattr(host, "replayable", None)
+        stamp_of = getattr(gateway, "plan_stamp", None)
+        if replayable is not None and stamp_of is not None and replayable(scope["headers"]):
+            stamp = stamp_of(route.name, env)
+            if stamp is not None:
+                self.replay = Replay(data, host, route, scope, env, stamp, upstream, client, head)
+        return True
+
+    def _replay(self, replay: Replay) -> bool:
+        """Send the request of ``replay`` again as it was: False (nothing done) when no
+        idle connection is there to take it."""
+        taken = replay.client.take_idle(replay.upstream)
+        if taken is None:
+            return False
+        pool, conn = taken
+        lean = LeanExchange(
+            self, replay.scope, replay.route, replay.env, replay.upstream, pool, conn
+        )
+        conn.start_raw(lean.answer)
+        if conn.error is not None:
+            conn.sink = None
+            pool.release(conn)
+            return False
+        replay.host.fast_path_requests += 1
+        self.idle_since = None
+        self.guard.cancel()
+        lean.send(replay.head, replay.gateway.inflight.track)
+        return True
+
+    def escalate(self, lean: LeanExchange, data: bytes | None) -> _Express:
+        """Hand ``lean``'s exchange to the express lane: with ``data``, the read it could
+        not pass on (parsed from its first byte), else for the caller to act on."""
+        lean.finish()
+        # the ASGI code may change a scope: this request's own copies (a replay shares them)
+        state = self.app_state.copy()
+        lean.scope = {**lean.scope, "headers": list(lean.scope["headers"]), "state": state}
+        route = lean.route
+        tenant = {**route.scope, "headers": list(route.scope["headers"]), "state": state}
+        lean.route = TenantRoute(route.gateway, route.metrics, route.name, tenant)
+        cycle = self._fast_cycle(lean.scope, lean.keep_alive, False)
+        _bodiless(cycle)
+        if self.cycle is lean:  # type: ignore[comparison-overlap]
+            self.cycle = cycle
+        express = _Express.adopt(self, cycle, lean)
+        if data is not None:
+            lean.conn.parse_from(data, lean.head_only)
+        return express
+
+    def lean_answered(self) -> None:
+        FastHttpToolsProtocol.lean_answered_total += 1
+
+
+def _bodiless(cycle: FastCycle) -> None:
+    """What uvicorn's ``on_message_complete`` does for a request without a body, for a
+    cycle whose head httptools never saw: ``receive`` gives the empty body at once."""
+    cycle.more_body = False
+    cycle.message_event.set()

@@ -295,7 +295,7 @@ class Host(Starlette):
         if kind == "http" or kind == "websocket":
             # most requests carry no header that needs work here (no forwarding header,
             # no cookie, no Authorization, no X-Nocosup-App): one pass tells
-            notable = _notable(scope["headers"])
+            notable = notable_headers(scope["headers"])
             if notable:
                 scope = resolve_forwarded(scope, self.settings)
             target = self.tenant_target(scope, notable)
@@ -331,7 +331,7 @@ class Host(Starlette):
         """(app name, root_path for the app, needs a trailing slash) when ``scope`` (its
         forwarded headers resolved) is tenant traffic: a custom domain, a worker's
         ``X-Nocosup-App``, ``/apps/{name}/...``, or ``X-App`` on a path no host route
-        serves; else None. ``notable``: False when no header :func:`_notable` looks for
+        serves; else None. ``notable``: False when no header :func:`notable_headers` looks for
         is there (then no ``X-Nocosup-App`` either)."""
         target = self._routed_target(scope) if self.domain_routes.apps else None
         if target is None and notable and self.role.serves_forwarded_app:
@@ -347,7 +347,7 @@ class Host(Starlette):
     def tenant_scope(self, scope: Scope, prefix: str, notable: bool = True) -> Scope:
         """What a tenant gets of ``scope``: the ASGI keys only, ``root_path`` = ``prefix``,
         and no admin credentials or proxy app choice among the headers (``notable``:
-        False when :func:`_notable` found none of them)."""
+        False when :func:`notable_headers` found none of them)."""
         if TENANT_SCOPE_KEYS.issuperset(scope):  # served directly: ~130 ns
             scope = dict(scope)
         else:  # mounted in another app: ~1.5 us
@@ -374,7 +374,7 @@ class Host(Starlette):
         gateway = self.role.gateway
         if gateway is None or not getattr(gateway, "fast_path", False):
             return None
-        notable = _notable(scope["headers"])
+        notable = notable_headers(scope["headers"])
         if notable:
             scope = resolve_forwarded(scope, self.settings)
         target = self.tenant_target(scope, notable)
@@ -383,6 +383,23 @@ class Host(Starlette):
         name, prefix, _redirect = target
         self.fast_path_requests += 1
         return TenantRoute(gateway, self.metrics, name, self.tenant_scope(scope, prefix, notable))
+
+    def replays_routes(self, gateway: object) -> bool:
+        """Whether a :meth:`fast_route` answer for a request with no notable header
+        (:func:`notable_headers`) served by ``gateway`` holds for the same request again:
+        the host still serves the fast path through ``gateway`` and no custom domain can
+        claim the request first. The lean lane (nocosup.fastpath) asks before replaying."""
+        return (
+            self.started
+            and not self.draining
+            and self.role.gateway is gateway
+            and not self.domain_routes.apps
+        )
+
+    def replayable(self, headers: list[tuple[bytes, bytes]]) -> bool:
+        """Whether a request with ``headers`` is routed by its bytes alone (no forwarding
+        header to resolve, no credential to strip): see :meth:`replays_routes`."""
+        return not self.domain_routes.apps and not notable_headers(headers)
 
     def _routed_target(self, scope: Scope) -> tuple[str, str, bool] | None:
         """The app whose custom domain the Host names, at the host's own root_path (every
@@ -481,7 +498,7 @@ def _root_path(value: str) -> str:
     return value
 
 
-def _notable(headers: list[tuple[bytes, bytes]]) -> bool:
+def notable_headers(headers: list[tuple[bytes, bytes]]) -> bool:
     """Whether a request carries a header the host must act on: a forwarding header, a
     cookie, ``Authorization`` or ``X-Nocosup-App`` (most tenant requests carry none)."""
     for key, _value in headers:

@@ -221,6 +221,9 @@ class _Conn(asyncio.Protocol):
         #: Called after each read and when the connection is lost, for a caller that
         #: waits for no future (the supervisor's express lane, nocosup.fastpath).
         self.listener: Callable[[], None] | None = None
+        #: While set, each read goes to it unparsed (the supervisor's lean lane,
+        #: nocosup.leanlane) until :meth:`parse_from` hands the exchange to the parser.
+        self.sink: Callable[[bytes], None] | None = None
         self._begin(False)
 
     def _begin(self, head: bool) -> None:
@@ -243,6 +246,10 @@ class _Conn(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
+        if self.sink is not None:
+            self.received = True
+            self.sink(data)
+            return
         parser = self._parser
         if parser is None or self.complete:
             # Bytes nobody asked for: the connection cannot be trusted any more.
@@ -267,7 +274,14 @@ class _Conn(asyncio.Protocol):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        if self._parser is not None and not self.complete:
+        if self.sink is not None and not self.complete:
+            # what the sink gathered is parsed (nocosup.leanlane) with this error kept
+            self._fail(
+                UpstreamProtocolError("upstream closed the connection mid-response")
+                if self.received
+                else _Stale(_unanswered(self.used))
+            )
+        elif self._parser is not None and not self.complete:
             if self.headers_done and not self._framed and not self._head:
                 self.complete = True  # body delimited by the end of the connection
             elif not self.received:
@@ -387,6 +401,32 @@ class _Conn(asyncio.Protocol):
         self._parser = httptools.HttpResponseParser(self)
         if self.lost:  # closed while it was being handed over
             self.error = _Stale(_unanswered(self.used))
+
+    def start_raw(self, sink: Callable[[bytes], None]) -> None:
+        """Begin an exchange whose answer goes to ``sink`` as read, unparsed; the
+        listener still hears of the connection's loss (``error`` set as :meth:`start`
+        would). Reusable again only once :meth:`finish_raw` says so."""
+        self._begin(False)
+        self._parser = None
+        self.sink = sink
+        if self.lost:
+            self.error = _Stale(_unanswered(self.used))
+
+    def finish_raw(self, reusable: bool) -> None:
+        """The sink had the whole answer: the exchange is complete."""
+        self.sink = None
+        self.complete = True
+        self.reusable = reusable and not self.lost
+
+    def parse_from(self, data: bytes, head: bool) -> None:
+        """Leave raw mode: parse ``data`` (what the sink was given) and what comes next,
+        as after :meth:`start`; on a connection already lost, with its error."""
+        error, lost = self.error, self.lost
+        self.sink = None
+        self.start(head)
+        if lost:  # the error connection_lost chose for what was read
+            self.error = error
+        self.data_received(data)
 
     def take_chunks(self) -> list[bytes]:
         """Everything buffered, as received (no copy); resumes reading if paused."""
@@ -567,6 +607,7 @@ class _Pool:
     def release(self, conn: _Conn) -> None:
         """Take a connection back: reuse it when its exchange ended cleanly."""
         conn._parser = None
+        conn.sink = None
         if conn.reusable and not conn.lost and not self.client.closed:
             conn.used = True
             waiters = self.waiters

@@ -740,6 +740,34 @@ class ProxyGateway:
         url = self._upstream(env)
         return (env, url) if url else None
 
+    def plan_stamp(self, name: str, env: str) -> tuple[Any, ...] | None:
+        """What :meth:`express_plan`'s choice of ``env`` for app ``name`` rested on, for a
+        caller that sends the same request the same way while :meth:`stamp_holds`; None
+        when the same request may be sent elsewhere next time (a select_environment
+        plugin choosing among several environments)."""
+        record = self.process.records.get(name)
+        if record is None or (
+            len(record.environments) > 1 and self.host.hooks.has_select_environment()
+        ):
+            return None
+        snapshot = self.environments.snapshot
+        return record, snapshot, snapshot.get(env)
+
+    def stamp_holds(self, name: str, env: str, stamp: tuple[Any, ...]) -> bool:
+        """Whether the app's record and the environments are those of ``stamp`` and ``env``
+        is still online. A record is replaced when it changes and the snapshot by every
+        refresh; removing an environment changes the snapshot in place, which the check of
+        ``env``'s own entry sees (removing another cannot change the choice)."""
+        record, snapshot, info = stamp
+        now = self.environments.snapshot
+        return (
+            now is snapshot
+            and info is not None
+            and now.get(env) is info
+            and info["status"] == "online"
+            and self.process.records.get(name) is record
+        )
+
     def _fallback(self, record: AppRecord, failed: str, scope: Scope) -> tuple[str, str] | None:
         """The environment (and its URL) to send a request again to when ``failed`` did not
         take it: the next online one of the app after ``failed``. None when the caller

@@ -187,6 +187,22 @@ class _FastFront:
         tenant = {**scope, "root_path": PREFIX}
         return TenantRoute(self.gateway, self.metrics, "demo", tenant)
 
+    # the lean lane's replay of a connection's last request (nocosup.leanlane.Replay)
+
+    @property
+    def fast_path_requests(self) -> int:
+        return self.server.fast_routed
+
+    @fast_path_requests.setter
+    def fast_path_requests(self, value: int) -> None:
+        self.server.fast_routed = value
+
+    def replayable(self, headers: list[tuple[bytes, bytes]]) -> bool:
+        return True
+
+    def replays_routes(self, gateway: object) -> bool:
+        return gateway is self.gateway
+
 
 class _Gateway:
     """What a ProxyGateway gives the fast path, for one upstream (environment "env")."""
@@ -198,6 +214,12 @@ class _Gateway:
 
     def express_plan(self, name: str, scope: dict[str, Any]) -> tuple[str, str]:
         return "env", self.server.upstream
+
+    def plan_stamp(self, name: str, env: str) -> tuple[Any, ...]:
+        return (self.server.upstream,)
+
+    def stamp_holds(self, name: str, env: str, stamp: tuple[Any, ...]) -> bool:
+        return stamp == (self.server.upstream,)
 
     async def handle(self, name: str, scope: dict[str, Any], receive: Any, send: Any) -> None:
         async def exchange(tracked: Any) -> None:

@@ -174,6 +174,11 @@ class SupervisorRole(Role):
             "Of those, the ones answered on the express lane (no task, idle pooled connection).",
             value=FastHttpToolsProtocol.express_answered,
         )
+        lean = CounterMetricFamily(
+            "nocosup_proxy_lean_requests",
+            "Of those, the ones answered on the lean lane (whole plain head, whole answer).",
+            value=FastHttpToolsProtocol.lean_answered_total,
+        )
         now = time.time()
         for env in await supervisor.environments.list():
             seen = env.get("last_heartbeat_at")
@@ -181,7 +186,7 @@ class SupervisorRole(Role):
                 when = datetime.fromisoformat(seen).timestamp()
                 age.add_metric([env["name"]], max(0.0, now - when))
             instances.add_metric([env["name"]], len(env.get("instances") or []))
-        return [*families, age, instances, fast, express]
+        return [*families, age, instances, fast, express, lean]
 
     async def stop(self) -> None:
         self.gateway = None
