@@ -6,7 +6,8 @@ Everything runs side by side for the whole run:
            ``/apps/demo/ping`` = 1018 bytes of JSON, ``/apps/demo/big`` = 1 MiB);
 * fast:    a multi-environment supervisor (``nocosup serve``, Redis, one worker whose
            ``ENVIRONMENT_PROXY_URL`` is the upstream) serving ``/apps/demo/...`` on its
-           fast path (``NOCOSUP_PROXY_FAST_PATH=1``, the default);
+           fast path with the lean lane (the defaults);
+* express: the same with ``NOCOSUP_PROXY_LEAN_LANE=0``: the fast path's express lane;
 * asgi:    the same with ``NOCOSUP_PROXY_FAST_PATH=0``: every request through ASGI;
 * nginx:   Debian's nginx, one process (``master_process off``), keep-alive to the
            upstream, buffers large enough to hold 1 MB, the same X-Forwarded-* headers;
@@ -60,7 +61,13 @@ BENCH_DIR = Path(__file__).resolve().parent
 #: Issue 11: the fast path's CPU per 1 KB request at most this many times nginx's.
 GOAL_1KB = 1.25
 APP = PREFIX.rsplit("/", 1)[1]
-PROXIES = ("fast", "asgi", "nginx", "haproxy")
+PROXIES = ("fast", "express", "asgi", "nginx", "haproxy")
+#: The supervisors: label -> the settings that make it what it is.
+SUPERVISORS = {
+    "fast": {},
+    "express": {"NOCOSUP_PROXY_LEAN_LANE": "0"},
+    "asgi": {"NOCOSUP_PROXY_FAST_PATH": "0"},
+}
 
 _NGINX_CONF = """\
 daemon off;
@@ -156,9 +163,14 @@ def haproxy_server(workdir: Path, upstream: int, cpus: str | None) -> ServerProc
 
 
 def nocosup_proxy(
-    ws: Workspace, label: str, redis_url: str, upstream: ServerProcess, cpus: str | None, fast: bool
+    ws: Workspace,
+    label: str,
+    redis_url: str,
+    upstream: ServerProcess,
+    cpus: str | None,
+    env: dict[str, str],
 ) -> tuple[ServerProcess, str]:
-    """A supervisor (fast path on or off) and its worker, with the app ``demo`` on the
+    """A supervisor (with the settings ``env``) and its worker, with the app ``demo`` on the
     worker's environment, whose proxy URL is ``upstream``; returns it and its prefix."""
     prefix = redis_prefix(f"proxy-{label}")
     supervisor = ws.start(
@@ -168,7 +180,7 @@ def nocosup_proxy(
             prefix,
             label=label,
             cpus=cpus,
-            env={"NOCOSUP_PROXY_FAST_PATH": "1" if fast else "0"},
+            env=env,
         )
     )
     ws.start(
@@ -216,10 +228,8 @@ def main() -> int:
                 )
             )
             servers = {"direct": direct}
-            for label, fast in (("fast", True), ("asgi", False)):
-                servers[label], prefix = nocosup_proxy(
-                    ws, label, args.redis_url, direct, cpus, fast
-                )
+            for label, env in SUPERVISORS.items():
+                servers[label], prefix = nocosup_proxy(ws, label, args.redis_url, direct, cpus, env)
                 prefixes.append(prefix)
             check_fast_loop(*servers.values())
             servers["nginx"] = ws.start(nginx_server(ws.dir, direct.port, cpus))
