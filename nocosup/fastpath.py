@@ -536,6 +536,8 @@ class FastHttpToolsProtocol(LimitedHttpToolsProtocol):
         super().connection_made(transport)
         # uvicorn's middleware (trace logging) would hide the host: then no fast path
         self.fast_route = getattr(self.app, "fast_route", None)
+        #: The largest head the lean lane may take (the head guard's limit).
+        self.head_limit = self.guard.limits.max_header_size
         settings = getattr(self.app, "settings", None)
         #: The lean lane serves this connection (nocosup.leanlane).
         self.lean: bool = self.lean_lane and bool(getattr(settings, "proxy_lean_lane", True))
@@ -583,7 +585,8 @@ class FastHttpToolsProtocol(LimitedHttpToolsProtocol):
         self.server_state.total_requests += 1
         if self.transport.is_closing():
             return
-        self.flow.resume_reading()
+        if self.flow.read_paused:
+            self.flow.resume_reading()
         if self.pipeline:
             cycle, app = self.pipeline.pop()
             self._start_asgi_task(cycle, app)
@@ -689,26 +692,29 @@ class FastHttpToolsProtocol(LimitedHttpToolsProtocol):
             and (cycle is None or cycle.response_complete)
             and not self.pipeline
             and self.fast_route is not None
-            and len(data) <= self.guard.limits.max_header_size
+            and len(data) <= self.head_limit
             and not self.guard.rejected
-            and self._take_whole_head(data)
+            and not self._at_concurrency_limit()
         ):
-            return
+            replay = self.replay
+            if replay is not None and replay.data == data:
+                if self._replay(replay):
+                    return
+                self.replay = None
+            if self._take_whole_head(data):
+                return
         super().data_received(data)
+
+    def _at_concurrency_limit(self) -> bool:
+        """uvicorn's ``limit_concurrency`` reached: its 503 answers the request."""
+        limit = self.limit_concurrency
+        return limit is not None and (
+            len(self.connections) >= limit or len(self.tasks) >= limit
+        )
 
     def _take_whole_head(self, data: bytes) -> bool:
         """Serve ``data``, one whole request head, without httptools when the lean lane
         covers it; False (nothing done) to let httptools parse it."""
-        if self.limit_concurrency is not None and (
-            len(self.connections) >= self.limit_concurrency
-            or len(self.tasks) >= self.limit_concurrency
-        ):
-            return False
-        replay = self.replay
-        if replay is not None and replay.data == data:
-            if replay.holds() and self._replay(replay):
-                return True
-            self.replay = None
         parsed = parse_request(data)
         if parsed is None:
             return False
@@ -777,16 +783,22 @@ class FastHttpToolsProtocol(LimitedHttpToolsProtocol):
         if replayable is not None and stamp_of is not None and replayable(scope["headers"]):
             stamp = stamp_of(route.name, env)
             if stamp is not None:
-                self.replay = Replay(data, host, route, scope, env, stamp, upstream, client, head)
+                self.replay = Replay(data, host, route, scope, env, stamp, upstream, pool, head)
         return True
 
     def _replay(self, replay: Replay) -> bool:
-        """Send the request of ``replay`` again as it was: False (nothing done) when no
-        idle connection is there to take it."""
-        taken = replay.client.take_idle(replay.upstream)
-        if taken is None:
+        """Send the request of ``replay`` again as it was: False (nothing done) when what
+        it rested on changed or no idle connection is there to take it."""
+        gateway = replay.gateway
+        if not (
+            replay.host.replays_routes(gateway)
+            and gateway.stamp_holds(replay.route.name, replay.env, replay.stamp)
+        ):
             return False
-        pool, conn = taken
+        pool = replay.pool
+        conn = None if pool.client.closed else pool.take_idle()
+        if conn is None:
+            return False
         lean = LeanExchange(
             self, replay.scope, replay.route, replay.env, replay.upstream, pool, conn
         )
@@ -798,7 +810,8 @@ class FastHttpToolsProtocol(LimitedHttpToolsProtocol):
         replay.host.fast_path_requests += 1
         self.idle_since = None
         self.guard.cancel()
-        lean.send(replay.head, replay.gateway.inflight.track)
+        lean.stats = replay.stats
+        lean.send(replay.head, gateway.inflight.track)
         return True
 
     def escalate(self, lean: LeanExchange, data: bytes | None) -> _Express:

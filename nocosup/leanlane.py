@@ -43,6 +43,7 @@ from nocosup.proxy import response_headers
 if TYPE_CHECKING:
     from nocosup.fastpath import FastHttpToolsProtocol, TenantRoute
     from nocosup.inflight import _Exchange
+    from nocosup.metrics import RequestStats
     from nocosup.proxy_client import Upstream, _Conn, _Pool
 
 __all__ = ["LeanExchange", "Replay", "parse_answer", "parse_request"]
@@ -201,6 +202,7 @@ class LeanExchange:
         "response_complete",
         "route",
         "scope",
+        "stats",
         "timeout",
         "upstream",
     )
@@ -235,6 +237,8 @@ class LeanExchange:
         self.timeout: float | None = None
         self.deadline = 0.0
         self.began = 0.0
+        #: The app's counters when known beforehand (a replay), else found at the end.
+        self.stats: RequestStats | None = None
 
     def send(self, head: bytes, track: Callable[[str, Callable[[], None]], _Exchange]) -> None:
         """Send the request ``head`` upstream; answers come to :meth:`answer`."""
@@ -244,7 +248,8 @@ class LeanExchange:
         timeout = self.timeout = self.pool.client.read_timeout
         if timeout is not None:
             self.deadline = protocol.loop.time() + timeout
-            protocol.watch(self.deadline)
+            if protocol.express_timer is None:
+                protocol.watch(self.deadline)
         protocol.express = self
         protocol.cycle = self  # type: ignore[assignment]
         self.conn.listener = self.lost
@@ -286,7 +291,8 @@ class LeanExchange:
                 scope["http_version"],
                 status,
             )
-        defaults = _default_headers(protocol.server_state.default_headers)
+        given = protocol.server_state.default_headers
+        defaults = _defaults[1] if given is _defaults[0] else _default_headers(given)
         end = b"\r\n" if self.keep_alive else b"connection: close\r\n\r\n"
         transport = protocol.transport
         transport.write(b"".join((STATUS_LINE[status], defaults, fields, end, body)))
@@ -294,8 +300,13 @@ class LeanExchange:
         if not self.keep_alive:
             transport.close()
         protocol.on_response_complete()
-        route = self.route
-        route.metrics.observe(route.name, self.env, status, time.perf_counter() - self.began)
+        seconds = time.perf_counter() - self.began
+        stats = self.stats
+        if stats is None:
+            route = self.route
+            route.metrics.observe(route.name, self.env, status, seconds)
+        else:
+            stats.observe(status, seconds)
         protocol.lean_answered()
 
     def finish(self) -> None:
@@ -346,19 +357,21 @@ class Replay:
     """What the lean lane did with a connection's last request head, to do again when the
     same bytes come next (a client polling, a browser's keep-alive reloads) while what it
     rested on holds: the host's routing (``replays_routes``) and the gateway's choice of
-    environment (``stamp_holds``). The scopes are templates: an exchange that leaves the
-    lane copies them before anything may change them."""
+    environment (``stamp_holds``), which the protocol asks first. The scopes are
+    templates: an exchange that leaves the lane copies them before anything may change
+    them."""
 
     __slots__ = (
-        "client",
         "data",
         "env",
         "gateway",
         "head",
         "host",
+        "pool",
         "route",
         "scope",
         "stamp",
+        "stats",
         "upstream",
     )
 
@@ -371,7 +384,7 @@ class Replay:
         env: str,
         stamp: tuple[Any, ...],
         upstream: Upstream,
-        client: Any,
+        pool: _Pool,
         head: bytes,
     ) -> None:
         self.data = data
@@ -382,11 +395,7 @@ class Replay:
         self.env = env
         self.stamp = stamp
         self.upstream = upstream
-        self.client = client
+        self.pool = pool  # a client keeps one pool per upstream for good
         self.head = head
-
-    def holds(self) -> bool:
-        return bool(
-            self.host.replays_routes(self.gateway)
-            and self.gateway.stamp_holds(self.route.name, self.env, self.stamp)
-        )
+        #: The app's counters in ``env``: the same object for as long as both exist.
+        self.stats: RequestStats = route.metrics.stats(route.name, env)
