@@ -55,6 +55,15 @@ done = function(summary, latency, requests)
 end
 """
 
+#: Appended for a load whose requests must all differ (a query string counter).
+_WRK_VARY_LUA = r"""
+local n = 0
+request = function()
+  n = n + 1
+  return wrk.format(nil, wrk.path .. "?n=" .. n)
+end
+"""
+
 
 # --- tools and pinning ----------------------------------------------------------------
 
@@ -569,6 +578,9 @@ class Load:
     url: str
     server: ServerProcess | None = None
     headers: dict[str, str] = field(default_factory=dict)
+    #: Every request distinct: ``?n=1``, ``?n=2``, ... after the path (nothing a proxy can
+    #: remember from one request to the next).
+    vary: bool = False
 
 
 def run_wrk(
@@ -580,9 +592,11 @@ def run_wrk(
     headers: dict[str, str] | None = None,
     server: ServerProcess | None = None,
     timeout_s: float = 10.0,
+    vary: bool = False,
 ) -> LoadResult:
-    """Run wrk for ``duration`` seconds; CPU per request is measured on ``server`` if given."""
-    load = Load(url, server, headers or {})
+    """Run wrk for ``duration`` seconds; CPU per request is measured on ``server`` if given
+    (``vary``: see :class:`Load`)."""
+    load = Load(url, server, headers or {}, vary)
     return run_wrk_concurrent(
         [load], connections=connections, duration=duration, threads=threads, timeout_s=timeout_s
     )[0]
@@ -604,9 +618,11 @@ def run_wrk_concurrent(
     the same instant. That makes this ratio far steadier than alternating runs.
     """
     wrk = require_wrk()
-    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as fh:
-        fh.write(_WRK_LUA)
-        script = fh.name
+    scripts: list[str] = []
+    for vary in (False, True):
+        with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as fh:
+            fh.write(_WRK_LUA + (_WRK_VARY_LUA if vary else ""))
+            scripts.append(fh.name)
     procs: list[subprocess.Popen[str]] = []
     try:
         cpu0 = [load.server.cpu_seconds() if load.server else 0.0 for load in loads]
@@ -619,7 +635,7 @@ def run_wrk_concurrent(
                 "--timeout",
                 f"{timeout_s:g}s",
                 "-s",
-                script,
+                scripts[load.vary],
             ]
             for key, value in load.headers.items():
                 argv += ["-H", f"{key}: {value}"]
@@ -634,7 +650,8 @@ def run_wrk_concurrent(
             if p.poll() is None:
                 p.kill()
                 p.wait()
-        os.unlink(script)
+        for script in scripts:
+            os.unlink(script)
     return [
         _wrk_result(load, proc.returncode, out, err, c1 - c0)
         for load, proc, (out, err), c0, c1 in zip(loads, procs, outputs, cpu0, cpu1, strict=True)

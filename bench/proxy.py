@@ -22,7 +22,7 @@ proxy's CPU per request as a ratio to nginx's in the same run. Issue 11's goal: 
 every server on CPU 1 (a proxy and the upstream share that core).
 
     python bench/proxy.py [--rounds 3] [--duration 5] [--connections 32] [--no-pin]
-        [--redis-url redis://127.0.0.1:6379/0]
+        [--vary] [--redis-url redis://127.0.0.1:6379/0]
 """
 
 from __future__ import annotations
@@ -133,6 +133,11 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--redis-url", default="redis://127.0.0.1:6379/0", help="Redis for nocosup")
     p.add_argument("--no-pin", action="store_true", help="do not pin wrk and servers to CPUs")
     p.add_argument("--keep", action="store_true", help="keep the temp dir (logs)")
+    p.add_argument(
+        "--vary",
+        action="store_true",
+        help="every request distinct (?n=1, ?n=2, ...): nothing to replay on a connection",
+    )
     return p.parse_args()
 
 
@@ -211,7 +216,8 @@ def main() -> int:
         "nocosup's proxy vs nginx and HAProxy",
         args.no_pin,
         "wrk on CPU 0, all servers on CPU 1",
-        f"wrk -t1 -c{args.connections} -d{args.duration:g}s, {args.rounds} rounds",
+        f"wrk -t1 -c{args.connections} -d{args.duration:g}s, {args.rounds} rounds"
+        + (", every request distinct (?n=...)" if args.vary else ""),
     )
     sizes = [s for s in args.sizes.split(",") if s]
     prefixes: list[str] = []
@@ -262,6 +268,7 @@ def measure(servers: dict[str, ServerProcess], sizes: list[str], args: Any) -> R
                     connections=args.connections,
                     duration=args.duration,
                     server=server,
+                    vary=args.vary,
                 )
                 up_us = (direct.cpu_seconds() - before) / max(res.requests, 1) * 1e6
                 results.setdefault((size, label), []).append((res, up_us))

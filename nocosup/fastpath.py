@@ -697,10 +697,15 @@ class FastHttpToolsProtocol(LimitedHttpToolsProtocol):
             and not self._at_concurrency_limit()
         ):
             replay = self.replay
-            if replay is not None and replay.data == data:
-                if self._replay(replay):
-                    return
-                self.replay = None
+            if replay is not None:
+                if replay.data == data:
+                    if self._replay(replay, replay.scope, replay.route, replay.head):
+                        return
+                    self.replay = None
+                else:
+                    target = replay.retarget(data)
+                    if target is not None and self._retarget(replay, *target):
+                        return
             if self._take_whole_head(data):
                 return
         super().data_received(data)
@@ -708,9 +713,7 @@ class FastHttpToolsProtocol(LimitedHttpToolsProtocol):
     def _at_concurrency_limit(self) -> bool:
         """uvicorn's ``limit_concurrency`` reached: its 503 answers the request."""
         limit = self.limit_concurrency
-        return limit is not None and (
-            len(self.connections) >= limit or len(self.tasks) >= limit
-        )
+        return limit is not None and (len(self.connections) >= limit or len(self.tasks) >= limit)
 
     def _take_whole_head(self, data: bytes) -> bool:
         """Serve ``data``, one whole request head, without httptools when the lean lane
@@ -786,9 +789,10 @@ class FastHttpToolsProtocol(LimitedHttpToolsProtocol):
                 self.replay = Replay(data, host, route, scope, env, stamp, upstream, pool, head)
         return True
 
-    def _replay(self, replay: Replay) -> bool:
-        """Send the request of ``replay`` again as it was: False (nothing done) when what
-        it rested on changed or no idle connection is there to take it."""
+    def _replay(self, replay: Replay, scope: Scope, route: TenantRoute, head: bytes) -> bool:
+        """Send ``head`` for the request of ``scope`` and ``route`` as ``replay``'s was
+        sent: False (nothing done) when what it rested on changed or no idle connection
+        is there to take it."""
         gateway = replay.gateway
         if not (
             replay.host.replays_routes(gateway)
@@ -799,9 +803,7 @@ class FastHttpToolsProtocol(LimitedHttpToolsProtocol):
         conn = None if pool.client.closed else pool.take_idle()
         if conn is None:
             return False
-        lean = LeanExchange(
-            self, replay.scope, replay.route, replay.env, replay.upstream, pool, conn
-        )
+        lean = LeanExchange(self, scope, route, replay.env, replay.upstream, pool, conn)
         conn.start_raw(lean.answer)
         if conn.error is not None:
             conn.sink = None
@@ -811,8 +813,21 @@ class FastHttpToolsProtocol(LimitedHttpToolsProtocol):
         self.idle_since = None
         self.guard.cancel()
         lean.stats = replay.stats
-        lean.send(replay.head, gateway.inflight.track)
+        lean.send(head, gateway.inflight.track)
         return True
+
+    def _retarget(self, replay: Replay, method: str, raw_path: bytes, query: bytes) -> bool:
+        """Send the request with ``replay``'s header lines and another target of the same
+        app (:meth:`Replay.retarget`) the way ``replay``'s went."""
+        path = raw_path.decode("ascii")
+        parts = {"method": method, "path": path, "raw_path": raw_path, "query_string": query}
+        scope = {**replay.scope, **parts}
+        route = replay.route
+        tenant = TenantRoute(route.gateway, route.metrics, route.name, {**route.scope, **parts})
+        target = raw_path + b"?" + query if query else raw_path
+        upstream = replay.upstream
+        head = b"".join((_METHODS[method], upstream.base_path, target, b" HTTP/1.1", replay.fields))
+        return self._replay(replay, scope, tenant, head)
 
     def escalate(self, lean: LeanExchange, data: bytes | None) -> _Express:
         """Hand ``lean``'s exchange to the express lane: with ``data``, the read it could
@@ -835,6 +850,10 @@ class FastHttpToolsProtocol(LimitedHttpToolsProtocol):
 
     def lean_answered(self) -> None:
         FastHttpToolsProtocol.lean_answered_total += 1
+
+
+#: Request line starts, by method, for the lean lane's heads.
+_METHODS = {"GET": b"GET ", "HEAD": b"HEAD "}
 
 
 def _bodiless(cycle: FastCycle) -> None:

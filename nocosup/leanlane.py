@@ -52,7 +52,9 @@ _TOKEN = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
 #: A field value: no control character but tab (obs-text allowed, as httptools allows it).
 _VALUE = rb"[^\x00-\x08\x0a-\x1f\x7f]*"
 _FIELDS = rb"((?:" + _TOKEN + rb":" + _VALUE + rb"\r\n)*)"
-_REQUEST_HEAD = re.compile(rb"(GET|HEAD) (/[!-~]*) HTTP/1\.1\r\n" + _FIELDS + rb"\r\n")
+_REQUEST_LINE = rb"(GET|HEAD) (/[!-~]*) HTTP/1\.1"
+_REQUEST_HEAD = re.compile(_REQUEST_LINE + rb"\r\n" + _FIELDS + rb"\r\n")
+_LINE = re.compile(_REQUEST_LINE)
 _RESPONSE_HEAD = re.compile(
     rb"HTTP/1\.1 ([2-5][0-9][0-9]) " + _VALUE + rb"\r\n" + _FIELDS + rb"\r\n"
 )
@@ -355,15 +357,23 @@ class LeanExchange:
 
 class Replay:
     """What the lean lane did with a connection's last request head, to do again when the
-    same bytes come next (a client polling, a browser's keep-alive reloads) while what it
-    rested on holds: the host's routing (``replays_routes``) and the gateway's choice of
-    environment (``stamp_holds``), which the protocol asks first. The scopes are
-    templates: an exchange that leaves the lane copies them before anything may change
-    them."""
+    same bytes come next (a client polling, a browser's keep-alive reloads), or the same
+    header lines with another target in the same app (:meth:`retarget`: a page's next
+    request, a query string that changes), while what it rested on holds: the host's
+    routing (``replays_routes``) and the gateway's choice of environment
+    (``stamp_holds``), which the protocol asks first. The scopes are templates: an
+    exchange that leaves the lane copies them before anything may change them.
+
+    Neither the routing nor the header lines sent upstream depend on the target within
+    an app when no header is notable (``Host.replayable``): the app comes from the path's
+    ``/apps/{name}/`` alone, and ``nocosup.proxy.request_headers`` from the header lines,
+    the peer and the app's prefix."""
 
     __slots__ = (
+        "app_path",
         "data",
         "env",
+        "fields",
         "gateway",
         "head",
         "host",
@@ -372,6 +382,7 @@ class Replay:
         "scope",
         "stamp",
         "stats",
+        "tail",
         "upstream",
     )
 
@@ -399,3 +410,40 @@ class Replay:
         self.head = head
         #: The app's counters in ``env``: the same object for as long as both exist.
         self.stats: RequestStats = route.metrics.stats(route.name, env)
+        cut = data.find(b"\r\n")
+        #: The head after its request line; the upstream head after its request line.
+        self.tail = data[cut:]
+        self.fields = head[head.find(b"\r\n") :]
+        #: The raw path prefix of the app's targets; empty (no retarget) when the head
+        #: chose the environment in its query or the app is not routed by its path.
+        prefix: str = route.scope.get("root_path", "")
+        _method, target = data[:cut].split(b" ", 2)[:2]
+        self.app_path = (
+            prefix.encode("ascii") + b"/"
+            if prefix.startswith("/")
+            and target.startswith(prefix.encode("ascii") + b"/")
+            and b"__env=" not in target
+            else b""
+        )
+
+    def retarget(self, data: bytes) -> tuple[str, bytes, bytes] | None:
+        """(method, raw path, query) of ``data`` when only its request line differs from
+        the replayed head and it names a target of the same app this lane takes."""
+        app_path = self.app_path
+        cut = data.find(b"\r\n")
+        if not app_path or data[cut:] != self.tail:
+            return None
+        m = _LINE.fullmatch(data, 0, cut)
+        if m is None:
+            return None
+        method, target = m.groups()
+        path, mark, query = target.partition(b"?")
+        if (
+            not path.startswith(app_path)
+            or b"%" in path
+            or b"#" in target
+            or b"__env=" in query
+            or (mark and not query)  # "?" alone: the proxy sends the target without it
+        ):
+            return None
+        return ("GET" if method == b"GET" else "HEAD"), path, query

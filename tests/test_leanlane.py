@@ -666,6 +666,60 @@ async def test_the_same_head_again_is_replayed_on_the_lean_lane(
             writer.close()
 
 
+async def test_another_target_with_the_same_header_lines_is_retargeted(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Only the request line changed: the head is not parsed or routed again, and the
+    upstream gets what the express lane sends; a target the replay cannot vouch for (the
+    environment chosen in the query, a bare "?", an escaped path) is parsed as usual."""
+    parsed: list[bytes] = []
+    real = parse_request
+
+    def counting(data: bytes) -> Any:
+        parsed.append(data)
+        return real(data)
+
+    monkeypatch.setattr(nocosup.fastpath, "parse_request", counting)
+    fields = b" HTTP/1.1\r\nHost: x\r\nX-Client: c\r\n\r\n"
+    targets = [
+        (b"GET", P + b"/a?n=1", False),
+        (b"GET", P + b"/b?n=2", True),
+        (b"HEAD", P + b"/c", True),
+        (b"GET", P + b"/d?__env=env", False),
+        (b"GET", P + b"/e?", False),
+        (b"GET", P + b"/f", True),  # from the replay of /e?, which the lean lane served
+        (b"GET", P + b"/g", True),
+        (b"GET", P + b"/h%20i", False),  # parsed, declined: httptools' and the express lane's
+        (b"GET", P + b"/j", True),  # the replay of /g still stands
+    ]
+    sent: dict[bool, list[bytes]] = {}
+    for on in (False, True):
+        async with recording_upstream(path_answer) as record, proxy_server(record.url) as p:
+            await warm_raw(p)
+            with lean_lane(on):
+                reader, writer = await asyncio.open_connection("127.0.0.1", p.port)
+                try:
+                    start, routed = len(record.heads), p.fast_routed
+                    parsed.clear()
+                    for method, target, _retargeted in targets:
+                        writer.write(method + b" " + target + fields)
+                        head_only = method == b"HEAD"
+                        got = await asyncio.wait_for(read_response(reader, head_only), 30)
+                        assert status_of(got) == 200, got
+                        if not head_only:
+                            assert body_of(got) == target.rstrip(b"?")
+                    assert p.fast_routed == routed + len(targets)
+                finally:
+                    writer.close()
+                # each run has its own upstream: its port is the one difference allowed
+                sent[on] = [re.sub(rb"\r\nhost: [^\r]*", b"", h) for h in record.heads[start:]]
+            if on:
+                retargeted = [m + b" " + t + fields for m, t, r in targets if r]
+                assert all(head not in parsed for head in retargeted)
+                assert parsed == [m + b" " + t + fields for m, t, r in targets if not r]
+    assert sent[True] == sent[False]
+
+
 async def test_a_replay_follows_the_gateway_to_a_new_upstream() -> None:
     """The replay rests on the gateway's choice: when it changes (stamp_holds is False),
     the head is routed again, to the new upstream."""
