@@ -61,6 +61,7 @@ from nocosup.proxy import (
 )
 from nocosup.proxy_client import (
     LeanClient,
+    Upstream,
     UpstreamError,
     UpstreamTimeoutError,
     never_answered,
@@ -71,6 +72,7 @@ from nocosup.server import LimitedHttpToolsProtocol
 if TYPE_CHECKING:
     from nocosup.inflight import _Exchange
     from nocosup.metrics import Metrics
+    from nocosup.proxy_client import _Conn, _Pool
     from nocosup.role import Gateway
 
 __all__ = ["FastCycle", "FastHttpToolsProtocol", "TenantRoute"]
@@ -293,20 +295,11 @@ class _Express:
             if name == b"content-length" or name == b"transfer-encoding":
                 return False
         gateway: Any = route.gateway
-        plan = getattr(gateway, "express_plan", None)
-        proxy = getattr(gateway, "proxy", None)
-        client = getattr(proxy, "client", None)
-        if plan is None or not isinstance(client, LeanClient):
+        planned = idle_plan(route)
+        if planned is None:
             return False
-        chosen = plan(route.name, scope)
-        if chosen is None:
-            return False
-        self.env, url = chosen
-        upstream = self.upstream = proxy.upstream(url)  # type: ignore[union-attr]
-        taken = client.take_idle(upstream)
-        if taken is None:
-            return False
-        self.pool, conn = taken
+        self.env, upstream, self.pool, conn = planned
+        self.upstream = upstream
         self.conn = conn
         conn.start(method == "HEAD")
         if conn.error is not None:  # closed while idle: the ASGI path opens a new one
@@ -317,7 +310,7 @@ class _Express:
         self.began = time.perf_counter()
         conn.listener = self.progress
         self.entry = gateway.inflight.track(self.env, self.abort)
-        self.timeout = client.read_timeout
+        self.timeout = self.pool.client.read_timeout
         if self.timeout is not None:
             # each read pushes the deadline back; the connection's timer checks it
             self.deadline = self.protocol.loop.time() + self.timeout
@@ -501,6 +494,28 @@ class _Express:
 
     def _run(self, app: ASGIApp) -> None:
         self.protocol._start_asgi_task(self.cycle, app)  # type: ignore[arg-type]
+
+
+def idle_plan(route: TenantRoute) -> tuple[str, Upstream, _Pool, _Conn] | None:
+    """The environment the gateway chooses at once for ``route``'s request (without
+    awaiting anything), its upstream and an idle pooled connection to it, taken from
+    its pool; None when the gateway cannot choose so (no ``express_plan``, another
+    client) or no connection is idle."""
+    gateway: Any = route.gateway
+    plan = getattr(gateway, "express_plan", None)
+    proxy = getattr(gateway, "proxy", None)
+    client = getattr(proxy, "client", None)
+    if plan is None or not isinstance(client, LeanClient):
+        return None
+    chosen = plan(route.name, route.scope)
+    if chosen is None:
+        return None
+    env, url = chosen
+    upstream: Upstream = proxy.upstream(url)  # type: ignore[union-attr]
+    taken = client.take_idle(upstream)
+    if taken is None:
+        return None
+    return env, upstream, taken[0], taken[1]
 
 
 class _Failed:
@@ -756,20 +771,10 @@ class FastHttpToolsProtocol(LimitedHttpToolsProtocol):
         """Send the request upstream on the lean lane: False (nothing done) when the
         gateway has no choice to make at once or no idle connection to use."""
         gateway: Any = route.gateway
-        plan = getattr(gateway, "express_plan", None)
-        proxy = getattr(gateway, "proxy", None)
-        client = getattr(proxy, "client", None)
-        if plan is None or not isinstance(client, LeanClient):
+        planned = idle_plan(route)
+        if planned is None:
             return False
-        chosen = plan(route.name, route.scope)
-        if chosen is None:
-            return False
-        env, url = chosen
-        upstream = proxy.upstream(url)  # type: ignore[union-attr]
-        taken = client.take_idle(upstream)
-        if taken is None:
-            return False
-        pool, conn = taken
+        env, upstream, pool, conn = planned
         lean = LeanExchange(self, scope, route, env, upstream, pool, conn)
         conn.start_raw(lean.answer)
         if conn.error is not None:  # closed while idle: the ASGI path opens a new one
