@@ -71,7 +71,7 @@ from nocosup.server import LimitedHttpToolsProtocol
 
 if TYPE_CHECKING:
     from nocosup.inflight import _Exchange
-    from nocosup.metrics import Metrics
+    from nocosup.metrics import Metrics, RequestStats
     from nocosup.proxy_client import _Conn, _Pool
     from nocosup.role import Gateway
 
@@ -262,6 +262,7 @@ class _Express:
         "done",
         "entry",
         "env",
+        "flight",
         "paused",
         "pool",
         "protocol",
@@ -283,6 +284,8 @@ class _Express:
         self.paused = False
         self.released = False
         self.entry: _Exchange | None = None
+        #: The app's counters whose ``in_flight`` counts this exchange until it ends.
+        self.flight: RequestStats | None = None
 
     def begin(self) -> bool:
         """Send the request upstream; False (nothing done) when it is not for this lane."""
@@ -310,6 +313,8 @@ class _Express:
         self.began = time.perf_counter()
         conn.listener = self.progress
         self.entry = gateway.inflight.track(self.env, self.abort)
+        self.flight = flight = route.metrics.stats(route.name)
+        flight.in_flight += 1
         self.timeout = self.pool.client.read_timeout
         if self.timeout is not None:
             # each read pushes the deadline back; the connection's timer checks it
@@ -335,6 +340,8 @@ class _Express:
         express.deadline = lean.deadline
         lean.route.scope[PROXIED_TO] = env
         express.entry = lean.route.gateway.inflight.track(env, express.abort)  # type: ignore[attr-defined]
+        express.flight = flight = lean.route.metrics.stats(lean.route.name)
+        flight.in_flight += 1
         conn.listener = express.progress
         protocol.express = express
         return express
@@ -346,6 +353,9 @@ class _Express:
         if self.entry is not None:
             self.route.gateway.inflight.untrack(self.entry)  # type: ignore[attr-defined]
             self.entry = None
+        if self.flight is not None:
+            self.flight.in_flight -= 1
+            self.flight = None
 
     def release(self, close: bool = False) -> None:
         """Give the upstream connection back (closed first if ``close``), once."""
@@ -818,6 +828,7 @@ class FastHttpToolsProtocol(LimitedHttpToolsProtocol):
         self.idle_since = None
         self.guard.cancel()
         lean.stats = replay.stats
+        lean.flight = replay.flight
         lean.send(head, gateway.inflight.track)
         return True
 

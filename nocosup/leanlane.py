@@ -197,6 +197,7 @@ class LeanExchange:
         "done",
         "entry",
         "env",
+        "flight",
         "head_only",
         "keep_alive",
         "pool",
@@ -241,12 +242,20 @@ class LeanExchange:
         self.began = 0.0
         #: The app's counters when known beforehand (a replay), else found at the end.
         self.stats: RequestStats | None = None
+        #: The app's counters here, whose ``in_flight`` counts this exchange (set by
+        #: :meth:`send`; a replay knows them beforehand).
+        self.flight: RequestStats | None = None
 
     def send(self, head: bytes, track: Callable[[str, Callable[[], None]], _Exchange]) -> None:
         """Send the request ``head`` upstream; answers come to :meth:`answer`."""
         protocol = self.protocol
         self.began = time.perf_counter()
         self.entry = track(self.env, self.abort)
+        flight = self.flight
+        if flight is None:
+            route = self.route
+            flight = self.flight = route.metrics.stats(route.name)
+        flight.in_flight += 1
         timeout = self.timeout = self.pool.client.read_timeout
         if timeout is not None:
             self.deadline = protocol.loop.time() + timeout
@@ -319,6 +328,9 @@ class LeanExchange:
         if self.entry is not None:
             self.route.gateway.inflight.untrack(self.entry)  # type: ignore[attr-defined]
             self.entry = None
+        if self.flight is not None:
+            self.flight.in_flight -= 1
+            self.flight = None
 
     def lost(self) -> None:
         """The upstream connection closed before the whole answer came: the express
@@ -374,6 +386,7 @@ class Replay:
         "data",
         "env",
         "fields",
+        "flight",
         "gateway",
         "head",
         "host",
@@ -410,6 +423,8 @@ class Replay:
         self.head = head
         #: The app's counters in ``env``: the same object for as long as both exist.
         self.stats: RequestStats = route.metrics.stats(route.name, env)
+        #: The app's counters here (``in_flight``).
+        self.flight: RequestStats = route.metrics.stats(route.name)
         cut = data.find(b"\r\n")
         #: The head after its request line; the upstream head after its request line.
         self.tail = data[cut:]

@@ -116,6 +116,25 @@ async def read_answer(reader: asyncio.StreamReader) -> tuple[bytes, bytes]:
     return head, await reader.readexactly(int(length.group(1)))
 
 
+async def test_a_request_answered_without_a_task_counts_in_flight(
+    proxied: ProxyServer,
+) -> None:
+    await warm(proxied)
+    assert proxied.metrics is not None
+    stats = proxied.metrics.stats("demo")
+    before = express()
+    async with proxied.http() as c:
+        slow = asyncio.create_task(c.get(PREFIX + "/slow?delay=0.5"))
+
+        async def counted() -> bool:
+            return stats.in_flight == 1
+
+        await eventually(counted, "the request in flight is counted")
+        assert (await slow).status_code == 200
+    assert stats.in_flight == 0
+    assert express() == before + 1  # without a task: the express or the lean lane
+
+
 async def test_pipelined_requests_are_answered_in_order(proxied: ProxyServer) -> None:
     await warm(proxied)
     before = express()

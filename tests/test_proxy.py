@@ -113,8 +113,11 @@ class ProxyServer:
         #: Requests the fast path took (FAST_PATH only).
         self.fast_routed = 0
         app: Any = self.app
+        #: The fast path's counters (FAST_PATH only).
+        self.metrics: Metrics | None = None
         if FAST_PATH:
             app = _FastFront(self)
+            self.metrics = app.metrics
             # as `nocosup serve` runs it: uvicorn's proxy-header middleware would hide
             # the app's fast_route
             server_options = {
