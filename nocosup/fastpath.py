@@ -804,10 +804,18 @@ class FastHttpToolsProtocol(LimitedHttpToolsProtocol):
                 self.replay = Replay(data, host, route, scope, env, stamp, upstream, pool, head)
         return True
 
-    def _replay(self, replay: Replay, scope: Scope, route: TenantRoute, head: bytes) -> bool:
-        """Send ``head`` for the request of ``scope`` and ``route`` as ``replay``'s was
-        sent: False (nothing done) when what it rested on changed or no idle connection
-        is there to take it."""
+    def _replay(
+        self,
+        replay: Replay,
+        scope: Scope,
+        route: TenantRoute,
+        head: bytes,
+        target: tuple[str, bytes, bytes] | None = None,
+    ) -> bool:
+        """Send ``head`` for the request of ``scope`` and ``route`` (with ``target``'s
+        method, raw path and query instead of theirs) as ``replay``'s was sent: False
+        (nothing done) when what it rested on changed or no idle connection is there to
+        take it."""
         gateway = replay.gateway
         if not (
             replay.host.replays_routes(gateway)
@@ -829,31 +837,28 @@ class FastHttpToolsProtocol(LimitedHttpToolsProtocol):
         self.guard.cancel()
         lean.stats = replay.stats
         lean.flight = replay.flight
+        if target is not None:
+            lean.target = target
+            lean.head_only = target[0] == "HEAD"
         lean.send(head, gateway.inflight.track)
         return True
 
     def _retarget(self, replay: Replay, method: str, raw_path: bytes, query: bytes) -> bool:
         """Send the request with ``replay``'s header lines and another target of the same
-        app (:meth:`Replay.retarget`) the way ``replay``'s went."""
-        path = raw_path.decode("ascii")
-        parts = {"method": method, "path": path, "raw_path": raw_path, "query_string": query}
-        scope = {**replay.scope, **parts}
-        route = replay.route
-        tenant = TenantRoute(route.gateway, route.metrics, route.name, {**route.scope, **parts})
+        app (:meth:`Replay.retarget`) the way ``replay``'s went. Its scopes are made only
+        if something needs them (:meth:`LeanExchange.own_scopes`)."""
         target = raw_path + b"?" + query if query else raw_path
         upstream = replay.upstream
         head = b"".join((_METHODS[method], upstream.base_path, target, b" HTTP/1.1", replay.fields))
-        return self._replay(replay, scope, tenant, head)
+        return self._replay(replay, replay.scope, replay.route, head, (method, raw_path, query))
 
     def escalate(self, lean: LeanExchange, data: bytes | None) -> _Express:
         """Hand ``lean``'s exchange to the express lane: with ``data``, the read it could
         not pass on (parsed from its first byte), else for the caller to act on."""
         lean.finish()
         # the ASGI code may change a scope: this request's own copies (a replay shares them)
-        state = self.app_state.copy()
-        lean.scope = {**lean.scope, "headers": list(lean.scope["headers"]), "state": state}
+        lean.scope, tenant = lean.own_scopes(self.app_state.copy())
         route = lean.route
-        tenant = {**route.scope, "headers": list(route.scope["headers"]), "state": state}
         lean.route = TenantRoute(route.gateway, route.metrics, route.name, tenant)
         cycle = self._fast_cycle(lean.scope, lean.keep_alive, False)
         _bodiless(cycle)

@@ -206,6 +206,7 @@ class LeanExchange:
         "route",
         "scope",
         "stats",
+        "target",
         "timeout",
         "upstream",
     )
@@ -245,6 +246,34 @@ class LeanExchange:
         #: The app's counters here, whose ``in_flight`` counts this exchange (set by
         #: :meth:`send`; a replay knows them beforehand).
         self.flight: RequestStats | None = None
+        #: (method, raw path, query) of a retargeted request, in place of the scopes'.
+        self.target: tuple[str, bytes, bytes] | None = None
+
+    def own_scopes(self, state: dict[str, Any] | None = None) -> tuple[Scope, Scope]:
+        """This request's own copies of its scope and tenant scope (the target of a
+        retarget in place; headers copied; ``state`` if given): what may change them
+        gets them, and the templates a replay shares stay as they were."""
+        parts: dict[str, Any] = {}
+        if self.target is not None:
+            method, raw_path, query = self.target
+            root: str = self.protocol.root_path
+            parts = {
+                "method": method,
+                "path": root + raw_path.decode("ascii"),
+                "raw_path": root.encode("ascii") + raw_path,
+                "query_string": query,
+            }
+        if state is not None:
+            parts["state"] = state
+        scope, tenant = self.scope, self.route.scope
+        headers = list(scope["headers"])
+        tenant_headers = (
+            headers if tenant["headers"] is scope["headers"] else list(tenant["headers"])
+        )
+        return (
+            {**scope, **parts, "headers": headers},
+            {**tenant, **parts, "headers": tenant_headers},
+        )
 
     def send(self, head: bytes, track: Callable[[str, Callable[[], None]], _Exchange]) -> None:
         """Send the request ``head`` upstream; answers come to :meth:`answer`."""
@@ -292,8 +321,8 @@ class LeanExchange:
         self.pool.release(conn)
         if self.disconnected:
             return
-        scope = self.scope
         if protocol.access_log:
+            scope = self.own_scopes()[0] if self.target is not None else self.scope
             protocol.access_logger.info(
                 '%s - "%s %s HTTP/%s" %d',
                 get_client_addr(scope),  # type: ignore[arg-type]
@@ -445,10 +474,11 @@ class Replay:
         """(method, raw path, query) of ``data`` when only its request line differs from
         the replayed head and it names a target of the same app this lane takes."""
         app_path = self.app_path
-        cut = data.find(b"\r\n")
-        if not app_path or data[cut:] != self.tail:
+        tail = self.tail
+        if not app_path or not data.endswith(tail):
             return None
-        m = _LINE.fullmatch(data, 0, cut)
+        # the request line is what comes before the tail; the pattern allows no CR or LF
+        m = _LINE.fullmatch(data, 0, len(data) - len(tail))
         if m is None:
             return None
         method, target = m.groups()

@@ -1009,3 +1009,64 @@ async def test_a_request_pipelined_behind_a_lean_answer_in_one_read() -> None:
             writer.close()
         assert lean_count() >= lean + 1  # the slow one at least
         assert [h.split(b" ", 2)[1] for h in record.heads[1:]] == [P + b"/slow", P + b"/next"]
+
+
+async def test_a_retargeted_request_leaving_the_lane_keeps_its_own_target() -> None:
+    """A retargeted request shares its replay's scopes until it needs its own: sent
+    through the gateway again (a 503 SHUTTING_DOWN), it goes with its own target, and
+    the replay's next use still sends the replayed target; a retargeted HEAD is one."""
+
+    async def respond(head: bytes, writer: asyncio.StreamWriter, n: int) -> bool:
+        target = head.split(b" ", 2)[1]
+        if target == P + b"/b?x=1" and n == 3:  # the first /b only
+            reply = answer(
+                b"HTTP/1.1 503 Service Unavailable",
+                b"Content-Length: %d" % len(SHUTTING_DOWN),
+                body=SHUTTING_DOWN,
+            )
+        else:
+            reply = answer(b"HTTP/1.1 200 OK", b"Content-Length: %d" % len(target), body=target)
+            if head.startswith(b"HEAD "):
+                reply = reply[: -len(target)]
+        writer.write(reply)
+        await writer.drain()
+        return True
+
+    fields = b" HTTP/1.1\r\nHost: x\r\n\r\n"
+    async with recording_upstream(respond) as record, proxy_server(record.url) as proxied:
+        await warm_raw(proxied)
+        front: Any = proxied.server.config.app
+        gateway = front.gateway
+        handled: list[tuple[str, str, bytes]] = []
+        real_handle = gateway.handle
+
+        async def handle(name: str, scope: dict[str, Any], receive: Any, send: Any) -> None:
+            handled.append((scope["method"], scope["path"], scope["query_string"]))
+            await real_handle(name, scope, receive, send)
+
+        gateway.handle = handle
+        lean = lean_count()
+        reader, writer = await asyncio.open_connection("127.0.0.1", proxied.port)
+        try:
+            writer.write(b"GET " + P + b"/a" + fields)  # lean, becomes the replay
+            assert body_of(await asyncio.wait_for(read_response(reader), 30)) == P + b"/a"
+            writer.write(b"HEAD " + P + b"/c" + fields)  # retargeted: a HEAD
+            got = await asyncio.wait_for(read_response(reader, head_only=True), 30)
+            assert status_of(got) == 200
+            assert b"content-length: %d" % len(P + b"/c") in got.lower()
+            writer.write(b"GET " + P + b"/b?x=1" + fields)  # retargeted, then 503
+            assert body_of(await asyncio.wait_for(read_response(reader), 30)) == P + b"/b?x=1"
+            writer.write(b"GET " + P + b"/a" + fields)  # the replay, unchanged
+            assert body_of(await asyncio.wait_for(read_response(reader), 30)) == P + b"/a"
+        finally:
+            writer.close()
+        assert handled == [("GET", LEAN_P + "/b", b"x=1")]  # again, with its own target
+        assert lean_count() == lean + 3  # all but the one sent again
+        targets = [h.split(b"\r\n", 1)[0] for h in record.heads[1:]]
+        assert targets == [
+            b"GET " + P + b"/a HTTP/1.1",
+            b"HEAD " + P + b"/c HTTP/1.1",
+            b"GET " + P + b"/b?x=1 HTTP/1.1",
+            b"GET " + P + b"/b?x=1 HTTP/1.1",
+            b"GET " + P + b"/a HTTP/1.1",
+        ]
