@@ -822,6 +822,8 @@ class FastHttpToolsProtocol(LimitedHttpToolsProtocol):
             and gateway.stamp_holds(replay.route.name, replay.env, replay.stamp)
         ):
             return False
+        if replay.tail is None:
+            replay.prepare()
         pool = replay.pool
         conn = None if pool.client.closed else pool.take_idle()
         if conn is None:

@@ -450,13 +450,25 @@ class Replay:
         self.upstream = upstream
         self.pool = pool  # a client keeps one pool per upstream for good
         self.head = head
-        #: The app's counters in ``env``: the same object for as long as both exist.
-        self.stats: RequestStats = route.metrics.stats(route.name, env)
-        #: The app's counters here (``in_flight``).
-        self.flight: RequestStats = route.metrics.stats(route.name)
+        #: Made by :meth:`prepare` when first needed: most replays are never used (a
+        #: browser's next head differs), so making one costs a few attribute stores.
+        self.tail: bytes | None = None
+        self.fields = self.app_path = b""
+        self.stats: RequestStats | None = None
+        self.flight: RequestStats | None = None
+
+    def prepare(self) -> None:
+        """What a replay or a retarget uses: the app's counters, the heads' tails, the
+        targets a retarget may take."""
+        data, route = self.data, self.route
+        #: The app's counters in ``env`` and here (``in_flight``): the same objects for
+        #: as long as the app exists.
+        self.stats = route.metrics.stats(route.name, self.env)
+        self.flight = route.metrics.stats(route.name)
         cut = data.find(b"\r\n")
         #: The head after its request line; the upstream head after its request line.
         self.tail = data[cut:]
+        head = self.head
         self.fields = head[head.find(b"\r\n") :]
         #: The raw path prefix of the app's targets; empty (no retarget) when the head
         #: chose the environment in its query or the app is not routed by its path.
@@ -473,9 +485,11 @@ class Replay:
     def retarget(self, data: bytes) -> tuple[str, bytes, bytes] | None:
         """(method, raw path, query) of ``data`` when only its request line differs from
         the replayed head and it names a target of the same app this lane takes."""
+        if self.tail is None:
+            self.prepare()
         app_path = self.app_path
         tail = self.tail
-        if not app_path or not data.endswith(tail):
+        if not app_path or tail is None or not data.endswith(tail):
             return None
         # the request line is what comes before the tail; the pattern allows no CR or LF
         m = _LINE.fullmatch(data, 0, len(data) - len(tail))
