@@ -50,7 +50,7 @@ from uvicorn.protocols.http.httptools_impl import (
 from uvicorn.protocols.utils import get_client_addr, get_path_with_query_string
 
 from nocosup.errors import NocosupError
-from nocosup.leanlane import LeanExchange, Replay, parse_request
+from nocosup.leanlane import LeanExchange, Replay, TasklessExchange, parse_request
 from nocosup.metrics import PROXIED_TO
 from nocosup.proxy import (
     answer_error,
@@ -239,7 +239,7 @@ class TenantRoute:
         await self.metrics.serve(self.gateway, self.name, self.scope, receive, send)
 
 
-class _Express:
+class _Express(TasklessExchange):
     """The express lane: one bodiless GET or HEAD forwarded on an idle pooled connection
     and answered from the upstream connection's callbacks, with no task, future or ASGI
     message: the head and the bytes of each read are written as they come (flow control
@@ -256,18 +256,11 @@ class _Express:
 
     __slots__ = (
         "began",
-        "conn",
         "cycle",
         "deadline",
-        "done",
-        "entry",
-        "env",
-        "flight",
         "paused",
         "pool",
-        "protocol",
         "released",
-        "route",
         "status",
         "timeout",
         "upstream",
@@ -297,7 +290,6 @@ class _Express:
         for name, _value in scope["headers"]:
             if name == b"content-length" or name == b"transfer-encoding":
                 return False
-        gateway: Any = route.gateway
         planned = idle_plan(route)
         if planned is None:
             return False
@@ -312,9 +304,7 @@ class _Express:
         scope[PROXIED_TO] = self.env
         self.began = time.perf_counter()
         conn.listener = self.progress
-        self.entry = gateway.inflight.track(self.env, self.abort)
-        self.flight = flight = route.metrics.stats(route.name)
-        flight.in_flight += 1
+        self.track()
         self.timeout = self.pool.client.read_timeout
         if self.timeout is not None:
             # each read pushes the deadline back; the connection's timer checks it
@@ -339,23 +329,10 @@ class _Express:
         express.timeout = lean.timeout
         express.deadline = lean.deadline
         lean.route.scope[PROXIED_TO] = env
-        express.entry = lean.route.gateway.inflight.track(env, express.abort)  # type: ignore[attr-defined]
-        express.flight = flight = lean.route.metrics.stats(lean.route.name)
-        flight.in_flight += 1
+        express.track()
         conn.listener = express.progress
         protocol.express = express
         return express
-
-    def finish(self) -> None:
-        self.done = True
-        self.conn.listener = None
-        self.protocol.express = None
-        if self.entry is not None:
-            self.route.gateway.inflight.untrack(self.entry)  # type: ignore[attr-defined]
-            self.entry = None
-        if self.flight is not None:
-            self.flight.in_flight -= 1
-            self.flight = None
 
     def release(self, close: bool = False) -> None:
         """Give the upstream connection back (closed first if ``close``), once."""
@@ -794,7 +771,7 @@ class FastHttpToolsProtocol(LimitedHttpToolsProtocol):
         tenant = route.scope
         headers, _mode = request_headers(tenant, upstream)
         head = request_head(method, upstream, path_target(tenant), headers)
-        lean.send(head, gateway.inflight.track)
+        lean.send(head)
         host: Any = self.app
         replayable = getattr(host, "replayable", None)
         stamp_of = getattr(gateway, "plan_stamp", None)
@@ -842,7 +819,7 @@ class FastHttpToolsProtocol(LimitedHttpToolsProtocol):
         if target is not None:
             lean.target = target
             lean.head_only = target[0] == "HEAD"
-        lean.send(head, gateway.inflight.track)
+        lean.send(head)
         return True
 
     def _retarget(self, replay: Replay, method: str, raw_path: bytes, query: bytes) -> bool:

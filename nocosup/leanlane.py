@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from starlette.types import Scope
@@ -46,7 +45,7 @@ if TYPE_CHECKING:
     from nocosup.metrics import RequestStats
     from nocosup.proxy_client import Upstream, _Conn, _Pool
 
-__all__ = ["LeanExchange", "Replay", "parse_answer", "parse_request"]
+__all__ = ["LeanExchange", "Replay", "TasklessExchange", "parse_answer", "parse_request"]
 
 _TOKEN = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
 #: A field value: no control character but tab (obs-text allowed, as httptools allows it).
@@ -182,7 +181,49 @@ def _default_headers(headers: list[tuple[bytes, bytes]]) -> bytes:
     return joined
 
 
-class LeanExchange:
+class TasklessExchange:
+    """What an exchange answered from the connections' callbacks, with no task (the lean
+    and the express lane), owes the rest of the process from sending to finishing: the
+    gateway tracks it (an environment going offline calls its ``abort``), and the app's
+    ``in_flight`` counts it, as :meth:`nocosup.metrics.Metrics.serve` counts a task."""
+
+    # what the lanes' exchanges share; each sets them in its own __init__
+    __slots__ = ("conn", "done", "entry", "env", "flight", "protocol", "route")
+
+    done: bool
+    conn: _Conn
+    protocol: FastHttpToolsProtocol
+    route: TenantRoute
+    env: str
+    entry: _Exchange | None
+    #: The app's counters here; known beforehand (a replay) or found by :meth:`track`.
+    flight: RequestStats | None
+
+    def abort(self) -> None:
+        raise NotImplementedError
+
+    def track(self) -> None:
+        route = self.route
+        self.entry = route.gateway.inflight.track(self.env, self.abort)  # type: ignore[attr-defined]
+        flight = self.flight
+        if flight is None:
+            flight = self.flight = route.metrics.stats(route.name)
+        flight.in_flight += 1
+
+    def finish(self) -> None:
+        """The exchange no longer needs the upstream's callbacks or the deadline."""
+        self.done = True
+        self.conn.listener = None
+        self.protocol.express = None
+        if self.entry is not None:
+            self.route.gateway.inflight.untrack(self.entry)  # type: ignore[attr-defined]
+            self.entry = None
+        if self.flight is not None:
+            self.flight.in_flight -= 1
+            self.flight = None
+
+
+class LeanExchange(TasklessExchange):
     """One request on the lean lane. Until its answer is written it is also the
     connection's ``cycle`` for uvicorn (which reads ``response_complete``,
     ``keep_alive``, ``disconnected`` and sets ``message_event``) and its ``express``
@@ -191,19 +232,12 @@ class LeanExchange:
     __slots__ = (
         "began",
         "buffer",
-        "conn",
         "deadline",
         "disconnected",
-        "done",
-        "entry",
-        "env",
-        "flight",
         "head_only",
         "keep_alive",
         "pool",
-        "protocol",
         "response_complete",
-        "route",
         "scope",
         "stats",
         "target",
@@ -275,16 +309,11 @@ class LeanExchange:
             {**tenant, **parts, "headers": tenant_headers},
         )
 
-    def send(self, head: bytes, track: Callable[[str, Callable[[], None]], _Exchange]) -> None:
+    def send(self, head: bytes) -> None:
         """Send the request ``head`` upstream; answers come to :meth:`answer`."""
         protocol = self.protocol
         self.began = time.perf_counter()
-        self.entry = track(self.env, self.abort)
-        flight = self.flight
-        if flight is None:
-            route = self.route
-            flight = self.flight = route.metrics.stats(route.name)
-        flight.in_flight += 1
+        self.track()
         timeout = self.timeout = self.pool.client.read_timeout
         if timeout is not None:
             self.deadline = protocol.loop.time() + timeout
@@ -348,18 +377,6 @@ class LeanExchange:
         else:
             stats.observe(status, seconds)
         protocol.lean_answered()
-
-    def finish(self) -> None:
-        """The exchange no longer needs the upstream's callbacks or the deadline."""
-        self.done = True
-        self.conn.listener = None
-        self.protocol.express = None
-        if self.entry is not None:
-            self.route.gateway.inflight.untrack(self.entry)  # type: ignore[attr-defined]
-            self.entry = None
-        if self.flight is not None:
-            self.flight.in_flight -= 1
-            self.flight = None
 
     def lost(self) -> None:
         """The upstream connection closed before the whole answer came: the express
