@@ -52,12 +52,10 @@ from common import (
     start_run,
     supervisor_server,
     table,
-    uvicorn_server,
     worker_server,
 )
-from proxy_clients import PREFIX, SIZES
+from proxy_clients import PREFIX, SIZES, start_upstream
 
-BENCH_DIR = Path(__file__).resolve().parent
 #: Issue 11: the fast path's CPU per 1 KB request at most this many times nginx's.
 GOAL_1KB = 1.25
 APP = PREFIX.rsplit("/", 1)[1]
@@ -223,16 +221,7 @@ def main() -> int:
     prefixes: list[str] = []
     try:
         with Workspace("proxy", keep=args.keep) as ws:
-            direct = ws.start(
-                uvicorn_server(
-                    ws.dir,
-                    "proxy_clients:upstream_app",
-                    label="direct",
-                    cpus=cpus,
-                    ready_path=SIZES["1KB"],
-                    extra_args=["--app-dir", str(BENCH_DIR)],
-                )
-            )
+            direct = start_upstream(ws, cpus)
             servers = {"direct": direct}
             for label, env in SUPERVISORS.items():
                 servers[label], prefix = nocosup_proxy(ws, label, args.redis_url, direct, cpus, env)

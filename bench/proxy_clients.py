@@ -300,19 +300,25 @@ def parse_args() -> argparse.Namespace:
     return p.parse_args()
 
 
-def start_servers(ws: Workspace, names: list[str], cpus: str | None) -> dict[str, ServerProcess]:
-    """The upstream (as ``direct``) and one proxy process per candidate, all started."""
-    app_dir = ["--app-dir", str(BENCH_DIR)]
-    upstream = ws.start(
+def start_upstream(ws: Workspace, cpus: str | None) -> ServerProcess:
+    """The upstream every proxy benchmark forwards to (``upstream_app``, as ``direct``),
+    started."""
+    return ws.start(
         uvicorn_server(
             ws.dir,
             "proxy_clients:upstream_app",
             label="direct",
             cpus=cpus,
             ready_path=SIZES["1KB"],
-            extra_args=app_dir,
+            extra_args=["--app-dir", str(BENCH_DIR)],
         )
     )
+
+
+def start_servers(ws: Workspace, names: list[str], cpus: str | None) -> dict[str, ServerProcess]:
+    """The upstream (as ``direct``) and one proxy process per candidate, all started."""
+    app_dir = ["--app-dir", str(BENCH_DIR)]
+    upstream = start_upstream(ws, cpus)
     servers = {"direct": upstream}
     for name in names:
         servers[name] = ws.start(
