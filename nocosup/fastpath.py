@@ -36,19 +36,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import urllib.parse
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar
 
-import httptools
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
-from uvicorn.protocols.http.httptools_impl import (
-    HEADER_VALUE_RE,
-    STATUS_LINE,
-    RequestResponseCycle,
-)
-from uvicorn.protocols.utils import get_client_addr, get_path_with_query_string
 
+from nocosup.cycle import CoalescingCycle
 from nocosup.errors import NocosupError
 from nocosup.leanlane import LeanExchange, Replay, TasklessExchange, parse_request
 from nocosup.metrics import PROXIED_TO
@@ -64,6 +57,7 @@ from nocosup.proxy_client import (
     Upstream,
     UpstreamError,
     UpstreamTimeoutError,
+    gathered,
     never_answered,
     request_head,
 )
@@ -80,146 +74,17 @@ __all__ = ["FastCycle", "FastHttpToolsProtocol", "TenantRoute"]
 #: The proxy's logger: what the express lane logs reads as what the ASGI path logs.
 log = logging.getLogger("nocosup.proxy")
 
-#: A first body part up to this size is joined to the head; a larger one is written after
-#: it in the same ``writelines`` (no copy of a big chunk just to save a call).
-_JOIN_LIMIT = 64 * 1024
-
 FastRouter = Callable[[Scope], ASGIApp | None]
 
 
-class FastCycle(RequestResponseCycle):
-    """uvicorn's request/response cycle whose ``send`` holds the response head until the
-    first body message and writes both at once.
+class FastCycle(CoalescingCycle):
+    """The coalescing cycle of the requests this module takes: only nocosup's own code
+    sends on it (the proxy, error answers), which always follows a
+    ``http.response.start`` with a body message at once (no flush to schedule), with
+    header names from the upstream's parser (tokens) or from nocosup itself."""
 
-    Only nocosup's own code sends on it (the proxy, error answers), which always follows a
-    ``http.response.start`` with a body message at once, so holding the head delays
-    nothing. Response headers are checked for forbidden bytes in values as uvicorn does;
-    names come from the upstream's parser (tokens) or from nocosup itself.
-    """
-
-    held: Message | None = None
-
-    async def send(self, message: Message) -> None:  # type: ignore[override]
-        if self.held is None:
-            if message["type"] == "http.response.start" and not self.response_started:
-                if self.flow.write_paused and not self.disconnected:
-                    await self.flow.drain()
-                if not self.disconnected:
-                    self.held = message
-                return
-            await super().send(message)  # type: ignore[arg-type]
-            return
-        start, self.held = self.held, None
-        if message["type"] != "http.response.body" or self.disconnected:
-            await super().send(start)  # type: ignore[arg-type]
-            await super().send(message)  # type: ignore[arg-type]
-            return
-        self.write_first(start, message.get("body", b""), message.get("more_body", False))
-
-    def write_first(self, start: Message, body: bytes, more: bool) -> None:
-        """Write the response head of ``start`` and the first ``body`` bytes at once
-        (``more``: the body goes on); nothing once the client is gone."""
-        if self.disconnected:
-            return
-        head = self._head(start)
-        if self.scope["method"] == "HEAD":
-            self.expected_content_length = 0
-            body = b""
-        elif self.chunked_encoding:
-            if body:
-                body = b"%x\r\n%b\r\n" % (len(body), body)
-            if not more:
-                body += b"0\r\n\r\n"
-        else:
-            if len(body) > self.expected_content_length:
-                raise RuntimeError("Response content longer than Content-Length")
-            self.expected_content_length -= len(body)
-        if len(body) <= _JOIN_LIMIT:
-            self.transport.write(head + body)
-        else:
-            self.transport.writelines((head, body))
-        if not more:
-            self._complete()
-
-    def write_more(self, chunks: list[bytes], more: bool) -> None:
-        """Write body bytes after :meth:`write_first`, framed as uvicorn frames them
-        (``more`` False ends the response)."""
-        if self.disconnected or self.response_complete:
-            return
-        if self.scope["method"] == "HEAD":
-            self.expected_content_length = 0
-        elif self.chunked_encoding:
-            parts: list[bytes] = []
-            for chunk in chunks:
-                if chunk:
-                    parts += (b"%x\r\n" % len(chunk), chunk, b"\r\n")
-            if not more:
-                parts.append(b"0\r\n\r\n")
-            if parts:
-                self.transport.writelines(parts)
-        elif chunks:
-            size = sum(map(len, chunks))
-            if size > self.expected_content_length:
-                raise RuntimeError("Response content longer than Content-Length")
-            self.expected_content_length -= size
-            self.transport.writelines(chunks)
-        if not more:
-            self._complete()
-
-    def _complete(self) -> None:
-        """The response's last byte is written: check its length, close or keep alive."""
-        if self.expected_content_length != 0:
-            raise RuntimeError("Response content shorter than Content-Length")
-        self.response_complete = True
-        self.message_event.set()
-        if not self.keep_alive:
-            self.transport.close()
-        self.on_response()
-
-    def _head(self, message: Message) -> bytes:
-        """The status line and headers of ``message``, framed as uvicorn frames them."""
-        status: int = message["status"]
-        self.response_started = True
-        self.waiting_for_100_continue = False
-        if self.access_log:
-            self.access_logger.info(
-                '%s - "%s %s HTTP/%s" %d',
-                get_client_addr(self.scope),
-                self.scope["method"],
-                get_path_with_query_string(self.scope),
-                self.scope["http_version"],
-                status,
-            )
-        content = [STATUS_LINE[status]]
-        for name, value in self.default_headers:
-            content += (name, b": ", value, b"\r\n")
-        closing = False
-        for name, value in message.get("headers", ()):
-            if HEADER_VALUE_RE.search(value):
-                raise RuntimeError("Invalid HTTP header value.")
-            name = name.lower()
-            if name == b"content-length" and self.chunked_encoding is None:
-                self.expected_content_length = int(value.decode())
-                self.chunked_encoding = False
-            elif name == b"transfer-encoding" and value.lower() == b"chunked":
-                self.expected_content_length = 0
-                self.chunked_encoding = True
-            elif name == b"connection":
-                if b"close" in [token.lower().strip() for token in value.split(b",")]:
-                    self.keep_alive = False
-                    closing = True
-            content += (name, b": ", value, b"\r\n")
-        if not self.keep_alive and not closing:
-            content.append(b"connection: close\r\n")
-        if (
-            self.chunked_encoding is None
-            and self.scope["method"] != "HEAD"
-            and status not in (204, 304)
-        ):
-            self.chunked_encoding = True
-            content.append(b"transfer-encoding: chunked\r\n")
-        content.append(b"\r\n")
-        return b"".join(content)
+    flush_soon = False
+    trusted_names = True
 
 
 class TenantRoute:
@@ -355,6 +220,8 @@ class _Express(TasklessExchange):
             elif conn.complete:
                 self.respond()
             elif conn.headers_done:
+                if conn.error is None and gathered(conn.headers):
+                    return  # a small body: written with the head once it is all in
                 self.status = conn.status
                 self.cycle.write_first(self.start(), conn.take(), True)
                 self.pump()
@@ -621,58 +488,30 @@ class FastHttpToolsProtocol(LimitedHttpToolsProtocol):
             fast_route is None
             or parser.should_upgrade()
             or parser.get_http_version() != "1.1"
-            or (
-                self.limit_concurrency is not None
-                and (
-                    len(self.connections) >= self.limit_concurrency
-                    or len(self.tasks) >= self.limit_concurrency
-                )
-            )
+            or self._at_concurrency_limit()
         ):
             super().on_headers_complete()
             return
+        self.read_head()
         scope = self.scope
-        scope["method"] = parser.get_method().decode("ascii")
-        parsed = httptools.parse_url(self.url)
-        raw_path = parsed.path
-        path = raw_path.decode("ascii")
-        if "%" in path:
-            path = urllib.parse.unquote(path)
-        scope["path"] = self.root_path + path
-        scope["raw_path"] = self.root_path.encode("ascii") + raw_path
-        scope["query_string"] = parsed.query or b""
         route = fast_route(scope)  # type: ignore[arg-type]
-        if route is None:
-            super().on_headers_complete()  # sets the same keys again, then ASGI
+        keep_alive = parser.should_keep_alive()
+        if route is None:  # the host's own routes: the ASGI way
+            cycle = self.make_cycle(CoalescingCycle, scope, keep_alive, self.expect_100_continue)
+            self.serve(cycle, self.app)
             return
         existing = self.cycle
-        self.cycle = self._fast_cycle(
-            scope,  # type: ignore[arg-type]
-            parser.should_keep_alive(),
-            self.expect_100_continue,
-        )
-        if existing is None or existing.response_complete:
-            if isinstance(route, TenantRoute) and _Express(self, self.cycle, route).begin():
-                return
-            self._start_asgi_task(self.cycle, route)  # type: ignore[arg-type]
-        else:  # pipelined: it runs when the response before it is complete
-            self.flow.pause_reading()
-            self.pipeline.appendleft((self.cycle, route))  # type: ignore[arg-type]
+        cycle = self._fast_cycle(scope, keep_alive, self.expect_100_continue)  # type: ignore[arg-type]
+        if existing is not None and not existing.response_complete:
+            self.serve(cycle, route)  # pipelined: it runs when the response before it is done
+            return
+        self.cycle = cycle
+        if isinstance(route, TenantRoute) and _Express(self, cycle, route).begin():
+            return
+        self._start_asgi_task(cycle, route)  # type: ignore[arg-type]
 
     def _fast_cycle(self, scope: Scope, keep_alive: bool, expect_100: bool) -> FastCycle:
-        return FastCycle(
-            scope=scope,  # type: ignore[arg-type]
-            transport=self.transport,
-            flow=self.flow,
-            logger=self.logger,
-            access_logger=self.access_logger,
-            access_log=self.access_log,
-            default_headers=self.server_state.default_headers,
-            message_event=asyncio.Event(),
-            expect_100_continue=expect_100,
-            keep_alive=keep_alive,
-            on_response=self.on_response_complete,
-        )
+        return self.make_cycle(FastCycle, scope, keep_alive, expect_100)
 
     # --- the lean lane (nocosup.leanlane) -------------------------------------------------
 
@@ -711,11 +550,6 @@ class FastHttpToolsProtocol(LimitedHttpToolsProtocol):
             if self._take_whole_head(data):
                 return
         super().data_received(data)
-
-    def _at_concurrency_limit(self) -> bool:
-        """uvicorn's ``limit_concurrency`` reached: its 503 answers the request."""
-        limit = self.limit_concurrency
-        return limit is not None and (len(self.connections) >= limit or len(self.tasks) >= limit)
 
     def _take_whole_head(self, data: bytes) -> bool:
         """Serve ``data``, one whole request head, without httptools when the lean lane

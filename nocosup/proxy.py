@@ -23,6 +23,7 @@ goes away is not an error: the upstream exchange is dropped quietly.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 from collections.abc import AsyncGenerator, Callable
@@ -53,6 +54,7 @@ from nocosup.proxy_client import (
     UpstreamError,
     UpstreamResponse,
     UpstreamTimeoutError,
+    gathered,
     never_answered,
 )
 from nocosup.responses import close_reason, deny_websocket, send_error
@@ -275,6 +277,14 @@ class Proxy:
             "status": response.status,
             "headers": response_headers(response.headers),
         }
+        if not response.at_eof and gathered(response.headers):
+            first, failed = await _gather(response, first)
+            if failed is not None:  # cut short: the head and what came, then the end
+                log.warning("upstream failed mid-response for %s: %s", scope["path"], failed)
+                with contextlib.suppress(OSError):
+                    await send(start)
+                    await send({"type": "http.response.body", "body": first, "more_body": True})
+                return
         if response.at_eof:  # the usual small answer: complete already
             try:
                 await send(start)
@@ -520,6 +530,21 @@ async def _request_body(first: bytes, receive: Receive) -> AsyncGenerator[bytes,
             yield chunk
         if not message.get("more_body", False):
             return
+
+
+async def _gather(response: UpstreamResponse, first: bytes) -> tuple[bytes, UpstreamError | None]:
+    """``first`` and the rest of a small body (:func:`nocosup.proxy_client.gathered`), read
+    to its end before anything is written; with the error that cut it short, if any."""
+    parts = [first]
+    try:
+        while not response.at_eof:
+            chunk = await response.read()
+            if not chunk:
+                break
+            parts.append(chunk)
+    except UpstreamError as exc:
+        return b"".join(parts), exc
+    return b"".join(parts), None
 
 
 async def _abort_on_disconnect(receive: Receive, response: UpstreamResponse) -> None:

@@ -168,6 +168,21 @@ class ProxyClient(ABC):
         """Close every pooled connection."""
 
 
+#: The largest body a proxy gathers before it writes the answer, so that the head and
+#: the body leave in one write (nocosup.cycle: a process killed between the two would
+#: leave its client a head without a body, which no load balancer retries).
+GATHER_LIMIT = 64 * 1024
+
+
+def gathered(headers: Headers) -> bool:
+    """Whether an answer with these headers declares a body up to :data:`GATHER_LIMIT`
+    (its Content-Length): one to wait for whole before writing anything."""
+    for name, value in headers:
+        if name == b"content-length":
+            return value.isdigit() and int(value) <= GATHER_LIMIT
+    return False
+
+
 # --------------------------------------------------------------------------- lean client
 
 _HIGH_WATER = 256 * 1024  # pause reading the upstream when this much body is unread

@@ -21,16 +21,21 @@ from __future__ import annotations
 
 import asyncio
 import json
+import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import h11
+import httptools
+from starlette.types import Scope
+from uvicorn._types import HTTPScope
 from uvicorn.config import Config
 from uvicorn.protocols.http.h11_impl import H11Protocol
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from nocosup.config import Settings
+from nocosup.cycle import CoalescingCycle
 from nocosup.errors import HeadersTooLarge
 
 #: ``--http`` choices: our protocol classes, by the parser they wrap.
@@ -40,6 +45,7 @@ PROTOCOLS = {
 }
 #: The httptools protocol of a multi-environment supervisor with NOCOSUP_PROXY_FAST_PATH=1.
 FAST_PROTOCOL = "nocosup.fastpath:FastHttpToolsProtocol"
+_Cycle = TypeVar("_Cycle", bound=CoalescingCycle)
 #: Seconds an idle keep-alive connection stays open between requests (uvicorn's default).
 KEEP_ALIVE = 5
 
@@ -238,9 +244,76 @@ class LimitedH11Protocol(_Guarded, H11Protocol):
 
 
 class LimitedHttpToolsProtocol(_Guarded, HttpToolsProtocol):
-    """uvicorn's httptools protocol with a head-size limit (431) and a head deadline."""
+    """uvicorn's httptools protocol with a head-size limit (431) and a head deadline, whose
+    responses go out with their head and first body bytes in one write
+    (:class:`nocosup.cycle.CoalescingCycle`)."""
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         # a request's body still arrives while its cycle expects more of it
         self._guard(lambda: self.cycle is not None and self.cycle.more_body)
+
+    def on_headers_complete(self) -> None:
+        """uvicorn's, with a coalescing cycle; upgrades (WebSocket) and the
+        ``limit_concurrency`` 503 stay uvicorn's own."""
+        parser = self.parser
+        if parser.should_upgrade() or self._at_concurrency_limit():
+            super().on_headers_complete()
+            return
+        version = self.read_head()
+        keep_alive = version != "1.0" and parser.should_keep_alive()
+        cycle = self.make_cycle(CoalescingCycle, self.scope, keep_alive, self.expect_100_continue)
+        self.serve(cycle, self.app)
+
+    def _at_concurrency_limit(self) -> bool:
+        """uvicorn's ``limit_concurrency`` reached: its 503 answers the request."""
+        limit = self.limit_concurrency
+        return limit is not None and (len(self.connections) >= limit or len(self.tasks) >= limit)
+
+    def read_head(self) -> str:
+        """Fill the scope from the parsed request head, as uvicorn does; its HTTP version."""
+        parser = self.parser
+        scope = self.scope
+        version = parser.get_http_version()
+        scope["method"] = parser.get_method().decode("ascii")
+        if version != "1.1":
+            scope["http_version"] = version
+        parsed = httptools.parse_url(self.url)
+        raw_path = parsed.path
+        path = raw_path.decode("ascii")
+        if "%" in path:
+            path = urllib.parse.unquote(path)
+        scope["path"] = self.root_path + path
+        scope["raw_path"] = self.root_path.encode("ascii") + raw_path
+        scope["query_string"] = parsed.query or b""
+        return version
+
+    def make_cycle(
+        self, kind: type[_Cycle], scope: HTTPScope | Scope, keep_alive: bool, expect_100: bool
+    ) -> _Cycle:
+        """A ``kind`` cycle for one request on this connection."""
+        return kind(
+            scope=scope,  # type: ignore[arg-type]
+            transport=self.transport,
+            flow=self.flow,
+            logger=self.logger,
+            access_logger=self.access_logger,
+            access_log=self.access_log,
+            default_headers=self.server_state.default_headers,
+            message_event=asyncio.Event(),
+            expect_100_continue=expect_100,
+            keep_alive=keep_alive,
+            on_response=self.on_response_complete,
+        )
+
+    def serve(self, cycle: CoalescingCycle, app: Any) -> bool:
+        """Make ``cycle`` the connection's current one and run ``app`` on it: now (True),
+        or once the response before it is complete (a pipelined request)."""
+        existing = self.cycle
+        self.cycle = cycle
+        if existing is None or existing.response_complete:
+            self._start_asgi_task(cycle, app)
+            return True
+        self.flow.pause_reading()
+        self.pipeline.appendleft((cycle, app))
+        return False

@@ -200,6 +200,40 @@ async def test_upstream_closing_mid_body_truncates_the_answer() -> None:
         await eventually(released, "the broken connection was dropped")
 
 
+async def test_a_small_answer_written_in_two_parts_goes_out_in_one() -> None:
+    """The upstream writes the head, then the body 0.3 s later (uvicorn writes them apart
+    too): the client's first read holds both, on every path (a process killed between
+    two writes would leave a head without a body, which no load balancer retries)."""
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            head = await read_head(reader)
+            length = re.search(rb"(?i)\r\ncontent-length: *(\d+)", head)
+            if length is not None:
+                await reader.readexactly(int(length.group(1)))
+            writer.write(answer(b"HTTP/1.1 200 OK", b"Content-Length: 5"))
+            await writer.drain()
+            await asyncio.sleep(0.3)
+            writer.write(b"hello")
+            await writer.drain()
+
+    async with raw_upstream(handler) as url, proxy_server(url) as proxied:
+        await warm(proxied, "/warm")  # an idle pooled connection: the lanes may serve
+        requests = [
+            b"GET " + PREFIX.encode() + b"/x HTTP/1.1\r\nHost: x\r\n\r\n",
+            b"POST " + PREFIX.encode() + b"/x HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc",
+        ]
+        for request in requests:
+            reader, writer = await asyncio.open_connection("127.0.0.1", proxied.port)
+            try:
+                writer.write(request)
+                first = await asyncio.wait_for(reader.read(65536), 30)
+                assert first.startswith(b"HTTP/1.1 200 OK\r\n"), first
+                assert first.endswith(b"\r\n\r\nhello"), first
+            finally:
+                writer.close()
+
+
 async def test_garbage_answer_on_the_express_lane_is_502() -> None:
     async with raw_upstream(ok_then(b"SPDY/9 what is this\r\n\r\n")) as url:
         async with proxy_server(url) as proxied, proxied.http() as c:
