@@ -12,7 +12,8 @@ forever. The protocols here (one per parser) add both, the same way for either p
 - a connection that has not sent a complete request head ``NOCOSUP_HEADER_TIMEOUT``
   seconds after it opened (or after its previous response) is closed.
 
-Everything else is uvicorn's own: ``limit_concurrency`` (503 past
+The httptools protocol also writes each response's head with its first body bytes
+(:mod:`nocosup.cycle`). Everything else is uvicorn's own: ``limit_concurrency`` (503 past
 ``NOCOSUP_MAX_CONNECTIONS``), ``ws_max_size`` (close 1009 past
 ``NOCOSUP_MAX_WS_MESSAGE``), ``timeout_keep_alive``.
 """
