@@ -31,12 +31,12 @@ async def _app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     if path == "/blocked":
         await send({"type": "http.response.start", "status": 200,
                     "headers": [(b"content-length", b"5")]})  # fmt: skip
-        time.sleep(0.3)  # the loop is blocked: uvicorn's cycle has written the head already
+        # the loop is blocked: uvicorn's own cycle would have written the head already
+        time.sleep(0.3)  # noqa: ASYNC251
         await send({"type": "http.response.body", "body": b"hello"})
     elif path == "/stream":
         await send({"type": "http.response.start", "status": 200, "headers": []})
-        while not _release.is_set():
-            await asyncio.sleep(0.01)
+        await asyncio.to_thread(_release.wait, 30)
         await send({"type": "http.response.body", "body": b"first", "more_body": True})
         await send({"type": "http.response.body", "body": b"second"})
     elif path == "/raises":

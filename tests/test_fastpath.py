@@ -19,7 +19,7 @@ import pytest
 
 import tests.test_proxy as proxy_tests
 from nocosup.config import Settings
-from nocosup.fastpath import FastHttpToolsProtocol
+from nocosup.fastpath import LANES, FastHttpToolsProtocol
 from nocosup.inflight import InFlight
 from nocosup.server import FAST_PROTOCOL, uvicorn_options
 from tests.test_proxy import *  # noqa: F403 - the proxy's tests, collected again here
@@ -85,7 +85,7 @@ def test_only_a_multi_environment_supervisor_gets_the_fast_protocol(
 
 def express() -> int:
     """Requests answered without a task: on the express lane, or the lean lane when on."""
-    return FastHttpToolsProtocol.express_answered + FastHttpToolsProtocol.lean_answered_total
+    return LANES.express + LANES.lean
 
 
 async def warm(proxied: ProxyServer, path: str = "/echo") -> None:

@@ -19,7 +19,7 @@ import pytest
 import nocosup.fastpath
 import tests.test_proxy as proxy_tests
 from nocosup import leanlane
-from nocosup.fastpath import FastHttpToolsProtocol
+from nocosup.fastpath import LANES, FastHttpToolsProtocol
 from nocosup.leanlane import parse_answer, parse_request
 from nocosup.proxy import response_headers
 from tests.test_fastpath import *  # noqa: F403 - the fast path's tests, collected again here
@@ -61,7 +61,7 @@ def lean_lane(on: bool) -> Iterator[None]:
 
 
 def lean_count() -> int:
-    return FastHttpToolsProtocol.lean_answered_total
+    return LANES.lean
 
 
 class _HttptoolsHead:
@@ -772,13 +772,13 @@ async def test_an_answer_in_two_reads_is_passed_on_whole(size: int) -> None:
     the lean lane; a larger one is escalated to the express lane. Whole either way."""
     async with recording_upstream(late_body(size)) as record, proxy_server(record.url) as proxied:
         await warm_raw(proxied)
-        lean, express = lean_count(), FastHttpToolsProtocol.express_answered
+        lean, express = lean_count(), LANES.express
         got = await send_raw(proxied.port, b"GET " + P + b"/late HTTP/1.1\r\nHost: x\r\n\r\n")
         assert status_of(got) == 200 and body_of(got) == b"z" * size
         assert b"\r\nx-late: 1\r\n" in got
         gathered = size < leanlane.BUFFER_LIMIT
         assert lean_count() == lean + gathered
-        assert FastHttpToolsProtocol.express_answered == express + (not gathered)
+        assert LANES.express == express + (not gathered)
 
         async def idle() -> bool:
             return proxied.pool() == {"active": 0, "idle": 1, "waiting": 0}
@@ -958,7 +958,7 @@ async def test_shutting_down_answer_goes_through_the_gateway_again(lean_on: bool
 async def test_a_request_pipelined_behind_a_lean_exchange(upstream: str) -> None:
     async with proxy_server(upstream) as proxied:
         await warm_raw(proxied)
-        answered = FastHttpToolsProtocol.express_answered + lean_count()
+        answered = LANES.express + lean_count()
         reader, writer = await asyncio.open_connection("127.0.0.1", proxied.port)
         try:
             writer.write(f"GET {LEAN_P}/slow?delay=0.3 HTTP/1.1\r\nHost: x\r\n\r\n".encode())
@@ -979,7 +979,7 @@ async def test_a_request_pipelined_behind_a_lean_exchange(upstream: str) -> None
         finally:
             writer.close()
         # the first went without a task (lean, or escalated to the express lane)
-        assert FastHttpToolsProtocol.express_answered + lean_count() >= answered + 1
+        assert LANES.express + lean_count() >= answered + 1
 
 
 async def test_a_request_pipelined_behind_a_lean_answer_in_one_read() -> None:

@@ -18,7 +18,7 @@ from nocosup.auth import LoginLimiter, resolve_admin_token
 from nocosup.commands import CommandSender, reply_stream_ttl
 from nocosup.db import connect_registry
 from nocosup.environments import EnvironmentDirectory, LocalEnvironments
-from nocosup.fastpath import FastHttpToolsProtocol
+from nocosup.fastpath import LANES
 from nocosup.heartbeat import Presence, heartbeat_ttl
 from nocosup.idempotency import IdempotencyStore, pending_lease
 from nocosup.metrics import apps_by_status
@@ -172,12 +172,12 @@ class SupervisorRole(Role):
         express = CounterMetricFamily(
             "nocosup_proxy_express_requests",
             "Of those, the ones answered on the express lane (no task, idle pooled connection).",
-            value=FastHttpToolsProtocol.express_answered,
+            value=LANES.express,
         )
         lean = CounterMetricFamily(
             "nocosup_proxy_lean_requests",
             "Of those, the ones answered on the lean lane (whole plain head, whole answer).",
-            value=FastHttpToolsProtocol.lean_answered_total,
+            value=LANES.lean,
         )
         now = time.time()
         for env in await supervisor.environments.list():
