@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import hmac
 import logging
+import sqlite3
 import traceback
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from typing import Any
@@ -36,6 +37,7 @@ from nocosup.domains import APP_HEADER, ROUTED_APP, DomainRoutes
 from nocosup.errors import (
     AppNotFound,
     ConfigError,
+    DatabaseUnavailable,
     NocosupError,
     NotFound,
     ShuttingDown,
@@ -145,6 +147,7 @@ class Host(Starlette):
             exception_handlers={
                 NocosupError: _nocosup_error,
                 HTTPException: _http_error,
+                sqlite3.OperationalError: _sqlite_error,
                 Exception: _unexpected_error,
             },
         )
@@ -675,6 +678,24 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     code = _HTTP_CODES.get(exc.status_code, f"HTTP_{exc.status_code}")
     message = exc.detail if exc.status_code != 404 else f"no route for {request.url.path}"
     return JSONResponse(error_body(code, message), status_code=exc.status_code, headers=exc.headers)
+
+
+#: SQLite's primary result codes for a file another connection holds.
+_SQLITE_BUSY = frozenset({sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED})
+
+
+async def _sqlite_error(request: Request, exc: Exception) -> Response:
+    """A SQLite registry another process kept locked past the busy timeout
+    (``NOCOSUP_DB_STATEMENT_TIMEOUT``; several ``--workers`` on one file): a passing
+    condition, 503 with Retry-After. Any other SQLite error is unexpected."""
+    assert isinstance(exc, sqlite3.OperationalError)
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is None or code & 0xFF not in _SQLITE_BUSY:
+        raise exc
+    log.warning("SQLite busy on %s %s: %s", request.method, request.url.path, exc)
+    return error_response(
+        DatabaseUnavailable(f"the registry database stayed locked by another process ({exc})")
+    )
 
 
 async def _unexpected_error(request: Request, exc: Exception) -> Response:

@@ -4,12 +4,14 @@ connections close (and their threads end) and reopen on the next query."""
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import threading
 from pathlib import Path
 
 import pytest
 
 from nocosup.sqlite import SharedSQLitePool, sqlite_database
+from tests.inproc import inproc_settings, running_host
 
 
 async def test_concurrent_transactions_do_not_mix(tmp_path: Path) -> None:
@@ -65,3 +67,24 @@ async def closed(pool: SharedSQLitePool, thread: threading.Thread) -> None:
             return
         await asyncio.sleep(0.05)
     assert pool._connection is None and not thread.is_alive()
+
+
+async def test_a_registry_locked_past_the_busy_timeout_is_503(tmp_path: Path) -> None:
+    """Another process holding the registry file (several ``--workers`` on SQLite) past
+    NOCOSUP_DB_STATEMENT_TIMEOUT: the admin call gets 503 DATABASE_UNAVAILABLE, not 500,
+    and goes through once the file is free."""
+    settings = inproc_settings(tmp_path, NOCOSUP_DB_STATEMENT_TIMEOUT="0.3")
+    async with running_host(settings) as served:
+        other = sqlite3.connect(served.storage / "nocosup.sqlite", isolation_level=None)
+        try:
+            other.execute("BEGIN EXCLUSIVE")
+            r = await served.api.post("/api/apps", json={"name": "crm"})
+            assert r.status_code == 503, r.text
+            assert r.json()["error"]["code"] == "DATABASE_UNAVAILABLE"
+            assert "locked" in r.json()["error"]["message"]
+            assert r.headers["retry-after"] == "5"
+            other.execute("ROLLBACK")
+        finally:
+            other.close()
+        r = await served.api.post("/api/apps", json={"name": "crm"})
+        assert r.status_code == 201, r.text
