@@ -430,6 +430,14 @@ class FastHttpToolsProtocol(LimitedHttpToolsProtocol):
         self.at_boundary = True
         #: The lean lane's last request on this connection, to send again as it was.
         self.replay: Replay | None = None
+        #: Whether that replay was used (replayed or retargeted) since it was made.
+        self.replay_used = False
+        #: Lean requests to go before the next replay is made, and the gap that set it:
+        #: replacing a replay that was never used doubles the gap (up to
+        #: :data:`_REPLAY_GAP_MAX`), a used one resets it. A connection whose header
+        #: lines change every time (a browser's) so stops making replays it never uses.
+        self.replay_wait = 0
+        self.replay_gap = 0
         self.express_timer: asyncio.TimerHandle | None = None
         #: Loop time the connection went idle (None while a request is under way).
         self.idle_since: float | None = None
@@ -619,12 +627,20 @@ class FastHttpToolsProtocol(LimitedHttpToolsProtocol):
         headers, _mode = request_headers(tenant, upstream)
         head = request_head(method, upstream, path_target(tenant), headers)
         lean.send(head)
+        if self.replay_wait:  # recent replays went unused: keep the one there is
+            self.replay_wait -= 1
+            return True
         host: Any = self.app
         replayable = getattr(host, "replayable", None)
         stamp_of = getattr(gateway, "plan_stamp", None)
         if replayable is not None and stamp_of is not None and replayable(scope["headers"]):
             stamp = stamp_of(route.name, env)
             if stamp is not None:
+                gap = 0
+                if self.replay is not None and not self.replay_used:
+                    gap = min(self.replay_gap * 2 + 1, _REPLAY_GAP_MAX)
+                self.replay_gap = self.replay_wait = gap
+                self.replay_used = False
                 self.replay = Replay(data, host, route, scope, env, stamp, upstream, pool, head)
         return True
 
@@ -659,6 +675,7 @@ class FastHttpToolsProtocol(LimitedHttpToolsProtocol):
             pool.release(conn)
             return False
         replay.host.fast_path_requests += 1
+        self.replay_used = True
         self.idle_since = None
         self.guard.cancel()
         lean.stats = replay.stats
@@ -699,6 +716,8 @@ class FastHttpToolsProtocol(LimitedHttpToolsProtocol):
         LANES.lean += 1
 
 
+#: The most lean requests a connection goes without making a replay after misses.
+_REPLAY_GAP_MAX = 31
 #: Request line starts, by method, for the lean lane's heads.
 _METHODS = {"GET": b"GET ", "HEAD": b"HEAD "}
 

@@ -503,6 +503,9 @@ class Replay:
         """(method, raw path, query) of ``data`` when only its request line differs from
         the replayed head and it names a target of the same app this lane takes."""
         if self.tail is None:
+            replayed = self.data
+            if not data.endswith(replayed[replayed.find(b"\r\n") :]):
+                return None  # other header lines: nothing to prepare
             self.prepare()
         app_path = self.app_path
         tail = self.tail

@@ -666,6 +666,56 @@ async def test_the_same_head_again_is_replayed_on_the_lean_lane(
             writer.close()
 
 
+async def test_heads_that_change_every_time_make_few_replays(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A connection whose header lines change with every request (a browser's) makes a
+    replay for a doubling gap of requests while none is used (1, 2, 4, ... 32), not for
+    each; when its heads repeat, a replay is made within that gap and used again."""
+    parsed: list[bytes] = []
+    made: list[bytes] = []
+    real_parse, real_replay = parse_request, nocosup.fastpath.Replay
+
+    def counting_parse(data: bytes) -> Any:
+        parsed.append(data)
+        return real_parse(data)
+
+    def counting_replay(data: bytes, *args: Any) -> Any:
+        made.append(data)
+        return real_replay(data, *args)
+
+    monkeypatch.setattr(nocosup.fastpath, "parse_request", counting_parse)
+    monkeypatch.setattr(nocosup.fastpath, "Replay", counting_replay)
+    async with recording_upstream(path_answer) as record, proxy_server(record.url) as proxied:
+        await warm_raw(proxied)
+        reader, writer = await asyncio.open_connection("127.0.0.1", proxied.port)
+        try:
+            lean = lean_count()
+
+            async def ask(head: bytes) -> None:
+                writer.write(head)
+                got = await asyncio.wait_for(read_response(reader), 30)
+                assert (status_of(got), body_of(got)) == (200, P + b"/a"), got
+
+            parsed.clear()
+            for n in range(40):
+                await ask(b"GET " + P + b"/a HTTP/1.1\r\nHost: x\r\nX-N: %d\r\n\r\n" % n)
+            assert len(parsed) == 40  # none could be replayed
+            assert len(made) == 6  # at requests 1, 2, 4, 8, 16 and 32
+
+            same = b"GET " + P + b"/a HTTP/1.1\r\nHost: x\r\nX-N: same\r\n\r\n"
+            parsed.clear()
+            for _ in range(40):
+                await ask(same)
+            assert 1 <= len(parsed) <= 32  # until the gap (31) ran out, then replays
+            assert len(made) == 7
+            assert lean_count() == lean + 80
+            heads = record.heads[-40:]
+            assert all(head == heads[0] for head in heads)  # replays send what was sent
+        finally:
+            writer.close()
+
+
 async def test_another_target_with_the_same_header_lines_is_retargeted(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
