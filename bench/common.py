@@ -55,14 +55,28 @@ done = function(summary, latency, requests)
 end
 """
 
-#: Appended for a load whose requests must all differ (a query string counter).
-_WRK_VARY_LUA = r"""
+#: Appended for a load whose requests must all differ, by how (:attr:`Load.vary`): a
+#: query string counter, or a header whose value counts (``-H`` headers kept).
+_WRK_VARY_LUA = {
+    "": "",
+    "target": r"""
 local n = 0
 request = function()
   n = n + 1
   return wrk.format(nil, wrk.path .. "?n=" .. n)
 end
-"""
+""",
+    "header": r"""
+local n = 0
+request = function()
+  n = n + 1
+  local headers = {}
+  for name, value in pairs(wrk.headers) do headers[name] = value end
+  headers["X-N"] = tostring(n)
+  return wrk.format(nil, nil, headers)
+end
+""",
+}
 
 
 # --- tools and pinning ----------------------------------------------------------------
@@ -578,9 +592,10 @@ class Load:
     url: str
     server: ServerProcess | None = None
     headers: dict[str, str] = field(default_factory=dict)
-    #: Every request distinct: ``?n=1``, ``?n=2``, ... after the path (nothing a proxy can
-    #: remember from one request to the next).
-    vary: bool = False
+    #: Every request distinct (nothing a proxy can remember from one request to the
+    #: next): ``"target"`` adds ``?n=1``, ``?n=2``, ... to the path, ``"header"`` sends
+    #: ``X-N: 1``, ``X-N: 2``, ... (a browser's heads change so); ``""``: all alike.
+    vary: str = ""
 
 
 def run_wrk(
@@ -592,7 +607,7 @@ def run_wrk(
     headers: dict[str, str] | None = None,
     server: ServerProcess | None = None,
     timeout_s: float = 10.0,
-    vary: bool = False,
+    vary: str = "",
 ) -> LoadResult:
     """Run wrk for ``duration`` seconds; CPU per request is measured on ``server`` if given
     (``vary``: see :class:`Load`)."""
@@ -618,11 +633,11 @@ def run_wrk_concurrent(
     the same instant. That makes this ratio far steadier than alternating runs.
     """
     wrk = require_wrk()
-    scripts: list[str] = []
-    for vary in (False, True):
+    scripts: dict[str, str] = {}
+    for vary in {load.vary for load in loads}:
         with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as fh:
-            fh.write(_WRK_LUA + (_WRK_VARY_LUA if vary else ""))
-            scripts.append(fh.name)
+            fh.write(_WRK_LUA + _WRK_VARY_LUA[vary])
+            scripts[vary] = fh.name
     procs: list[subprocess.Popen[str]] = []
     try:
         cpu0 = [load.server.cpu_seconds() if load.server else 0.0 for load in loads]
@@ -650,7 +665,7 @@ def run_wrk_concurrent(
             if p.poll() is None:
                 p.kill()
                 p.wait()
-        for script in scripts:
+        for script in scripts.values():
             os.unlink(script)
     return [
         _wrk_result(load, proc.returncode, out, err, c1 - c0)

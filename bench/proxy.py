@@ -22,7 +22,7 @@ proxy's CPU per request as a ratio to nginx's in the same run. Issue 11's goal: 
 every server on CPU 1 (a proxy and the upstream share that core).
 
     python bench/proxy.py [--rounds 3] [--duration 5] [--connections 32] [--no-pin]
-        [--vary] [--redis-url redis://127.0.0.1:6379/0]
+        [--vary [target|header]] [--redis-url redis://127.0.0.1:6379/0]
 """
 
 from __future__ import annotations
@@ -133,8 +133,13 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--keep", action="store_true", help="keep the temp dir (logs)")
     p.add_argument(
         "--vary",
-        action="store_true",
-        help="every request distinct (?n=1, ?n=2, ...): nothing to replay on a connection",
+        nargs="?",
+        const="target",
+        default="",
+        choices=["target", "header"],
+        help="every request distinct, nothing to replay on a connection: 'target' (the "
+        "default) adds ?n=1, ?n=2, ...; 'header' sends X-N: 1, X-N: 2, ... (a browser's "
+        "heads change so)",
     )
     return p.parse_args()
 
@@ -215,7 +220,9 @@ def main() -> int:
         args.no_pin,
         "wrk on CPU 0, all servers on CPU 1",
         f"wrk -t1 -c{args.connections} -d{args.duration:g}s, {args.rounds} rounds"
-        + (", every request distinct (?n=...)" if args.vary else ""),
+        + {"": "", "target": ", every request distinct (?n=...)"}.get(
+            args.vary, ", every request distinct (X-N: ...)"
+        ),
     )
     sizes = [s for s in args.sizes.split(",") if s]
     prefixes: list[str] = []
