@@ -12,6 +12,7 @@ starter. Code is never named by a request, only chosen among what is installed.
 
 from __future__ import annotations
 
+import asyncio
 import re
 from importlib.metadata import EntryPoint, entry_points
 from typing import TYPE_CHECKING, Any
@@ -88,14 +89,20 @@ def _description(ep: EntryPoint) -> str:
 
 
 async def build(name: str, app: AppContext) -> Any:
-    """Build ``app`` with template ``name`` as installed here."""
-    ep = installed().get(name)
+    """Build ``app`` with template ``name`` as installed here.
+
+    Finding the entry point (a scan of every installed distribution) and loading it (the
+    first import of a FastAPI or datasette app takes up to a second) run in a thread:
+    the event loop goes on serving every other app of the process meanwhile, which
+    matters most when a sleeping app wakes. The factory itself runs on the loop."""
+    found = await asyncio.to_thread(installed)
+    ep = found.get(name)
     if ep is None:
         raise TemplateNotInstalled(
             f"template {name!r} is not installed in environment {app.environment!r} "
-            f"(installed: {', '.join(sorted(installed())) or 'none'})"
+            f"(installed: {', '.join(sorted(found)) or 'none'})"
         )
-    factory = ep.load()
+    factory = await asyncio.to_thread(ep.load)
     if not callable(factory):
         raise TemplateNotInstalled(f"template {name!r} ({ep.value}) is not callable")
     return await await_me_maybe(factory(app))

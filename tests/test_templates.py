@@ -4,6 +4,7 @@ found by importlib.metadata exactly as pip-installed ones."""
 
 from __future__ import annotations
 
+import asyncio
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,6 +14,7 @@ import pytest
 
 from tests.cluster import Cluster, wait_for
 from tests.conftest import REDIS_URL
+from tests.gates import IMPORT_BEGAN, IMPORT_MAY_END
 from tests.inproc import inproc_settings, running_host
 from tests.plugin_dist import install_templates
 from tests.servers import ROOT, ServerFactory
@@ -275,3 +277,54 @@ async def test_a_worker_without_the_template_reports_the_app_in_error(
         # installed nowhere near the worker, the starter still runs there
         await api.post("/api/apps", json={"name": "w2", "template": "starter"})
         assert (await api.get("/apps/w2/api/info")).status_code == 200
+
+
+SLOW = '''
+"""A template whose first import takes until the test lets it end."""
+from starlette.applications import Starlette
+from starlette.responses import PlainTextResponse
+from starlette.routing import Route
+
+from tests.gates import IMPORT_BEGAN, IMPORT_MAY_END
+
+IMPORT_BEGAN.set()
+if not IMPORT_MAY_END.wait(20):
+    raise RuntimeError("imported on the event loop: nothing else could run meanwhile")
+
+
+def build(ctx):
+    async def hello(request):
+        return PlainTextResponse("imported")
+
+    return Starlette(routes=[Route("/", hello)])
+'''
+
+
+async def test_a_slow_template_import_leaves_the_loop_serving(tmp_path: Path) -> None:
+    """The first import of a template module (a big framework: up to a second) runs in a
+    thread: while it lasts the process answers other requests."""
+    site = install_templates(
+        tmp_path / "site",
+        "slow-templates",
+        {"slow_template": SLOW},
+        {"slow": "slow_template:build"},
+    )
+    sys.path.insert(0, str(site))
+    IMPORT_BEGAN.clear()
+    IMPORT_MAY_END.clear()
+    try:
+        async with running_host(inproc_settings(tmp_path)) as h:
+            r = await h.api.post("/api/apps", json={"name": "slow", "template": "slow"})
+            assert r.status_code == 201, r.text
+            first = asyncio.create_task(h.api.get("/apps/slow/"))
+            assert await asyncio.to_thread(IMPORT_BEGAN.wait, 20)
+            r = await h.api.get("/api/apps")  # served while the import waits
+            assert r.status_code == 200
+            assert not first.done()
+            IMPORT_MAY_END.set()
+            r = await first
+            assert (r.status_code, r.text) == (200, "imported")
+    finally:
+        IMPORT_MAY_END.set()
+        sys.path.remove(str(site))
+        sys.modules.pop("slow_template", None)
