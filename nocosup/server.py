@@ -307,14 +307,13 @@ class LimitedHttpToolsProtocol(_Guarded, HttpToolsProtocol):
             on_response=self.on_response_complete,
         )
 
-    def serve(self, cycle: CoalescingCycle, app: Any) -> bool:
-        """Make ``cycle`` the connection's current one and run ``app`` on it: now (True),
-        or once the response before it is complete (a pipelined request)."""
+    def serve(self, cycle: CoalescingCycle, app: Any) -> None:
+        """Make ``cycle`` the connection's current one and run ``app`` on it: now, or once
+        the response before it is complete (a pipelined request)."""
         existing = self.cycle
         self.cycle = cycle
         if existing is None or existing.response_complete:
             self._start_asgi_task(cycle, app)
-            return True
-        self.flow.pause_reading()
-        self.pipeline.appendleft((cycle, app))
-        return False
+        else:
+            self.flow.pause_reading()
+            self.pipeline.appendleft((cycle, app))
