@@ -10,6 +10,8 @@ the rest of nocosup uses: it hands each spec to the provisioner named in it.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
+import socket
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -209,7 +211,7 @@ class PostgresProvisioner(Provisioner):
     def location(self) -> str:
         """The server and the naming base: same server and base, same tenant databases."""
         s = self.settings
-        return f"postgresql://{s.db_host}:{s.db_port}/{s.tenant_db_base}"
+        return server_location(s.db_host, s.db_port, s.tenant_db_base)
 
     async def create(self, spec: TenantDatabase) -> None:
         if spec.schema is not None:
@@ -384,6 +386,31 @@ class TenantDatabases:
     async def drop(self, spec: TenantDatabase) -> None:
         self.check_reserved(spec)
         await self.provisioner(spec).drop(spec)
+
+
+def server_location(host: str, port: int, base: str) -> str:
+    """A PostgreSQL server and tenant naming base as every process can name them.
+
+    A loopback address (``127.0.0.1``, ``::1``, ``localhost``) or a socket directory
+    names a different server on every machine (network namespace: a container, a pod),
+    and the same server however it is spelled there: it is named ``localhost`` with this
+    machine's host name. Any other host is compared as configured."""
+    if machine_local(host):
+        return f"postgresql://localhost:{port}/{base} on {socket.gethostname()}"
+    return f"postgresql://{host}:{port}/{base}"
+
+
+def machine_local(host: str) -> bool:
+    """Whether ``host`` (``DB_HOST``) reaches a server on this machine only."""
+    name = host.strip().lower().rstrip(".")
+    if not name or name.startswith("/") or name in ("localhost", "localhost.localdomain"):
+        return True
+    if name.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(name.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def data_location(database: dict[str, Any], described: dict[str, Any] | None) -> str | None:

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import json
 import signal
+import socket
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -84,6 +85,10 @@ async def test_move_under_load_keeps_data_and_answers_only_503(cluster: Cluster)
         # where each environment keeps app data: the same PostgreSQL server and names
         assert envs["env_a"]["databases"] == envs["env_b"]["databases"]
         assert envs["env_a"]["databases"]["dialect"] == "postgres"
+        # DB_HOST=127.0.0.1: this machine's server, named by the machine
+        where = envs["env_a"]["databases"]["shared"]["postgres"]
+        assert where.startswith("postgresql://localhost:5432/")
+        assert where.endswith(f" on {socket.gethostname()}")
 
     seen: list[dict[str, Any]] = []
     load = Load()
