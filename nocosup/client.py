@@ -11,13 +11,16 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
-
-import httpx
 
 from nocosup.config import VARIABLES
 from nocosup.errors import ConfigError
+
+if TYPE_CHECKING:
+    # httpx (which loads rich and click when they are installed: about 90 ms and several
+    # MiB) is imported by the code that talks to a server: ``nocosup serve`` never does.
+    import httpx
 
 URL_VARIABLE = "NOCOSUP_URL"
 TOKEN_VARIABLE = "NOCOSUP_ADMIN_TOKEN"
@@ -106,6 +109,8 @@ class ClientConfig:
 
 
 def _is_http_url(text: str) -> bool:
+    import httpx
+
     try:
         url = httpx.URL(text)
     except (httpx.InvalidURL, TypeError, ValueError):
@@ -124,6 +129,8 @@ class AdminClient:
     """One connection pool to the admin API; use it as a context manager."""
 
     def __init__(self, config: ClientConfig, timeout: float = DEFAULT_TIMEOUT) -> None:
+        import httpx
+
         self.config = config
         self._http = httpx.Client(
             base_url=config.url,
@@ -208,6 +215,8 @@ class AdminClient:
         **kwargs: Any,
     ) -> dict[str, Any]:
         """The answer's JSON object; ``shape`` tells a 2xx of the admin API from another's."""
+        import httpx
+
         url = self.config.url + path
         if timeout is not None:
             kwargs["timeout"] = httpx.Timeout(timeout, connect=min(CONNECT_TIMEOUT, timeout))

@@ -640,3 +640,16 @@ def test_domains_from_the_cli(sqlite_server: NocosupServer) -> None:
     assert ok(run(s, "apps", "domains", "crm", "--clear")).stdout == "crm has no domains\n"
     assert "contradict" in failed(run(s, "apps", "domains", "crm", "--clear", "--set", "a.b"), 2)
     ok(run(s, "apps", "domains", "shop", "--set", "x.test"))
+
+
+def test_serving_does_not_load_the_http_client() -> None:
+    """httpx (with rich, when installed) costs about 90 ms and 4-5 MiB of every process
+    that imports it; only the commands that talk to a server need it."""
+    code = (
+        "import sys, nocosup.cli, nocosup.host, nocosup.server, nocosup.fastpath;"
+        "print(sorted(m for m in ('httpx', 'rich') if m in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT
+    )
+    assert out.stdout.strip() == "[]", out.stdout
