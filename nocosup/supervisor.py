@@ -45,6 +45,10 @@ if TYPE_CHECKING:
 log = logging.getLogger("nocosup.supervisor")
 #: Records read per registry query while a status filter scans for matches.
 _STATUS_SCAN_BATCH = 500
+#: What an environment reports for an app it was to run and does not: nothing works there.
+_FAILED_PLACEMENT = frozenset(
+    {AppStatus.ERROR.value, AppStatus.NOT_FOUND.value, AppStatus.UNAVAILABLE.value}
+)
 
 
 class Supervisor:
@@ -613,10 +617,32 @@ class Supervisor:
                 async with self._serialized(name):
                     fresh = await self.registry.get(name)
                     gone = [e for e in stray if e not in fresh.environments]
-                    if gone:
+                    if gone and await self._placement_failed(fresh):
+                        log.warning(
+                            "%s does not run where the registry places it (%s): keeping its "
+                            "copy on %s; move it there to use it, or start it where it is placed",
+                            name,
+                            ", ".join(fresh.environments),
+                            ", ".join(gone),
+                        )
+                    elif gone:
                         await self.process.leave(fresh, gone)
             except NocosupError as exc:  # removed meanwhile, busy, Redis: the next sweep
                 log.warning("could not remove %s from %s: %s", name, ", ".join(stray), exc)
+
+    async def _placement_failed(self, record: AppRecord) -> bool:
+        """Whether an app that should run reports ``error``, ``not_found`` or
+        ``unavailable`` on every environment the registry places it on: a move cut short
+        after its target failed to start it. Its copy elsewhere may then be the only one
+        that works, so the sweep keeps it."""
+        if record.desired_state != "running":
+            return False
+        found = await await_me_maybe(self.process.statuses([record]))
+        placed = found.get(record.name, {})
+        return all(
+            (placed.get(env) or {}).get("status") in _FAILED_PLACEMENT
+            for env in record.environments
+        )
 
     async def _check_still_wanted(
         self, record: AppRecord, verb: str, results: list[EnvResult]

@@ -2,13 +2,13 @@
 
 It builds the starter app and, steered by the app's ``options.test``, misbehaves on
 purpose: ``{"crash": "factory"}`` raises in the factory, ``{"crash": "lifespan"}`` in the
-lifespan, ``{"bootDelay": s}`` makes boots slow, ``{"hold": true}`` adds
-``POST /test/hold``, a request the test keeps in flight as long as it likes (it answers
-once the client has sent all its body), and ``{"echo": true}`` builds an app that answers
-every request with what it received (path, root_path, headers). Every build appends a line
-to ``<storage>/apps/<name>/builds.txt`` so tests can count boots, and every slow boot a
-line ``<environment> <pid> <began> <ended>`` to ``boots.txt`` so tests can see boots
-overlap.
+lifespan (with ``"crashIn": env``, in that environment only), ``{"bootDelay": s}``
+makes boots slow, ``{"hold": true}`` adds ``POST /test/hold``, a request the test keeps
+in flight as long as it likes (it answers once the client has sent all its body), and
+``{"echo": true}`` builds an app that answers every request with what it received (path,
+root_path, headers). Every build appends a line to ``<storage>/apps/<name>/builds.txt``
+so tests can count boots, and every slow boot a line ``<environment> <pid> <began>
+<ended>`` to ``boots.txt`` so tests can see boots overlap.
 """
 
 from __future__ import annotations
@@ -41,7 +41,10 @@ def build(ctx: AppContext) -> Any:
         return echo_app
     inner = build_app(ctx)
     delay = float(test.get("bootDelay", 0))
-    crash_lifespan = test.get("crash") == "lifespan"
+    crash_lifespan = test.get("crash") == "lifespan" and test.get("crashIn") in (
+        None,
+        ctx.environment,
+    )
     hold = bool(test.get("hold"))
     if not delay and not crash_lifespan and not hold:
         return inner

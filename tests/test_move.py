@@ -263,6 +263,50 @@ async def test_a_supervisor_crash_mid_move_converges(cluster: Cluster, pg_databa
         assert app["environments"] == ["env_b"] and app["statuses"] == {"env_b": "running"}
 
 
+async def test_a_crash_after_the_target_failed_keeps_the_working_copy(
+    cluster: Cluster, pg_database: str
+) -> None:
+    """The registry switched to env_b, env_b failed to start the app, and the supervisor
+    died before switching back: the sweep keeps env_a's copy (the only one that works)
+    instead of removing it as a stray, and moving the app back serves it again."""
+    options = {"test": {"crash": "lifespan", "crashIn": "env_b"}}
+    async with sup(cluster).admin() as c:
+        await create(c, "stranded", environments=["env_a"], options=options)
+        assert (await c.post("/api/apps/stranded/start")).status_code == 200
+        r = await c.post("/apps/stranded/api/records", json={"title": "kept"})
+        assert r.status_code == 201, r.text
+    conn = await asyncpg.connect(PG_DSN.rsplit("/", 1)[0] + f"/{pg_database}_mv")
+    try:
+        await asyncio.to_thread(sup(cluster).stop, signal.SIGKILL)
+        await conn.execute(
+            "UPDATE nocosup_apps SET environments = $1, version = version + 1 WHERE name = $2",
+            json.dumps(["env_b"]),
+            "stranded",
+        )
+    finally:
+        await conn.close()
+    await asyncio.to_thread(sup(cluster).start)
+    async with sup(cluster).admin() as c:
+        await c.post("/api/apps/stranded/start")  # env_b fails it, as the move's start did
+
+        async def failed_there() -> bool:
+            app = (await c.get("/api/apps/stranded")).json()
+            return bool(app["statuses"] == {"env_b": "error"})
+
+        await wait_for(failed_there, timeout=30)
+
+        async def kept() -> bool:
+            return "stranded does not run where the registry places it" in sup(cluster).tail(400)
+
+        await wait_for(kept, timeout=60)  # the sweep ran and decided
+        async with httpx.AsyncClient(base_url=cluster.workers["env_a"].url) as env_a:
+            assert (await env_a.get("/apps/stranded/api/info")).status_code == 200
+        r = await move(c, "stranded", "env_a")
+        assert r.status_code == 200, r.text
+        records = (await c.get("/apps/stranded/api/records")).json()["records"]
+        assert [x["title"] for x in records] == ["kept"]
+
+
 async def test_failover_after_the_only_environment_dies(cluster: Cluster) -> None:
     """Last: it kills env_c for good."""
     async with sup(cluster).admin() as c:
