@@ -466,7 +466,13 @@ class Supervisor:
         there_info = known[target].get("databases")
         there = data_location(record.database, there_info)
         for source in sources:
-            info = known.get(source, {}).get("databases")
+            if source not in known:
+                raise AppNotMovable(
+                    f"application {record.name!r} is placed on environment {source!r}, "
+                    "which has been removed: where it kept the app's data is no longer "
+                    "known, so the app cannot move"
+                )
+            info = known[source].get("databases")
             here = data_location(record.database, info)
             if here is None:
                 raise AppNotMovable(
@@ -608,11 +614,6 @@ class Supervisor:
             )
             if not stray:
                 continue
-            log.warning(
-                "%s runs on %s, where the registry does not place it: removing it there",
-                name,
-                ", ".join(stray),
-            )
             try:
                 async with self._serialized(name):
                     fresh = await self.registry.get(name)
@@ -626,6 +627,12 @@ class Supervisor:
                             ", ".join(gone),
                         )
                     elif gone:
+                        log.warning(
+                            "%s runs on %s, where the registry does not place it: removing "
+                            "it there",
+                            name,
+                            ", ".join(gone),
+                        )
                         await self.process.leave(fresh, gone)
             except NocosupError as exc:  # removed meanwhile, busy, Redis: the next sweep
                 log.warning("could not remove %s from %s: %s", name, ", ".join(stray), exc)

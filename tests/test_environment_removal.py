@@ -105,3 +105,17 @@ async def test_removing_environments(cluster: Cluster) -> None:
             return [e["name"] for e in envs] == ["env_a"]
 
         await wait_for(back)
+
+        # an app on an environment removed by force cannot move: where it kept its data
+        # went with that environment
+        cluster.start_worker("env_c")
+        await cluster.wait_environments(c, {"env_a": 1, "env_c": 1})
+        r = await c.post("/api/apps", json={"name": "orphan", "environments": ["env_c"]})
+        assert r.status_code == 201, r.text
+        cluster.workers["env_c"].stop()
+        await cluster.wait_environments(c, {"env_a": 1, "env_c": 0})
+        r = await c.delete("/api/environments/env_c", params={"force": "true"})
+        assert r.status_code == 200, r.text
+        r = await c.post("/api/apps/orphan/move", json={"to": "env_a"})
+        assert_error(r, 409, "APP_NOT_MOVABLE")
+        assert "'env_c', which has been removed" in r.json()["error"]["message"]
