@@ -395,11 +395,14 @@ class LaneCounts:
     interpreter's attribute cache for the class, which every lookup on every connection
     then pays (about 1 µs per request)."""
 
-    __slots__ = ("express", "lean")
+    __slots__ = ("express", "lean", "replayed")
 
     def __init__(self) -> None:
         self.express = 0
         self.lean = 0
+        #: Of the lean lane's, those sent as a connection's previous request was
+        #: (replayed or retargeted), without parsing or routing.
+        self.replayed = 0
 
 
 #: This process's lane counts (``nocosup_proxy_express_requests_total``, ``…lean…``).
@@ -675,6 +678,7 @@ class FastHttpToolsProtocol(LimitedHttpToolsProtocol):
             pool.release(conn)
             return False
         replay.host.fast_path_requests += 1
+        LANES.replayed += 1
         self.replay_used = True
         self.idle_since = None
         self.guard.cancel()

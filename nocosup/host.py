@@ -63,6 +63,8 @@ _GUARDED = frozenset({b"cookie", b"authorization", APP_HEADER})
 #: Headers that make the host look twice at a request: forwarding headers (resolved or
 #: dropped by nocosup.forwarded) and the guarded ones.
 _NOTABLE = FORWARDING | _GUARDED
+#: Notable headers a replayed request may carry (:meth:`Host.replayable`).
+_REPLAYABLE_NOTABLE = frozenset({b"cookie", b"authorization"})
 _SHUTTING_DOWN = ShuttingDown("this server is shutting down; retry shortly")
 #: Plugin notifications queued at most (status and environment changes, registry events).
 MAX_NOTICES = 10_000
@@ -388,10 +390,10 @@ class Host(Starlette):
         return TenantRoute(gateway, self.metrics, name, self.tenant_scope(scope, prefix, notable))
 
     def replays_routes(self, gateway: object) -> bool:
-        """Whether a :meth:`fast_route` answer for a request with no notable header
-        (:func:`notable_headers`) served by ``gateway`` holds for the same request again:
-        the host still serves the fast path through ``gateway`` and no custom domain can
-        claim the request first. The lean lane (nocosup.fastpath) asks before replaying."""
+        """Whether a :meth:`fast_route` answer for a request :meth:`replayable` took,
+        served by ``gateway``, holds for the same request again: the host still serves the
+        fast path through ``gateway`` and no custom domain can claim the request first.
+        The lean lane (nocosup.fastpath) asks before replaying."""
         return (
             self.started
             and not self.draining
@@ -400,9 +402,18 @@ class Host(Starlette):
         )
 
     def replayable(self, headers: list[tuple[bytes, bytes]]) -> bool:
-        """Whether a request with ``headers`` is routed by its bytes alone (no forwarding
-        header to resolve, no credential to strip): see :meth:`replays_routes`."""
-        return not self.domain_routes.apps and not notable_headers(headers)
+        """Whether a request with ``headers`` is routed, and its headers given to the
+        tenant, by their bytes alone: no forwarding header (resolved against the peer),
+        no ``X-Nocosup-App``. ``Cookie`` and ``Authorization`` may be there: what the
+        tenant gets of them (the page's session cookie and the admin token dropped)
+        depends on their bytes and on the admin token, fixed for the process's life.
+        See :meth:`replays_routes`."""
+        if self.domain_routes.apps:
+            return False
+        for key, _value in headers:
+            if key in _NOTABLE and key not in _REPLAYABLE_NOTABLE:
+                return False
+        return True
 
     def _routed_target(self, scope: Scope) -> tuple[str, str, bool] | None:
         """The app whose custom domain the Host names, at the host's own root_path (every

@@ -101,6 +101,10 @@ async def echo_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
             "headers": [[k.decode("latin-1"), v.decode("latin-1")] for k, v in scope["headers"]],
         }
     ).encode()
-    headers = [(b"content-type", b"application/json"), (b"x-echo", b"1")]
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        (b"x-echo", b"1"),
+    ]
     await send({"type": "http.response.start", "status": 200, "headers": headers})
     await send({"type": "http.response.body", "body": body})

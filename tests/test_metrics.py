@@ -4,6 +4,7 @@ exactly what the test sent, in shared memory and on a supervisor and its worker.
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 from typing import Any
 
@@ -228,3 +229,64 @@ def test_observe_counts_what_serve_counts() -> None:
     metrics.forget("shop")
     assert metrics.requests == {}
     assert metrics.stats("shop").latency.counts == [0] * (len(LATENCY_BUCKETS) + 1)
+
+
+async def _answers(port: int, heads: list[bytes]) -> list[dict[str, Any]]:
+    """The echo app's JSON for each head, sent one after the other on one connection."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    out: list[dict[str, Any]] = []
+    try:
+        for head in heads:
+            writer.write(head)
+            got = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 30)
+            assert got.startswith(b"HTTP/1.1 200 "), got
+            length = int(got.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+            out.append(json.loads(await reader.readexactly(length)))
+    finally:
+        writer.close()
+    return out
+
+
+async def test_heads_with_credentials_are_replayed_without_them(
+    servers: ServerFactory, pg_env: dict[str, str], redis_prefix: str
+) -> None:
+    """A browser's repeated head carries its cookies (and maybe the admin token by
+    mistake): the supervisor sends it again without parsing it, and the app still never
+    sees the page's session cookie or the admin token, on a replay or a retarget."""
+    cluster = Cluster(servers, pg_env, redis_prefix, REDIS_URL)
+    sup = cluster.start_supervisor(NOCOSUP_METRICS_TOKEN=METRICS_TOKEN)
+    cluster.start_worker("env_a")
+    async with sup.admin() as c, sup.client() as anon:
+        await cluster.wait_environments(c, {"env_a": 1})
+        await create(c, "echo", options={"test": {"echo": True}})
+        assert (await anon.get("/apps/echo/warm")).status_code == 200  # a pooled connection
+        fields = (
+            b" HTTP/1.1\r\nHost: shop.test\r\n"
+            b"Cookie: theme=dark; nocosup_admin=session-value; cart=3\r\n"
+            b"Authorization: Bearer " + ADMIN_TOKEN.encode() + b"\r\n\r\n"
+        )
+        before = value(await scrape(anon, METRICS_TOKEN), "nocosup_proxy_replayed_requests_total")
+        answers = await _answers(
+            sup.port,
+            [b"GET /apps/echo/a" + fields] * 3 + [b"GET /apps/echo/b?x=1" + fields],
+        )
+        after = value(await scrape(anon, METRICS_TOKEN), "nocosup_proxy_replayed_requests_total")
+    assert before is not None and after is not None
+    assert after - before >= 2  # the second and third /a, /b too unless one missed
+    for got in answers:
+        headers = dict(got["headers"])
+        assert headers["cookie"] == "theme=dark; cart=3"
+        assert "authorization" not in headers
+        assert headers["x-forwarded-host"] == "shop.test"
+    assert [a["path"] for a in answers] == ["/apps/echo/a"] * 3 + ["/apps/echo/b"]
+    assert answers[0] == answers[1] == answers[2]
+
+
+async def test_what_a_replay_may_carry(tmp_path: Path) -> None:
+    async with running_host(inproc_settings(tmp_path)) as h:
+        base = [(b"host", b"x"), (b"accept", b"*/*")]
+        assert h.host.replayable(base)
+        assert h.host.replayable([*base, (b"cookie", b"a=1"), (b"authorization", b"Basic x")])
+        # resolved against the peer, or the proxy's app choice: never replayed
+        for name in (b"x-forwarded-for", b"forwarded", b"x-forwarded-host", b"x-nocosup-app"):
+            assert not h.host.replayable([*base, (name, b"1")]), name

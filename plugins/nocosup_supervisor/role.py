@@ -179,6 +179,12 @@ class SupervisorRole(Role):
             "Of those, the ones answered on the lean lane (whole plain head, whole answer).",
             value=LANES.lean,
         )
+        replayed = CounterMetricFamily(
+            "nocosup_proxy_replayed_requests",
+            "Lean-lane requests sent as their connection's previous request was (replayed or "
+            "retargeted), without parsing or routing.",
+            value=LANES.replayed,
+        )
         now = time.time()
         for env in await supervisor.environments.list():
             seen = env.get("last_heartbeat_at")
@@ -186,7 +192,7 @@ class SupervisorRole(Role):
                 when = datetime.fromisoformat(seen).timestamp()
                 age.add_metric([env["name"]], max(0.0, now - when))
             instances.add_metric([env["name"]], len(env.get("instances") or []))
-        return [*families, age, instances, fast, express, lean]
+        return [*families, age, instances, fast, express, lean, replayed]
 
     async def stop(self) -> None:
         self.gateway = None
