@@ -228,6 +228,21 @@ async def test_cli_moves_and_reports_failures(cluster: Cluster) -> None:
     assert json.loads(proc.stdout)["environments"] == ["env_b"]
 
 
+async def crash_placed(cluster: Cluster, pg_database: str, name: str, envs: list[str]) -> None:
+    """Kill the supervisor (``SIGKILL``) and place app ``name`` on ``envs`` in the registry
+    behind its back: what a crash right after a move's switch leaves."""
+    conn = await asyncpg.connect(PG_DSN.rsplit("/", 1)[0] + f"/{pg_database}_mv")
+    try:
+        await asyncio.to_thread(sup(cluster).stop, signal.SIGKILL)
+        await conn.execute(
+            "UPDATE nocosup_apps SET environments = $1, version = version + 1 WHERE name = $2",
+            json.dumps(envs),
+            name,
+        )
+    finally:
+        await conn.close()
+
+
 async def test_a_supervisor_crash_mid_move_converges(cluster: Cluster, pg_database: str) -> None:
     """The registry switched to env_b, then the supervisor died before env_a let the app
     go: once restarted, the upkeep's sweep removes the copy env_a still runs."""
@@ -236,16 +251,7 @@ async def test_a_supervisor_crash_mid_move_converges(cluster: Cluster, pg_databa
         assert (await c.post("/api/apps/crashy/start")).status_code == 200
         r = await c.post("/apps/crashy/api/records", json={"title": "kept"})
         assert r.status_code == 201, r.text
-    conn = await asyncpg.connect(PG_DSN.rsplit("/", 1)[0] + f"/{pg_database}_mv")
-    try:
-        await asyncio.to_thread(sup(cluster).stop, signal.SIGKILL)
-        await conn.execute(
-            "UPDATE nocosup_apps SET environments = $1, version = version + 1 WHERE name = $2",
-            json.dumps(["env_b"]),
-            "crashy",
-        )
-    finally:
-        await conn.close()
+    await crash_placed(cluster, pg_database, "crashy", ["env_b"])
     async with httpx.AsyncClient(base_url=cluster.workers["env_a"].url) as env_a:
         assert (await env_a.get("/apps/crashy/api/info")).status_code == 200  # the stray
         await asyncio.to_thread(sup(cluster).start)
@@ -275,16 +281,7 @@ async def test_a_crash_after_the_target_failed_keeps_the_working_copy(
         assert (await c.post("/api/apps/stranded/start")).status_code == 200
         r = await c.post("/apps/stranded/api/records", json={"title": "kept"})
         assert r.status_code == 201, r.text
-    conn = await asyncpg.connect(PG_DSN.rsplit("/", 1)[0] + f"/{pg_database}_mv")
-    try:
-        await asyncio.to_thread(sup(cluster).stop, signal.SIGKILL)
-        await conn.execute(
-            "UPDATE nocosup_apps SET environments = $1, version = version + 1 WHERE name = $2",
-            json.dumps(["env_b"]),
-            "stranded",
-        )
-    finally:
-        await conn.close()
+    await crash_placed(cluster, pg_database, "stranded", ["env_b"])
     await asyncio.to_thread(sup(cluster).start)
     async with sup(cluster).admin() as c:
         await c.post("/api/apps/stranded/start")  # env_b fails it, as the move's start did
