@@ -408,9 +408,10 @@ def machine_local(host: str) -> bool:
     if name.endswith(".localhost"):
         return True
     try:
-        return ipaddress.ip_address(name.strip("[]")).is_loopback
+        address = ipaddress.ip_address(name.strip("[]"))
     except ValueError:
         return False
+    return address.is_loopback or address.is_unspecified  # 0.0.0.0 connects here too
 
 
 def data_location(database: dict[str, Any], described: dict[str, Any] | None) -> str | None:

@@ -22,6 +22,8 @@ from nocosup.provisioning import data_location, machine_local, server_location
         "localhost.localdomain",
         "db.localhost",
         "/var/run/postgresql",
+        "0.0.0.0",
+        "::",
     ],
 )
 def test_loopback_and_sockets_are_machine_local(host: str) -> None:
