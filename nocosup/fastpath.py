@@ -564,7 +564,7 @@ class FastHttpToolsProtocol(LimitedHttpToolsProtocol):
             replay = self.replay
             if replay is not None:
                 if replay.data == data:
-                    if self._replay(replay, replay.scope, replay.route, replay.head):
+                    if self._replay(replay, replay.head):
                         return
                     self.replay = None
                 else:
@@ -648,30 +648,26 @@ class FastHttpToolsProtocol(LimitedHttpToolsProtocol):
         return True
 
     def _replay(
-        self,
-        replay: Replay,
-        scope: Scope,
-        route: TenantRoute,
-        head: bytes,
-        target: tuple[str, bytes, bytes] | None = None,
+        self, replay: Replay, head: bytes, target: tuple[str, bytes, bytes] | None = None
     ) -> bool:
-        """Send ``head`` for the request of ``scope`` and ``route`` (with ``target``'s
-        method, raw path and query instead of theirs) as ``replay``'s was sent: False
-        (nothing done) when what it rested on changed or no idle connection is there to
-        take it."""
+        """Send ``head`` for ``replay``'s request (with ``target``'s method, raw path and
+        query instead of its own) as ``replay``'s was sent: False (nothing done) when what
+        it rested on changed or no idle connection is there to take it."""
         gateway = replay.gateway
         if not (
             replay.host.replays_routes(gateway)
             and gateway.stamp_holds(replay.route.name, replay.env, replay.stamp)
         ):
             return False
-        if replay.tail is None:
+        if not replay.prepared:
             replay.prepare()
         pool = replay.pool
         conn = None if pool.client.closed else pool.take_idle()
         if conn is None:
             return False
-        lean = LeanExchange(self, scope, route, replay.env, replay.upstream, pool, conn)
+        lean = LeanExchange(
+            self, replay.scope, replay.route, replay.env, replay.upstream, pool, conn
+        )
         conn.start_raw(lean.answer)
         if conn.error is not None:
             conn.sink = None
@@ -697,7 +693,7 @@ class FastHttpToolsProtocol(LimitedHttpToolsProtocol):
         target = raw_path + b"?" + query if query else raw_path
         upstream = replay.upstream
         head = b"".join((_METHODS[method], upstream.base_path, target, b" HTTP/1.1", replay.fields))
-        return self._replay(replay, replay.scope, replay.route, head, (method, raw_path, query))
+        return self._replay(replay, head, (method, raw_path, query))
 
     def escalate(self, lean: LeanExchange, data: bytes | None) -> _Express:
         """Hand ``lean``'s exchange to the express lane: with ``data``, the read it could

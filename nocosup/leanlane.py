@@ -467,24 +467,27 @@ class Replay:
         self.upstream = upstream
         self.pool = pool  # a client keeps one pool per upstream for good
         self.head = head
+        #: The head after its request line: what a retargeted head must end with.
+        self.tail = data[data.find(b"\r\n") :]
         #: Made by :meth:`prepare` when first needed: most replays are never used (a
         #: browser's next head differs), so making one costs a few attribute stores.
-        self.tail: bytes | None = None
         self.fields = self.app_path = b""
         self.stats: RequestStats | None = None
         self.flight: RequestStats | None = None
 
+    @property
+    def prepared(self) -> bool:
+        return self.stats is not None
+
     def prepare(self) -> None:
-        """What a replay or a retarget uses: the app's counters, the heads' tails, the
-        targets a retarget may take."""
+        """What a replay or a retarget uses: the app's counters, the upstream head's
+        header lines, the targets a retarget may take."""
         data, route = self.data, self.route
         #: The app's counters in ``env`` and here (``in_flight``): the same objects for
         #: as long as the app exists.
         self.stats = route.metrics.stats(route.name, self.env)
         self.flight = route.metrics.stats(route.name)
-        cut = data.find(b"\r\n")
-        #: The head after its request line; the upstream head after its request line.
-        self.tail = data[cut:]
+        cut = len(data) - len(self.tail)
         head = self.head
         self.fields = head[head.find(b"\r\n") :]
         #: The raw path prefix of the app's targets; empty (no retarget) when the head
@@ -502,14 +505,13 @@ class Replay:
     def retarget(self, data: bytes) -> tuple[str, bytes, bytes] | None:
         """(method, raw path, query) of ``data`` when only its request line differs from
         the replayed head and it names a target of the same app this lane takes."""
-        if self.tail is None:
-            replayed = self.data
-            if not data.endswith(replayed[replayed.find(b"\r\n") :]):
-                return None  # other header lines: nothing to prepare
+        tail = self.tail
+        if not data.endswith(tail):
+            return None  # other header lines (checked before preparing anything)
+        if not self.prepared:
             self.prepare()
         app_path = self.app_path
-        tail = self.tail
-        if not app_path or tail is None or not data.endswith(tail):
+        if not app_path:
             return None
         # the request line is what comes before the tail; the pattern allows no CR or LF
         m = _LINE.fullmatch(data, 0, len(data) - len(tail))

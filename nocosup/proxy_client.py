@@ -179,7 +179,7 @@ def gathered(headers: Headers) -> bool:
     (its Content-Length): one to wait for whole before writing anything."""
     for name, value in headers:
         if name == b"content-length":
-            return value.isdigit() and int(value) <= GATHER_LIMIT
+            return value.isdigit() and len(value) <= 6 and int(value) <= GATHER_LIMIT
     return False
 
 
